@@ -81,6 +81,15 @@ def _pip_download(spec: str, dest: Path, *, sdist: str | None = None) -> Path:
     return files[0]
 
 
+def _run_logged(cmd: list[str], log_path: Path) -> None:
+    """Run a noisy build step into a log file; on failure show its tail instead of a traceback."""
+    with log_path.open("a") as log:
+        result = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
+    if result.returncode != 0:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
+        raise SystemExit(f"llamafleet setup: '{' '.join(cmd)}' failed (exit {result.returncode}):\n{tail}")
+
+
 def _stamped(path: Path) -> bool:
     return (path / ".complete").exists()
 
@@ -108,18 +117,11 @@ def ensure_llama_cpp(jobs: int | None = None) -> LlamaCpp:
     # A plain source archive of the tree: the deploy tests serve it from a local mirror.
     with tarfile.open(build.source_archive, "w:gz") as tar:
         tar.add(build.src, arcname=f"llama.cpp-{LLAMA_CPP_BUILD}")
-    _log(f"building {', '.join(LLAMA_CPP_TARGETS)} (about 5 minutes on 2 cores)")
-    subprocess.run(
-        ["cmake", "-S", str(build.src), "-B", str(build.root / "build"), *LLAMA_CPP_CMAKE_OPTIONS],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    subprocess.run(
-        ["cmake", "--build", str(build.root / "build"), f"-j{jobs or os.cpu_count() or 2}",
-         "--target", *LLAMA_CPP_TARGETS],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    _log(f"building {', '.join(LLAMA_CPP_TARGETS)} (about 5 minutes on 2 cores; log: {build.root / 'build.log'})")
+    _run_logged(["cmake", "-S", str(build.src), "-B", str(build.root / "build"), *LLAMA_CPP_CMAKE_OPTIONS],
+                build.root / "build.log")
+    _run_logged(["cmake", "--build", str(build.root / "build"), f"-j{jobs or os.cpu_count() or 2}",
+                 "--target", *LLAMA_CPP_TARGETS], build.root / "build.log")
     _stamp(build.root)
     return build
 
