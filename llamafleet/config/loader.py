@@ -1,0 +1,426 @@
+"""Load an inventory file: YAML with positions, the committed JSON schema, the pydantic models, then
+the semantic checks. Every problem found along the way becomes a :class:`Finding` with a code,
+``file:line:col``, the dotted data path and a fix hint; all of them are reported in one run.
+
+Stages stop early only where later stages cannot run: a file that cannot be parsed has no data to
+validate, and data that fails the schema has no :class:`Inventory` to check semantically.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import json
+import os
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+from pydantic import ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+from llamafleet.config.findings import DataPath, Finding, FindingList, InventoryError, dotted
+from llamafleet.config.models import Inventory
+
+DEFAULT_INVENTORY = Path("inventory/cluster.yaml")
+INVENTORY_ENV = "LLAMAFLEET_INVENTORY"
+
+# An alias bomb is a tiny file whose aliases expand to billions of nodes. Real inventories have a
+# few thousand nodes, so anything past this (counting every alias expansion) is refused.
+MAX_EXPANDED_NODES = 100_000
+MAX_FILE_BYTES = 4 * 1024 * 1024
+
+KEY_CODES = ("LF010", "LF015")  # findings about a mapping key point at the key, not its value
+
+
+def default_inventory_path() -> Path:
+    return Path(os.environ.get(INVENTORY_ENV) or DEFAULT_INVENTORY)
+
+
+@dataclass(frozen=True)
+class LoadedInventory:
+    """A valid inventory plus what the loader learned on the way (warnings, where it came from)."""
+
+    inventory: Inventory
+    path: Path
+    warnings: list[Finding]
+
+
+# --- positions -----------------------------------------------------------------------------------
+
+
+class Positions:
+    """1-based (line, col) of every value and mapping key, by data path, as ruamel.yaml parsed them."""
+
+    def __init__(self) -> None:
+        self.values: dict[DataPath, tuple[int, int]] = {}
+        self.keys: dict[DataPath, tuple[int, int]] = {}
+
+    def record(self, node: Any, path: DataPath) -> None:
+        if isinstance(node, CommentedMap):
+            for key in node:
+                self._remember(self.keys, path + (str(key),), _safe_lc(node.lc.key, key))
+                self._remember(self.values, path + (str(key),), _safe_lc(node.lc.value, key))
+        elif isinstance(node, CommentedSeq):
+            for index in range(len(node)):
+                self._remember(self.values, path + (index,), _safe_lc(node.lc.item, index))
+
+    @staticmethod
+    def _remember(table: dict, path: DataPath, lc: tuple[int, int] | None) -> None:
+        if lc is not None:
+            table[path] = (lc[0] + 1, lc[1] + 1)
+
+    def locate(self, path: DataPath, *, key: bool = False) -> tuple[int, int]:
+        """Position of ``path``; falls back to the nearest ancestor that has one (merged keys,
+        missing fields), and to the top of the file."""
+        if key and path in self.keys:
+            return self.keys[path]
+        while path:
+            if path in self.values:
+                return self.values[path]
+            if path in self.keys:
+                return self.keys[path]
+            path = path[:-1]
+        return (1, 1)
+
+
+def _safe_lc(getter, key) -> tuple[int, int] | None:
+    # Keys that arrive through a YAML merge (<<: *base) have no position of their own.
+    try:
+        return getter(key)
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
+# --- reading and parsing -------------------------------------------------------------------------
+
+
+def _read_text(path: Path, findings: FindingList) -> str | None:
+    name = str(path)
+    if path.is_dir():
+        findings.add(Finding("LF002", "is a directory, not an inventory file",
+                             "pass the YAML file itself, e.g. inventory/cluster.yaml", file=name))
+        return None
+    if not path.exists():
+        findings.add(Finding("LF001", "no such file",
+                             f"check the path, or set {INVENTORY_ENV} to your inventory file", file=name))
+        return None
+    raw = path.read_bytes()
+    if len(raw) > MAX_FILE_BYTES:
+        findings.add(Finding("LF003", f"file is {len(raw)} bytes; an inventory is at most {MAX_FILE_BYTES}",
+                             "is this really an inventory file?", file=name))
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        col = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        findings.add(Finding("LF004", f"not UTF-8: byte 0x{raw[err.start]:02x} cannot be decoded",
+                             "save the file as UTF-8", file=name, line=line, col=col))
+        return None
+    if not text.strip() or all(ln.lstrip().startswith("#") or not ln.strip() for ln in text.splitlines()):
+        findings.add(Finding("LF003", "file is empty",
+                             "start from inventory/examples/local.yaml", file=name, line=1, col=1))
+        return None
+    return text
+
+
+def _parse(text: str, name: str, findings: FindingList) -> Any:
+    yaml = YAML(typ="rt")  # round-trip mode keeps line/col; duplicate keys raise
+    try:
+        return yaml.load(text)
+    except MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = (err.problem or err.context or "YAML error").strip()
+        duplicate = "duplicate key" in problem
+        findings.add(Finding(
+            "LF006" if duplicate else "LF005",
+            problem,
+            "each key may appear once per mapping; merge the two entries" if duplicate
+            else "fix the YAML syntax at this position (indentation, quotes, brackets)",
+            file=name, line=line, col=col))
+    except YAMLError as err:
+        findings.add(Finding("LF005", str(err).strip().splitlines()[-1], "fix the YAML syntax", file=name))
+    return None
+
+
+def _expanded_size(node: Any, sizes: dict[int, int], stack: set[int]) -> int:
+    """Node count with every alias expanded, computed once per shared object (so a bomb is
+    measured without being expanded). Raises RecursionError on a self-referencing alias."""
+    if not isinstance(node, (dict, list)):
+        return 1
+    ident = id(node)
+    if ident in sizes:
+        return sizes[ident]
+    if ident in stack:
+        raise RecursionError
+    stack.add(ident)
+    children = node.values() if isinstance(node, dict) else node
+    total = 1 + sum(_expanded_size(child, sizes, stack) for child in children)
+    stack.discard(ident)
+    sizes[ident] = total
+    return total
+
+
+def _check_size(data: Any, name: str, findings: FindingList) -> bool:
+    try:
+        size = _expanded_size(data, {}, set())
+    except RecursionError:
+        findings.add(Finding("LF007", "an alias refers to a node that contains it (a cycle)",
+                             "remove the self-referencing anchor/alias", file=name, line=1, col=1))
+        return False
+    if size > MAX_EXPANDED_NODES:
+        findings.add(Finding("LF007", f"aliases expand to {size:,} nodes (limit {MAX_EXPANDED_NODES:,}): an alias bomb?",
+                             "write the data out, or use fewer nested aliases", file=name, line=1, col=1))
+        return False
+    return True
+
+
+def _plain(node: Any, path: DataPath, positions: Positions, tags: list[DataPath]) -> Any:
+    """ruamel's round-trip types -> plain JSON-like data, recording positions on the way."""
+    positions.record(node, path)
+    if isinstance(node, dict):
+        return {str(k): _plain(v, path + (str(k),), positions, tags) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v, path + (i,), positions, tags) for i, v in enumerate(node)]
+    if isinstance(node, TaggedScalar):
+        tags.append(path)
+        return str(node.value)
+    if isinstance(node, bool) or node is None:
+        return node
+    if isinstance(node, int):
+        return int(node)
+    if isinstance(node, float):
+        return float(node)
+    if isinstance(node, (datetime.date, datetime.datetime)):
+        return node.isoformat()  # a date typed where a string belongs; the schema reports it if wrong
+    return str(node)
+
+
+# --- schema and model validation -----------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def committed_schema() -> dict:
+    return json.loads(resources.files("llamafleet.schemas").joinpath("inventory.schema.json").read_text())
+
+
+_TYPE_NAMES = {"string": "a string", "integer": "an integer", "number": "a number", "boolean": "true or false",
+               "object": "a mapping", "array": "a list", "null": "null"}
+
+
+def _describe_type(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+            float: "a number", type(None): "nothing (null)"}.get(type(value), type(value).__name__)
+
+
+def _branches(error: jsonschema.ValidationError) -> list[list[jsonschema.ValidationError]]:
+    by_branch: dict[int, list[jsonschema.ValidationError]] = {}
+    for sub in error.context or []:
+        by_branch.setdefault(sub.schema_path[0], []).append(sub)
+    return list(by_branch.values())
+
+
+def _matching_branch(error: jsonschema.ValidationError) -> list[jsonschema.ValidationError] | None:
+    """The one alternative of a oneOf/anyOf that the data was evidently meant to be: for tagged
+    variants (services by ``role``, connections by ``type``) the variant its tag names; otherwise the
+    only alternative of the right kind (a number for ``int | None``). None when that is unclear."""
+    tag = (error.schema.get("discriminator") or {}).get("propertyName")
+    if tag:
+        if not isinstance(error.instance, dict):
+            return None
+        wrong_tag = lambda e: tuple(e.relative_path) == (tag,) or (e.validator == "required" and f"'{tag}'" in e.message)
+        candidates = [b for b in _branches(error) if not any(wrong_tag(e) for e in b)]
+    else:
+        wrong_kind = lambda e: not e.relative_path and e.validator in ("type", "const")
+        candidates = [b for b in _branches(error) if not any(wrong_kind(e) for e in b)]
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def _union_findings(error: jsonschema.ValidationError, path: DataPath) -> list[Finding]:
+    branch = _matching_branch(error)
+    if branch is not None:
+        return [f for sub in branch for f in _schema_findings(sub, path)]
+    tag = (error.schema.get("discriminator") or {}).get("propertyName")
+    if tag:
+        allowed = sorted(error.schema["discriminator"].get("mapping", {}))
+        got = error.instance.get(tag) if isinstance(error.instance, dict) else None
+        if not isinstance(error.instance, dict):
+            return [Finding("LF012", f"must be a mapping with '{tag}:', got {_describe_type(error.instance)}", "", path)]
+        what = f"unknown {tag} {got!r}" if got is not None else f"missing '{tag}'"
+        hint = _suggest(str(got), allowed) if got is not None else f"set {tag} to one of those"
+        return [Finding("LF013", f"{what}; must be one of: {', '.join(allowed)}", hint,
+                        path + (tag,) if got is not None else path)]
+    options = " or ".join(_describe_schema(sub) for sub in error.validator_value)
+    return [Finding("LF012", f"must be {options}, got {_describe_type(error.instance)} {error.instance!r}", "", path)]
+
+
+def _describe_schema(schema: dict) -> str:
+    if "const" in schema:
+        return repr(schema["const"])
+    if "$ref" in schema:
+        return "a mapping"
+    return _TYPE_NAMES.get(schema.get("type", ""), "a value")
+
+
+def _schema_findings(error: jsonschema.ValidationError, base: DataPath) -> list[Finding]:
+    path = base + tuple(error.relative_path)
+    kind = error.validator
+    if kind in ("oneOf", "anyOf"):
+        return _union_findings(error, path)
+    if "propertyNames" in error.schema_path:
+        return [Finding("LF015", f"name {error.instance!r} is not allowed", _value_hint(error), path + (error.instance,))]
+    if kind == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extras = sorted(set(error.instance) - set(allowed))
+        return [Finding("LF010", f"unknown key '{key}'", _suggest(key, allowed), path + (key,)) for key in extras]
+    if kind == "required":
+        missing = error.message.split("'")[1]
+        return [Finding("LF011", f"missing required field '{missing}'", f"add '{missing}:' here", path + (missing,))]
+    if kind == "type":
+        wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        names = " or ".join(_TYPE_NAMES.get(t, t) for t in wanted)
+        return [Finding("LF012", f"must be {names}, got {_describe_type(error.instance)} {error.instance!r}", "", path)]
+    return [Finding("LF013", _value_message(error), _value_hint(error), path)]
+
+
+def _value_message(error: jsonschema.ValidationError) -> str:
+    value, limit = error.instance, error.validator_value
+    messages = {
+        "exclusiveMinimum": f"must be greater than {limit} (got {value!r})",
+        "minimum": f"must be at least {limit} (got {value!r})",
+        "exclusiveMaximum": f"must be less than {limit} (got {value!r})",
+        "maximum": f"must be at most {limit} (got {value!r})",
+        "enum": f"{value!r} is not one of: {', '.join(map(str, limit or []))}",
+        "const": f"must be {limit!r} (got {value!r})",
+        "pattern": f"{value!r} does not match {limit}",
+        "minLength": f"must not be empty" if limit == 1 else f"must be at least {limit} characters",
+        "maxLength": f"must be at most {limit} characters",
+        "minItems": f"needs at least {limit} entr{'y' if limit == 1 else 'ies'}",
+        "minProperties": f"needs at least {limit} entr{'y' if limit == 1 else 'ies'}",
+    }
+    return messages.get(error.validator, error.message)
+
+
+_PATTERN_HINTS = {
+    r"^[a-z0-9][a-z0-9-]*$": "names use lower-case letters, digits and '-'",
+    r"^[0-9a-f]{64}$": "a sha256 is 64 lower-case hex digits (sha256sum FILE)",
+    r"^b[0-9]+$": "a llama.cpp build tag looks like b8111",
+    r"^[^/\\]+$": "a file name only: the path comes from the host's models_dir",
+}
+
+
+def _value_hint(error: jsonschema.ValidationError) -> str:
+    if error.validator == "pattern":
+        return _PATTERN_HINTS.get(error.validator_value, "")
+    if error.validator == "enum":
+        return _suggest(str(error.instance), [str(v) for v in error.validator_value])
+    return ""
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    return f"allowed: {', '.join(choices)}" if choices else ""
+
+
+def _validate_schema(data: Any) -> list[Finding]:
+    validator = jsonschema.Draft202012Validator(committed_schema())
+    findings = []
+    for error in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
+        findings.extend(_schema_findings(error, ()))
+    return findings
+
+
+def _pydantic_path(loc: tuple, data: Any) -> DataPath:
+    """pydantic puts union tags into ``loc`` (('services', 'x', 'target', 'port')); keep only the parts
+    that exist in the data, plus a final missing field name."""
+    path: list = []
+    node = data
+    for index, part in enumerate(loc):
+        last = index == len(loc) - 1
+        if part == "[key]":  # pydantic's marker for a bad mapping key
+            continue
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        elif not last or not isinstance(node, dict):
+            continue
+        path.append(part)
+    return tuple(path)
+
+
+def _validate_models(data: Any) -> tuple[Inventory | None, list[Finding]]:
+    try:
+        return Inventory.model_validate(data), []
+    except ValidationError as err:
+        findings = []
+        for e in err.errors(include_url=False):
+            message = e["msg"].removeprefix("Value error, ")
+            findings.append(Finding("LF014", message, "", _pydantic_path(tuple(e["loc"]), data)))
+        return None, findings
+
+
+# --- the whole load ------------------------------------------------------------------------------
+
+
+def _locate(finding: Finding, name: str, positions: Positions) -> Finding:
+    if finding.line is not None:
+        return replace(finding, file=finding.file or name)
+    on_key = finding.code in KEY_CODES
+    line, col = positions.locate(finding.path, key=on_key)
+    return replace(finding, file=name, line=line, col=col)
+
+
+def check_inventory(path: str | os.PathLike) -> tuple[Inventory | None, list[Finding]]:
+    """Every finding for the file at ``path`` (errors and warnings), and the inventory if it parsed
+    and matched the schema."""
+    from llamafleet.config.checks import run_checks  # checks import the models, not the loader
+
+    path = Path(path)
+    name = str(path)
+    findings = FindingList()
+    text = _read_text(path, findings)
+    raw = _parse(text, name, findings) if text is not None else None
+    if findings.items or not _check_size(raw, name, findings):
+        return None, findings.items
+
+    positions = Positions()
+    tags: list[DataPath] = []
+    data = _plain(raw, (), positions, tags)
+    for tagged in tags:
+        findings.add(Finding("LF008", "YAML tags (!...) are not allowed in an inventory", "remove the tag", tagged))
+    found = _validate_schema(data)
+    inventory = None
+    if not found:
+        inventory, found = _validate_models(data)
+    found += [] if inventory is None else run_checks(inventory, inventory_path=path)
+    located = [_locate(f, name, positions) for f in findings.items + found]
+    located.sort(key=lambda f: (f.line or 0, f.col or 0, f.code))
+    return (inventory if not [f for f in located if f.severity.value == "error"] else None), located
+
+
+def load_inventory(path: str | os.PathLike | None = None) -> Inventory:
+    """The validated inventory at ``path`` (default: ``$LLAMAFLEET_INVENTORY`` or
+    ``inventory/cluster.yaml``). Raises :class:`InventoryError` listing every error."""
+    return load_inventory_with_warnings(path).inventory
+
+
+def load_inventory_with_warnings(path: str | os.PathLike | None = None) -> LoadedInventory:
+    path = Path(path) if path is not None else default_inventory_path()
+    inventory, findings = check_inventory(path)
+    if inventory is None:
+        raise InventoryError(findings)
+    return LoadedInventory(inventory, path, findings)
+
+
+__all__ = ["check_inventory", "load_inventory", "load_inventory_with_warnings", "default_inventory_path",
+           "LoadedInventory", "dotted"]
