@@ -1,0 +1,127 @@
+"""What the benchmark sends and how it reads the answers.
+
+Every condition gets the same OpenAI ``/v1/completions`` request (raw prompt, temperature 0), so
+the only difference between conditions is who serves it: the target llama-server itself
+(baseline), llamafleet's proxy with ``X-Llamafleet-Mode`` forcing a path, or Tightwad's proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+
+from llamafleet.errors import UserError
+
+MODE_HEADER = "X-Llamafleet-Mode"
+SPEC_FIELDS = ("rounds", "drafted", "accepted", "target_tokens_evaluated", "draft_ms", "verify_ms")
+
+
+@dataclass
+class Outcome:
+    """One request's answer and the raw figures it carried."""
+
+    text: str
+    wall_s: float
+    reported_tokens: int | None  # usage.completion_tokens as the server claims it
+    finish_reason: str | None
+    timings: dict | None  # llama-server's own timings, where the server passes them on
+    spec: dict | None  # path and round figures (llamafleet object, or Tightwad's history record)
+
+
+def post_json(url: str, body: dict, headers: dict[str, str], timeout: float) -> dict:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST",
+        headers={"Content-Type": "application/json", **headers},
+    )
+    return _read_json(request, timeout)
+
+
+def get_json(url: str, headers: dict[str, str] | None = None, timeout: float = 30.0) -> object:
+    return _read_json(urllib.request.Request(url, headers=headers or {}), timeout)
+
+
+def _read_json(request: urllib.request.Request, timeout: float) -> object:
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return json.load(resp)
+    except urllib.error.HTTPError as err:
+        detail = err.read().decode(errors="replace")[:300]
+        raise UserError(f"{request.get_method()} {request.full_url} answered HTTP {err.code}: {detail}") from None
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise UserError(f"{request.get_method()} {request.full_url} failed: {reason}") from None
+    except ValueError:
+        raise UserError(f"{request.get_method()} {request.full_url} did not answer JSON") from None
+
+
+@dataclass
+class Condition:
+    """One way of serving the benchmark's requests."""
+
+    name: str
+    url: str  # base URL of the server that answers /v1/completions
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout: float = 600.0
+
+    def complete(self, prompt: str, max_tokens: int) -> Outcome:
+        body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
+        started = time.perf_counter()
+        answer = post_json(f"{self.url}/v1/completions", body, self.headers, self.timeout)
+        wall_s = time.perf_counter() - started
+        try:
+            choice = answer["choices"][0]
+            text = choice["text"]
+        except (KeyError, IndexError, TypeError):
+            raise UserError(f"{self.name}: {self.url}/v1/completions answered without choices[0].text") from None
+        return Outcome(
+            text=text,
+            wall_s=wall_s,
+            reported_tokens=(answer.get("usage") or {}).get("completion_tokens"),
+            finish_reason=choice.get("finish_reason"),
+            timings=answer.get("timings"),
+            spec=self.spec_figures(answer),
+        )
+
+    def spec_figures(self, answer: dict) -> dict | None:
+        figures = answer.get("llamafleet")
+        return {k: figures.get(k) for k in ("path", *SPEC_FIELDS)} if isinstance(figures, dict) else None
+
+
+def baseline(target_url: str) -> Condition:
+    return Condition("baseline", target_url)
+
+
+def llamafleet_path(mode: str, proxy_url: str, token: str | None) -> Condition:
+    headers = {MODE_HEADER: mode}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return Condition(mode, proxy_url, headers)
+
+
+class TightwadCondition(Condition):
+    """Tightwad's proxy. Its responses carry no per-request figures (and its usage counts words),
+    so the round figures come from the last record of its own ``/v1/tightwad/history``."""
+
+    def spec_figures(self, answer: dict) -> dict | None:
+        history = get_json(f"{self.url}/v1/tightwad/history", self.headers)
+        if not isinstance(history, list) or not history:
+            return None
+        last = history[-1]
+        figures = {k: last.get(k) for k in ("rounds", "drafted", "accepted", "draft_ms", "verify_ms")}
+        # Tightwad verifies by letting the target generate token by token; it does not count them.
+        return {"path": "tightwad", **figures, "target_tokens_evaluated": None}
+
+
+def count_tokens(target_url: str, text: str) -> int:
+    """Tokens in a returned text, counted by the target's own tokenizer (no special tokens added)."""
+    answer = post_json(f"{target_url}/tokenize", {"content": text, "add_special": False}, {}, 60.0)
+    return len(answer["tokens"])
+
+
+def render_chat_prompt(target_url: str, user_text: str) -> str:
+    """The raw prompt the target's own chat template makes of one user message."""
+    answer = post_json(f"{target_url}/apply-template", {"messages": [{"role": "user", "content": user_text}]}, {}, 60.0)
+    return answer["prompt"]
