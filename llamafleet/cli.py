@@ -12,6 +12,7 @@ from llamafleet.errors import UserError
 COMMANDS = (
     "validate",
     "schema",
+    "proxy",
 )
 
 

@@ -1,0 +1,368 @@
+"""The aiohttp application: HTTP in, one engine call, HTTP out.
+
+Layers: handler (parse, auth, limits, text) → :class:`Engine` (which path, speculation loop) →
+:class:`LlamaServer` (one upstream call at a time). Errors from any layer are turned into the
+OpenAI error envelope by one middleware.
+
+Other parts add pages by appending to :data:`ROUTES` (``(method, path, handler)``); a handler reads
+the proxy's state with ``request.app[STATE]`` (``.stats_snapshot()`` is what /stats serves).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import time
+from typing import Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+from pydantic import ValidationError
+
+from llamafleet.proxy import api
+from llamafleet.proxy.backend import BackendError
+from llamafleet.proxy.config import ProxyConfig
+from llamafleet.proxy.engine import Engine, ModeUnavailable
+from llamafleet.proxy.errors import ApiError, from_backend, from_validation, internal, invalid
+from llamafleet.proxy.speculation import PROXY_SAMPLING_METHOD, Job, Report
+from llamafleet.proxy.stats import Stats
+from llamafleet.proxy.text import TextAssembler
+from llamafleet.proxy.upstream import LlamaServer
+
+MODE_HEADER = "X-Llamafleet-Mode"
+PUBLIC_PATHS = frozenset({"/health"})
+SAMPLING_METHODS = {
+    "direct": "the target samples (pass-through)",
+    "native": "llama.cpp speculative sampling on the target (rejection sampling at temperature > 0)",
+    "proxy": PROXY_SAMPLING_METHOD,
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ProxyState:
+    """Everything a request needs: config, backends, engine, stats."""
+
+    def __init__(self, config: ProxyConfig, token: str | None):
+        self.config = config
+        self.token = token.encode() if token else None
+        self.stats = Stats(config.history_size)
+        self.session: aiohttp.ClientSession | None = None
+        self.target: LlamaServer | None = None
+        self.engine: Engine | None = None
+        self.n_vocab: int | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        # Backends are only those in the config; the session never follows redirects elsewhere.
+        connector = aiohttp.TCPConnector(limit=0, force_close=False)
+        self.session = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(sock_connect=cfg.timeouts.connect_s),
+            auto_decompress=False,
+        )
+        self.target = LlamaServer(cfg.target.name, cfg.target.url, self.session, cfg.timeouts.target_s)
+        drafters = [LlamaServer(d.name, d.url, self.session, cfg.timeouts.drafter_s) for d in cfg.drafters]
+        native = None
+        if cfg.native is not None:
+            native = self.target if cfg.native.url == cfg.target.url else LlamaServer(
+                cfg.native.name, cfg.native.url, self.session, cfg.timeouts.target_s)
+        self.engine = Engine(
+            self.target, drafters, native, modes=[m.value for m in cfg.available_modes()],
+            default_mode=cfg.mode.value, draft_max=cfg.draft_max, target_slots=cfg.target.slots,
+            drafter_timeout=cfg.timeouts.drafter_s, native_is_target=native is self.target,
+        )
+
+    async def stop(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    def stats_snapshot(self) -> dict:
+        snapshot = self.stats.snapshot()
+        snapshot.update(self.engine.stats() if self.engine else {})
+        snapshot["modes"] = [m.value for m in self.config.available_modes()]
+        snapshot["default_mode"] = self.config.mode.value
+        snapshot["sampling_methods"] = SAMPLING_METHODS
+        return snapshot
+
+
+STATE = web.AppKey("llamafleet_proxy_state", ProxyState)
+
+
+# --- middlewares ---------------------------------------------------------------------------------
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    state = request.app[STATE]
+    try:
+        return await handler(request)
+    except ApiError as err:
+        error = err
+    except BackendError as err:
+        error = from_backend(err, state.config.target.name)
+    except web.HTTPRequestEntityTooLarge:
+        error = ApiError(413, f"request body larger than {state.config.limits.max_body_bytes} bytes",
+                         "invalid_request_error", "body_too_large")
+    except web.HTTPException as err:
+        if err.status < 400:
+            raise
+        error = ApiError(err.status, err.reason, "invalid_request_error", f"http_{err.status}")
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        raise  # the client went away; nothing to answer
+    except Exception as err:  # noqa: BLE001 - the last line of defence: an envelope, not a traceback
+        error = internal(err)
+    state.stats.record_error(error.code)
+    return web.json_response(error.envelope(), status=error.status, headers=error.headers)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    token = request.app[STATE].token
+    if token is None or request.path in PUBLIC_PATHS:
+        return await handler(request)
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    # compare_digest on bytes: constant time in the token's content.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token):
+        raise ApiError(401, "missing or invalid bearer token", "authentication_error", "invalid_api_key",
+                       headers={"WWW-Authenticate": "Bearer"})
+    return await handler(request)
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+async def _read_body(request: web.Request, model: type[api._Body]) -> api._Body:
+    limit = request.app[STATE].config.limits.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, f"request body larger than {limit} bytes", "invalid_request_error", "body_too_large")
+    raw = await request.read()
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise invalid(f"the body is not valid JSON: {err}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise invalid("the body must be a JSON object", code="invalid_json")
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise from_validation(err) from None
+
+
+async def _vocab_size(state: ProxyState) -> int:
+    if state.n_vocab is None:
+        async with state.session.get(state.target.url + "/v1/models") as resp:
+            data = await resp.json(content_type=None)
+        state.n_vocab = int(data["data"][0]["meta"]["n_vocab"])
+    return state.n_vocab
+
+
+async def _prompt_tokens(state: ProxyState, body: api._Body, chat: bool) -> list[int]:
+    """Token ids of the prompt, made exactly as the target makes them for its own /v1 endpoints."""
+    limits = state.config.limits
+    if chat:
+        text = await state.target.apply_template([m.plain() for m in body.messages])
+    elif isinstance(body.prompt, list):
+        n_vocab = await _vocab_size(state)
+        if any(not 0 <= t < n_vocab for t in body.prompt):
+            raise invalid(f"prompt token ids must be in [0, {n_vocab})", param="prompt")
+        tokens = list(body.prompt)
+        text = None
+    else:
+        text = body.prompt
+    if text is not None:
+        # A cheap bound before asking the target to tokenise: no token is shorter than one character.
+        if len(text) > limits.max_prompt_tokens * 32:
+            raise invalid(f"prompt longer than {limits.max_prompt_tokens} tokens", param="prompt", code="prompt_too_long")
+        tokens = await state.target.tokenize(text)
+    if not tokens:
+        raise invalid("the prompt is empty", param="prompt")
+    if len(tokens) > limits.max_prompt_tokens:
+        raise invalid(f"prompt is {len(tokens)} tokens; the limit is {limits.max_prompt_tokens}",
+                      param="prompt", code="prompt_too_long")
+    return tokens
+
+
+@contextlib.contextmanager
+def _concurrency_slot(state: ProxyState):
+    if state.stats.active >= state.config.limits.max_concurrency:
+        raise ApiError(429, f"more than {state.config.limits.max_concurrency} requests at once; retry shortly",
+                       "rate_limit_error", "too_many_requests", headers={"Retry-After": "1"})
+    state.stats.active += 1
+    try:
+        yield
+    finally:
+        state.stats.active -= 1
+
+
+def _sse(data: dict | str) -> bytes:
+    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    return f"data: {payload}\n\n".encode()
+
+
+# --- generation ----------------------------------------------------------------------------------
+
+
+async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
+    state = request.app[STATE]
+    body = await _read_body(request, api.ChatBody if chat else api.CompletionBody)
+    try:
+        mode = state.engine.resolve_mode(request.headers.get(MODE_HEADER))
+    except ModeUnavailable as err:
+        raise invalid(str(err), param=MODE_HEADER, code="mode_unavailable") from None
+    cap = state.config.limits.max_tokens
+    max_tokens = api.max_tokens_of(body, cap)
+    if max_tokens > cap:
+        raise invalid(f"max_tokens {max_tokens} is above this proxy's limit of {cap}", param="max_tokens")
+    with _concurrency_slot(state):
+        prompt = await _prompt_tokens(state, body, chat)
+        job = Job(prompt=prompt, max_tokens=max_tokens, sampling=body.sampling(), stop=tuple(body.stop_list()),
+                  stream=body.stream)
+        run = _Run(state, job, mode, chat, body)
+        if body.stream:
+            return await run.stream(request)
+        return web.json_response(await run.complete())
+
+
+class _Run:
+    """One generation request: drives the engine, assembles text, records stats."""
+
+    def __init__(self, state: ProxyState, job: Job, mode: str, chat: bool, body: api._Body):
+        self.state, self.job, self.mode, self.chat, self.body = state, job, mode, chat, body
+        self.report = Report(path=mode)
+        self.text = TextAssembler(list(job.stop), state.target.detokenize)
+        self.rid = api.new_id("chatcmpl" if chat else "cmpl")
+        self.model = state.config.model_name
+        self.finish = "length"
+        self.started = time.perf_counter()
+
+    async def _pieces(self):
+        """(text to send, done) per engine piece; stops the engine as soon as the text is finished."""
+        if self.job.max_tokens == 0:
+            return
+        async with contextlib.aclosing(self.state.engine.generate(self.job, self.mode, self.report)) as pieces:
+            async for piece in pieces:
+                final = piece.finish is not None
+                new = await self.text.add(piece, final)
+                if self.text.stopped or piece.finish in ("eos", "stop"):
+                    self.finish = "stop"
+                yield new
+                if final or self.text.stopped:
+                    return
+
+    def _finished(self) -> dict:
+        seconds = time.perf_counter() - self.started
+        completion = self.text.completion_tokens
+        self.state.stats.record(self.report, endpoint="chat" if self.chat else "completions",
+                                prompt_tokens=len(self.job.prompt), completion_tokens=completion,
+                                seconds=seconds, finish=self.finish)
+        return api.usage(len(self.job.prompt), completion)
+
+    async def complete(self) -> dict:
+        parts = [new async for new in self._pieces()]
+        usage = self._finished()
+        return api.completion_response(chat=self.chat, rid=self.rid, model=self.model, text="".join(parts),
+                                       finish=self.finish, usage_=usage, report=self.report.as_dict())
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        pieces = self._pieces()
+        async with contextlib.aclosing(pieces):
+            # The first piece comes before the headers, so an early failure is still a proper status.
+            first = await anext(pieces, None)
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+            await response.prepare(request)
+            if self.chat:
+                await response.write(_sse(api.chunk(chat=True, rid=self.rid, model=self.model, text="", finish=None, first=True)))
+            new = first
+            while new is not None:
+                if new:
+                    await response.write(_sse(api.chunk(chat=self.chat, rid=self.rid, model=self.model, text=new, finish=None)))
+                try:
+                    new = await anext(pieces, None)
+                except BackendError as err:
+                    # Headers are gone: report the failure as one error event, then end the stream.
+                    error = from_backend(err, self.state.config.target.name)
+                    self.state.stats.record_error(error.code)
+                    await response.write(_sse(error.envelope()))
+                    return response
+        usage = self._finished()
+        last = api.chunk(chat=self.chat, rid=self.rid, model=self.model, text=None if self.chat else "", finish=self.finish)
+        last["llamafleet"] = self.report.as_dict()
+        await response.write(_sse(last))
+        if self.body.include_usage:
+            await response.write(_sse({"id": self.rid, "object": last["object"], "created": last["created"],
+                                       "model": self.model, "choices": [], "usage": usage}))
+        await response.write(_sse("[DONE]"))
+        await response.write_eof()
+        return response
+
+
+# --- handlers ------------------------------------------------------------------------------------
+
+
+async def handle_completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, chat=False)
+
+
+async def handle_chat(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, chat=True)
+
+
+async def handle_models(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    return web.json_response({"object": "list", "data": [
+        {"id": state.config.model_name, "object": "model", "created": int(state.stats.started), "owned_by": "llamafleet"}
+    ]})
+
+
+async def handle_health(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    target_ok = await state.target.health(timeout=min(2.0, state.config.timeouts.connect_s + 1))
+    drafters = state.engine.pool.status()
+    status = "ok" if target_ok else "target_unavailable"
+    return web.json_response({"status": status, "target": target_ok, "drafters": drafters},
+                             status=200 if target_ok else 503)
+
+
+async def handle_stats(request: web.Request) -> web.StreamResponse:
+    return web.json_response(request.app[STATE].stats_snapshot())
+
+
+async def handle_metrics(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    snapshot = state.stats.snapshot()
+    gauges = {"acceptance_rate": snapshot["acceptance_rate"] or 0.0,
+              "probe_time_fraction": state.engine.controller.probe_cost_bound()}
+    return web.Response(text=state.stats.prometheus(gauges), content_type="text/plain", charset="utf-8",
+                        headers={"X-Content-Type-Options": "nosniff"})
+
+
+ROUTES: list[tuple[str, str, Handler]] = [
+    ("POST", "/v1/completions", handle_completions),
+    ("POST", "/v1/chat/completions", handle_chat),
+    ("GET", "/v1/models", handle_models),
+    ("GET", "/health", handle_health),
+    ("GET", "/metrics", handle_metrics),
+    ("GET", "/stats", handle_stats),
+]
+
+
+def create_app(config: ProxyConfig, token: str | None = None) -> web.Application:
+    """The proxy application. ``token`` defaults to the one the config's auth section points at."""
+    if token is None and config.auth is not None:
+        token = config.auth.read_token()
+    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=config.limits.max_body_bytes)
+    state = ProxyState(config, token)
+    app[STATE] = state
+
+    async def start(_app: web.Application) -> None:
+        await state.start()
+
+    async def stop(_app: web.Application) -> None:
+        await state.stop()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
+    return app

@@ -1,0 +1,192 @@
+"""The proxy's configuration: what it listens on, which backends it may talk to, and its limits.
+
+Loaded from a YAML or JSON file (``llamafleet proxy --config FILE``) or built from the inventory with
+:meth:`ProxyConfig.from_inventory`, which is what the deploy renders onto the proxy host. The bearer
+token itself never appears here: only where to read it from (a file or an environment variable).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from llamafleet.errors import UserError
+
+
+class Mode(str, Enum):
+    auto = "auto"
+    direct = "direct"
+    native = "native"
+    proxy = "proxy"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BackendRef(_Strict):
+    """One llama-server the proxy may call. The proxy never talks to anything not listed."""
+
+    name: str = Field(min_length=1)
+    url: str = Field(pattern=r"^https?://[^/\s]+$", description="Base URL, e.g. http://10.0.0.2:8080 (no path).")
+
+
+class TargetRef(BackendRef):
+    slots: int = Field(1, gt=0, description="The target's -np; proxy-path verification needs draft length + 1 slots.")
+
+
+class Auth(_Strict):
+    token_file: str | None = None
+    token_env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "Auth":
+        if bool(self.token_file) == bool(self.token_env):
+            raise ValueError("set exactly one of token_file or token_env")
+        return self
+
+    def read_token(self) -> str:
+        """Read the token now; a missing or empty source is a configuration error."""
+        if self.token_file:
+            try:
+                token = Path(self.token_file).read_text().strip()
+            except OSError as err:
+                raise UserError(f"auth.token_file {self.token_file}: {err.strerror}") from None
+            where = f"auth.token_file {self.token_file}"
+        else:
+            token = os.environ.get(self.token_env or "", "").strip()
+            where = f"auth.token_env {self.token_env}"
+        if not token:
+            raise UserError(f"{where}: the token is empty or unset")
+        return token
+
+
+class Limits(_Strict):
+    max_body_bytes: int = Field(1 << 20, gt=0)
+    max_tokens: int = Field(4096, gt=0, description="Cap on a request's max_tokens; larger requests get a 400.")
+    max_concurrency: int = Field(64, gt=0, description="Requests generating at once; more get a 429.")
+    max_prompt_tokens: int = Field(8192, gt=0)
+
+
+class Timeouts(_Strict):
+    connect_s: float = Field(2.0, gt=0, description="TCP connect to any backend.")
+    target_s: float = Field(300.0, gt=0, description="Whole upstream call to the target.")
+    drafter_s: float = Field(5.0, gt=0, description="One drafting call; a slower drafter is skipped for that round.")
+
+
+class Listen(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8090, ge=0, le=65535, description="0 picks a free port (tests).")
+
+
+class ProxyConfig(_Strict):
+    listen: Listen = Field(default_factory=Listen)
+    model_name: str = Field("llamafleet", min_length=1, description="The id /v1/models reports.")
+    target: TargetRef
+    drafters: list[BackendRef] = Field(default_factory=list)
+    native: BackendRef | None = Field(
+        None,
+        description="A llama-server of the target model started with its own draft model (native speculation). "
+        "llama.cpp b11434 ignores per-request speculative.* fields, so such a server speculates on every request; "
+        "when it is the target itself, direct and native are one path.",
+    )
+    mode: Mode = Field(Mode.auto, description="Default path; X-Llamafleet-Mode overrides it per request.")
+    draft_max: int = Field(8, gt=0, le=64)
+    auth: Auth | None = Field(None, description="None disables auth: only for a loopback listener.")
+    limits: Limits = Field(default_factory=Limits)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    history_size: int = Field(256, gt=0, description="Requests kept in /stats history.")
+
+    @model_validator(mode="after")
+    def _mode_available(self) -> "ProxyConfig":
+        if self.mode not in self.available_modes():
+            raise ValueError(f"mode {self.mode.value!r} is not available: {self._why_unavailable(self.mode)}")
+        return self
+
+    def available_modes(self) -> list[Mode]:
+        modes = [Mode.auto, Mode.direct]
+        if self.native is not None:
+            modes.append(Mode.native)
+        if self.drafters and self.target.slots >= 2:
+            modes.append(Mode.proxy)
+        return modes
+
+    def _why_unavailable(self, mode: Mode) -> str:
+        if mode is Mode.native:
+            return "the target has no native draft model"
+        return "it needs at least one drafter and a target with at least 2 slots (-np)"
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ProxyConfig":
+        """Read a YAML or JSON file; every problem becomes one UserError naming the file and the key."""
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as err:
+            raise UserError(f"{path}: cannot read proxy config: {err.strerror}") from None
+        data = _parse(path, text)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            raise UserError(f"{path}: invalid proxy config:\n{_describe(err)}") from None
+
+    @classmethod
+    def from_inventory(cls, inventory: Any, service_name: str) -> "ProxyConfig":
+        """Build the config for one proxy service of an inventory (``llamafleet.config.models.Inventory``)."""
+        service = inventory.services.get(service_name)
+        if service is None or getattr(service, "role", None) != "proxy":
+            raise UserError(f"services.{service_name}: no proxy service of that name in the inventory")
+        target = inventory.services[service.target]
+        target_url = _service_url(inventory, target)
+        auth = None
+        if service.auth is not None:
+            auth = Auth(token_file=service.auth.token_file, token_env=service.auth.token_env)
+        return cls(
+            listen=Listen(host=service.bind, port=service.port),
+            model_name=target.model,
+            target=TargetRef(name=service.target, url=target_url, slots=target.parallel),
+            drafters=[BackendRef(name=n, url=_service_url(inventory, inventory.services[n])) for n in service.drafters],
+            native=BackendRef(name=service.target, url=target_url) if target.native_draft else None,
+            mode=Mode(service.mode.value),
+            draft_max=service.draft_max,
+            auth=auth,
+        )
+
+
+def _service_url(inventory: Any, service: Any) -> str:
+    """Where the proxy host reaches a service: its host's ssh address (127.0.0.1 for a local host)."""
+    connection = inventory.hosts[service.host].connection
+    address = getattr(connection, "address", "127.0.0.1")
+    if ":" in address:  # IPv6 literal
+        address = f"[{address}]"
+    return f"http://{address}:{service.port}"
+
+
+def _parse(path: Path, text: str) -> Any:
+    if path.suffix == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from None
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import MarkedYAMLError
+
+    try:
+        return YAML(typ="safe").load(text)
+    except MarkedYAMLError as err:
+        mark = err.problem_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise UserError(f"{where}: invalid YAML: {err.problem}") from None
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        lines.append(f"  {where}: {e['msg']}")
+    return "\n".join(lines)

@@ -1,0 +1,144 @@
+"""The aiohttp client for llama-server: the only module that makes upstream HTTP calls.
+
+It implements :class:`proxy.backend.Backend` plus the target-only text helpers (tokenise, detokenise,
+chat template). Every failure becomes a :class:`BackendError`, so the app translates errors in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, AsyncIterator
+
+import aiohttp
+
+from llamafleet.proxy.backend import BackendError, Piece, Sampling, Verification
+
+_FINISH = {"eos": "eos", "limit": "limit", "word": "stop"}
+
+
+class LlamaServer:
+    """One llama-server, reached at ``url`` through a shared session."""
+
+    def __init__(self, name: str, url: str, session: aiohttp.ClientSession, timeout: float):
+        self.name = name
+        self.url = url
+        self.session = session
+        self.timeout = timeout
+
+    # --- plumbing ---------------------------------------------------------------------------------
+
+    async def _post(self, path: str, body: dict, timeout: float | None = None) -> Any:
+        try:
+            async with self.session.post(
+                self.url + path, json=body, timeout=aiohttp.ClientTimeout(total=timeout or self.timeout)
+            ) as resp:
+                payload = await resp.read()
+                if resp.status != 200:
+                    raise BackendError(self.name, f"{path} answered {resp.status}: {_error_text(payload)}", resp.status)
+                return json.loads(payload)
+        except asyncio.TimeoutError:
+            raise BackendError(self.name, f"{path} timed out after {timeout or self.timeout:.1f}s", timeout=True) from None
+        except (aiohttp.ClientError, ValueError) as err:
+            raise BackendError(self.name, f"{path} failed: {err or type(err).__name__}") from None
+
+    async def health(self, timeout: float = 2.0) -> bool:
+        try:
+            async with self.session.get(self.url + "/health", timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return False
+
+    # --- Backend ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _generation_body(tokens: list[int], n_predict: int, sampling: Sampling, stop: list[str]) -> dict:
+        body = {"prompt": tokens, "n_predict": n_predict, "return_tokens": True, "cache_prompt": True, **sampling.fields()}
+        if stop:
+            body["stop"] = stop
+        return body
+
+    async def complete(self, tokens: list[int], n_predict: int, sampling: Sampling, stop: list[str] = (), timeout: float | None = None) -> Piece:
+        data = await self._post("/completion", self._generation_body(tokens, n_predict, sampling, list(stop)), timeout)
+        return _piece(data, final=True)
+
+    async def stream(self, tokens: list[int], n_predict: int, sampling: Sampling, stop: list[str] = ()) -> AsyncIterator[Piece]:
+        body = {**self._generation_body(tokens, n_predict, sampling, list(stop)), "stream": True}
+        try:
+            async with self.session.post(
+                self.url + "/completion", json=body, timeout=aiohttp.ClientTimeout(total=self.timeout)
+            ) as resp:
+                if resp.status != 200:
+                    raise BackendError(self.name, f"/completion answered {resp.status}: {_error_text(await resp.read())}", resp.status)
+                async for line in resp.content:
+                    if not line.startswith(b"data: "):
+                        continue
+                    data = json.loads(line[6:])
+                    if "error" in data:
+                        raise BackendError(self.name, f"/completion stream error: {_error_text(line[6:])}")
+                    yield _piece(data, final=bool(data.get("stop")))
+        except asyncio.TimeoutError:
+            raise BackendError(self.name, f"/completion timed out after {self.timeout:.1f}s", timeout=True) from None
+        except (aiohttp.ClientError, ValueError) as err:
+            raise BackendError(self.name, f"/completion stream failed: {err or type(err).__name__}") from None
+
+    async def next_tokens(self, contexts: list[list[int]], sampling: Sampling, seeds: list[int | None]) -> Verification:
+        """One multi-prompt /completion: each context gets its own slot and one generated token.
+
+        Slots keep their KV cache (cache_prompt), and llama-server gives each prompt the slot whose cache
+        shares the longest prefix, so a slot mostly evaluates only the tokens new since the last round.
+        Per-position seeds need one prompt per request, so seeded sampling sends them concurrently instead.
+        """
+        if any(seed is not None for seed in seeds):
+            results = await asyncio.gather(*(
+                self._post("/completion", self._one_token_body(ctx, sampling, seed)) for ctx, seed in zip(contexts, seeds)
+            ))
+        else:
+            data = await self._post("/completion", self._one_token_body(contexts, sampling, None))
+            results = data if isinstance(data, list) else [data]
+            results = sorted(results, key=lambda r: r.get("index", 0))
+        if len(results) != len(contexts):
+            raise BackendError(self.name, f"asked for {len(contexts)} verifications, got {len(results)}")
+        tokens: list[int | None] = []
+        for result in results:
+            got = result.get("tokens") or []
+            tokens.append(None if result.get("stop_type") == "eos" or not got else got[0])
+        evaluated = sum(int(r.get("timings", {}).get("prompt_n", 0)) + 1 for r in results)
+        return Verification(tokens=tokens, evaluated=evaluated)
+
+    @staticmethod
+    def _one_token_body(prompt: Any, sampling: Sampling, seed: int | None) -> dict:
+        return {"prompt": prompt, "n_predict": 1, "return_tokens": True, "cache_prompt": True, **sampling.fields(seed)}
+
+    # --- text helpers (target only) ---------------------------------------------------------------
+
+    async def tokenize(self, text: str) -> list[int]:
+        # add_special + parse_special: exactly how llama-server tokenises its own /v1 prompts.
+        data = await self._post("/tokenize", {"content": text, "add_special": True, "parse_special": True})
+        return list(data["tokens"])
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        data = await self._post("/detokenize", {"tokens": tokens})
+        return data["content"]
+
+    async def apply_template(self, messages: list[dict]) -> str:
+        data = await self._post("/apply-template", {"messages": messages})
+        return data["prompt"]
+
+
+def _piece(data: dict, final: bool) -> Piece:
+    finish = None
+    if final:
+        finish = _FINISH.get(data.get("stop_type", ""), "eos" if data.get("stopped_eos") else "limit")
+    return Piece(tokens=list(data.get("tokens") or []), text=data.get("content", ""), finish=finish,
+                 timings=data.get("timings") or {})
+
+
+def _error_text(payload: bytes) -> str:
+    """The upstream's own error message, shortened; never the whole body."""
+    try:
+        err = json.loads(payload).get("error", {})
+        message = err.get("message") if isinstance(err, dict) else str(err)
+    except (ValueError, AttributeError):
+        message = payload.decode(errors="replace")
+    return (message or "no message")[:300]
