@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from llamafleet.proxy import api
 from llamafleet.proxy.backend import BackendError
 from llamafleet.proxy.config import ProxyConfig
+from llamafleet.proxy.dashboard import handle_dashboard
 from llamafleet.proxy.engine import Engine, ModeUnavailable
 from llamafleet.proxy.errors import ApiError, from_backend, from_validation, internal, invalid
 from llamafleet.proxy.speculation import PROXY_SAMPLING_METHOD, Job, Report
@@ -31,7 +32,7 @@ from llamafleet.proxy.text import TextAssembler
 from llamafleet.proxy.upstream import LlamaServer
 
 MODE_HEADER = "X-Llamafleet-Mode"
-PUBLIC_PATHS = frozenset({"/health"})
+PUBLIC_PATHS = frozenset({"/health", "/dashboard"})  # /dashboard: static page, its data comes from /stats (bench engineer)
 SAMPLING_METHODS = {
     "direct": "the target samples (pass-through)",
     "native": "llama.cpp speculative sampling on the target (rejection sampling at temperature > 0)",
@@ -344,6 +345,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/health", handle_health),
     ("GET", "/metrics", handle_metrics),
     ("GET", "/stats", handle_stats),
+    ("GET", "/dashboard", handle_dashboard),  # proxy/dashboard.py (bench engineer)
 ]
 
 
