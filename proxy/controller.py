@@ -68,8 +68,9 @@ class _RoundModel:
             return None
         points = sorted(self.round_seconds.items())
         if len(points) == 1:
+            # One measurement: assume half the round is fixed cost (HTTP, scheduling), half per token.
             n0, t0 = points[0]
-            return t0 * (n + 1) / (n0 + 1)
+            return t0 * (0.5 + 0.5 * (n + 1) / (n0 + 1))
         (n0, t0), (n1, t1) = points[0], points[-1]
         slope = max((t1 - t0) / (n1 - n0), 0.0)
         return max(t0 + slope * (n - n0), 1e-6)
@@ -126,7 +127,15 @@ class Controller:
     # --- decisions --------------------------------------------------------------------------------
 
     def draft_len(self, greedy: bool, max_width: int) -> int:
-        return self.rounds[greedy].best(max(1, min(self.draft_max, max_width)))[0]
+        """The best predicted length; an unmeasured neighbour of it is tried first (local search)."""
+        limit = max(1, min(self.draft_max, max_width))
+        model = self.rounds[greedy]
+        best = model.best(limit)[0]
+        if model.round_seconds:
+            for neighbour in (best + 1, best - 1):
+                if 1 <= neighbour <= limit and neighbour not in model.round_seconds:
+                    return neighbour
+        return best
 
     def estimates(self, greedy: bool, max_width: int) -> dict[str, float | None]:
         """Predicted seconds per token for each path (None: not measured yet)."""
@@ -179,7 +188,8 @@ class Controller:
                 "greedy": {p: rounded(v) for p, v in self.estimates(True, max_width).items()},
                 "sampled": {p: rounded(v) for p, v in self.estimates(False, max_width).items()},
             },
-            "draft_len": {"greedy": self.draft_len(True, max_width), "sampled": self.draft_len(False, max_width)},
+            "draft_len": {"greedy": self.rounds[True].best(max(1, min(self.draft_max, max_width)))[0],
+                          "sampled": self.rounds[False].best(max(1, min(self.draft_max, max_width)))[0]},
             "proxy_acceptance": {"greedy": rounded(self.rounds[True].acceptance), "sampled": rounded(self.rounds[False].acceptance)},
             "probe_interval_s": dict(self.probe_interval),
             "probe_time_fraction": round(self.probe_cost_bound(), 4),

@@ -1,0 +1,71 @@
+"""A recording fake backend for the pure speculation core (no HTTP, no llama.cpp).
+
+Its "model" is a fixed function of the context, so the exact greedy continuation is known; a drafter
+fake can be told to disagree at chosen positions or to fail after some calls (fault injection).
+"""
+
+from __future__ import annotations
+
+from llamafleet.proxy.backend import BackendError, Piece, Sampling, Verification
+
+EOS_AFTER = 10_000
+
+
+def rule(context: list[int], salt: int = 0) -> int | None:
+    """The fake model's greedy next token (None: end of generation)."""
+    if len(context) >= EOS_AFTER:
+        return None
+    return (sum(context[-3:]) * 31 + len(context) + salt) % 97
+
+
+class FakeModel:
+    def __init__(self, name: str, salt_every: int = 0, fail_after: int | None = None, eos_at: int | None = None):
+        self.name = name
+        self.salt_every = salt_every  # disagree with the target at every n-th position (0: never)
+        self.fail_after = fail_after
+        self.eos_at = eos_at
+        self.calls: list[tuple] = []
+
+    def next(self, context: list[int]) -> int | None:
+        if self.eos_at is not None and len(context) >= self.eos_at:
+            return None
+        salt = 1 if self.salt_every and len(context) % self.salt_every == 0 else 0
+        return rule(context, salt)
+
+    def _check(self) -> None:
+        if self.fail_after is not None and len(self.calls) > self.fail_after:
+            raise BackendError(self.name, "connection refused (injected)")
+
+    def _generate(self, tokens: list[int], n: int) -> Piece:
+        out, context = [], list(tokens)
+        for _ in range(n):
+            token = self.next(context)
+            if token is None:
+                return Piece(tokens=out, finish="eos", timings={"predicted_n": len(out), "prompt_n": len(tokens)})
+            out.append(token)
+            context.append(token)
+        return Piece(tokens=out, finish="limit", timings={"predicted_n": len(out), "prompt_n": len(tokens)})
+
+    async def complete(self, tokens, n_predict, sampling: Sampling, stop=(), timeout=None) -> Piece:
+        self.calls.append(("complete", len(tokens), n_predict))
+        self._check()
+        return self._generate(tokens, n_predict)
+
+    async def stream(self, tokens, n_predict, sampling: Sampling, stop=()):
+        self.calls.append(("stream", len(tokens), n_predict))
+        self._check()
+        piece = self._generate(tokens, n_predict)
+        for i, token in enumerate(piece.tokens):
+            last = i == len(piece.tokens) - 1
+            yield Piece(tokens=[token], finish=piece.finish if last else None, timings=piece.timings if last else {})
+        if not piece.tokens:
+            yield piece
+
+    async def next_tokens(self, contexts, sampling: Sampling, seeds) -> Verification:
+        self.calls.append(("next_tokens", len(contexts)))
+        self._check()
+        return Verification(tokens=[self.next(c) for c in contexts], evaluated=sum(len(c) for c in contexts))
+
+
+def greedy_reference(target: FakeModel, prompt: list[int], n: int) -> list[int]:
+    return target._generate(prompt, n).tokens
