@@ -13,6 +13,7 @@ COMMANDS = (
     "validate",
     "schema",
     "proxy",
+    "bench",
 )
 
 

@@ -1,0 +1,62 @@
+"""What the benchmark runs against: URLs of the target, the proxy and a drafter, the proxy's token,
+and which speculation paths are on offer. From a deployed cluster's inventory, or the local rig."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llamafleet.config import load_inventory
+from llamafleet.errors import UserError
+from llamafleet.proxy.config import ProxyConfig, _service_url
+
+SPECULATION_MODES = ("native", "proxy", "auto")
+
+
+@dataclass
+class BenchSetup:
+    target_url: str  # the target llama-server itself: the baseline
+    proxy_url: str
+    token: str | None
+    drafter_url: str | None  # a drafter llama-server: the draft cost probe, and Tightwad's draft
+    modes: list[str]  # the speculation paths the proxy offers, in SPECULATION_MODES order
+    about: dict = field(default_factory=dict)  # what was benchmarked, for the JSON file
+
+
+def from_inventory(path: Path, proxy_service: str | None, token_file: Path | None) -> BenchSetup:
+    inventory = load_inventory(path)
+    name = proxy_service or _only_proxy(inventory, path)
+    config = ProxyConfig.from_inventory(inventory, name)
+    service = inventory.services[name]
+    offered = {m.value for m in config.available_modes()}
+    return BenchSetup(
+        target_url=config.target.url,
+        proxy_url=_service_url(inventory, service),
+        token=_token(config, token_file),
+        drafter_url=config.drafters[0].url if config.drafters else None,
+        modes=[m for m in SPECULATION_MODES if m in offered],
+        about={"inventory": str(path), "cluster": inventory.cluster, "proxy_service": name,
+               "target": config.target.name, "drafters": [d.name for d in config.drafters]},
+    )
+
+
+def _only_proxy(inventory, path: Path) -> str:
+    proxies = [n for n, s in inventory.services.items() if s.role == "proxy"]
+    if len(proxies) != 1:
+        found = ", ".join(proxies) or "none"
+        raise UserError(f"{path}: bench needs exactly one proxy service or --proxy-service NAME (found: {found})")
+    return proxies[0]
+
+
+def _token(config: ProxyConfig, token_file: Path | None) -> str | None:
+    """--token-file wins (the inventory's token_file is a path on the proxy host); otherwise read
+    the inventory's own source here, which works for token_env and for a shared path."""
+    if token_file is not None:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as err:
+            raise UserError(f"--token-file {token_file}: {err.strerror or err}") from None
+        if not token:
+            raise UserError(f"--token-file {token_file}: the file is empty")
+        return token
+    return config.auth.read_token() if config.auth else None
