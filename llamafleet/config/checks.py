@@ -1,28 +1,427 @@
-"""Semantic checks over a structurally valid inventory. Each check has its own code and fix hint."""
+"""Semantic checks over a structurally valid inventory. Each check has its own code and fix hint
+(docs/inventory.md lists them); errors fail ``llamafleet validate``, warnings are only printed.
+
+Checks never assume that references resolve: a dangling reference is reported once, by
+:func:`check_references`, and every other check skips what it cannot look up.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import difflib
+import re
+from collections.abc import Iterator
+from llamafleet.config import flags
+from llamafleet.config.findings import Finding, Severity
+from llamafleet.config.memory import device_index, memory_findings, valid_device_names
+from llamafleet.config.models import (
+    OS,
+    Backend,
+    DrafterService,
+    GpuVendor,
+    Inventory,
+    LlamaServerService,
+    ProxyService,
+    RpcWorkerService,
+    ServiceManager,
+    TargetService,
+)
 
-from llamafleet.config.findings import Finding
-from llamafleet.config.models import Inventory
+Findings = Iterator[Finding]
+
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
 
-def run_checks(inventory: Inventory, inventory_path: Path | None = None) -> list[Finding]:
+def run_checks(inventory: Inventory) -> list[Finding]:
     findings: list[Finding] = []
     for check in CHECKS:
         findings.extend(check(inventory))
     return findings
 
 
-def check_one_build(inventory: Inventory):
+def _llama_services(inventory: Inventory) -> Iterator[tuple[str, LlamaServerService]]:
+    for name, service in inventory.services.items():
+        if isinstance(service, LlamaServerService):
+            yield name, service
+
+
+# --- one build -----------------------------------------------------------------------------------
+
+
+def check_one_build(inventory: Inventory) -> Findings:
     """LF101: the whole cluster runs one llama.cpp build (the seed ran b8112, b8100 and b8079)."""
     pinned = inventory.llama_cpp.build
     for name, host in inventory.hosts.items():
         if host.llama_cpp_build is not None and host.llama_cpp_build != pinned:
             yield Finding("LF101", f"host is on llama.cpp {host.llama_cpp_build} but the cluster pins {pinned}",
-                          f"remove llama_cpp_build here (the deploy installs {pinned} on every host)",
+                          f"remove llama_cpp_build here: the deploy installs {pinned} on every host",
                           ("hosts", name, "llama_cpp_build"))
 
 
-CHECKS = (check_one_build,)
+# --- extra_args against the pinned build's flags -------------------------------------------------
+
+# Every spelling (b11434) of options whose value is a model location: model paths come from
+# models_dir + the file name. Checked even for builds without flag data.
+MODEL_PATH_FLAGS = {"-m", "--model", "-mu", "--model-url", "-dr", "--docker-repo", "-hf", "-hfr", "--hf-repo",
+                    "-hff", "--hf-file", "-md", "--model-draft", "--spec-draft-model", "-hfd", "-hfrd",
+                    "--hf-repo-draft", "--spec-draft-hf", "-mm", "--mmproj", "-mmu", "--mmproj-url", "-mv",
+                    "--model-vocoder", "-hfv", "-hfrv", "--hf-repo-v", "-hffv", "--hf-file-v"}
+# Options the inventory already sets from structured fields; a second copy in extra_args would fight it.
+MANAGED_FLAGS = {
+    "ctx_size": {"-c", "--ctx-size"}, "parallel": {"-np", "--parallel"},
+    "gpu_layers": {"-ngl", "--gpu-layers", "--n-gpu-layers"}, "devices": {"-dev", "--device"},
+    "port": {"--port"}, "bind": {"--host"}, "rpc_workers": {"--rpc"},
+    "native_draft": {"-devd", "--device-draft", "--spec-draft-device", "-ngld", "--gpu-layers-draft",
+                     "--n-gpu-layers-draft", "--spec-draft-ngl", "--spec-draft-n-max", "--spec-draft-n-min"},
+}
+_NUMBER = re.compile(r"^-?[0-9.]+$")
+
+
+def _normalise(flag: str) -> str:
+    """llama.cpp reads ``--ctx_size`` as ``--ctx-size`` (long flags only); it has no ``--flag=value``."""
+    return flag.replace("_", "-") if flag.startswith("--") else flag
+
+
+def _flag_tokens(args: list[str]) -> Iterator[tuple[int, str]]:
+    """(index, flag) for each argument that looks like a flag (``--x=1`` -> ``--x``; ``-1`` is a value)."""
+    for index, token in enumerate(args):
+        if token.startswith("-") and not _NUMBER.match(token):
+            yield index, _normalise(token.partition("=")[0])
+
+
+def check_managed_args(inventory: Inventory) -> Findings:
+    """LF104: no model paths in extra_args; LF105: no flags that duplicate a structured field."""
+    for name, service in _llama_services(inventory):
+        for index, flag in _flag_tokens(service.extra_args):
+            where = ("services", name, "extra_args", index)
+            if flag in MODEL_PATH_FLAGS:
+                yield Finding("LF104", f"{flag} sets a model path by hand (the seed's hand-typed M2 path did not exist)",
+                              "name the model in the service's model: (or native_draft:); its path is derived "
+                              "from the host's models_dir and the file name", where)
+            for field_name, spellings in MANAGED_FLAGS.items():
+                if flag in spellings:
+                    yield Finding("LF105", f"{flag} is set by llamafleet from the service's {field_name}",
+                                  f"set {field_name} on the service instead of passing {flag}", where)
+
+
+def check_flags(inventory: Inventory) -> Findings:
+    """LF102/LF106: every llama-server service's extra_args against the pinned build's flag list;
+    LF103: say so when the pinned build has no flag list (rather than pass silently)."""
+    build = inventory.llama_cpp.build
+    table = flags.flag_table(build, "llama-server")
+    if table is None:
+        if any(s.extra_args for _, s in _llama_services(inventory)):
+            shipped = ", ".join(flags.shipped_builds()) or "none"
+            yield Finding("LF103", f"no flag list is shipped for llama.cpp {build}: extra_args are NOT checked",
+                          f"generate one with `python -m llamafleet.config.flags --bin-dir DIR --build {build}` "
+                          f"(shipped: {shipped})", ("llama_cpp", "build"), Severity.warning)
+        return
+    for name, service in _llama_services(inventory):
+        yield from _check_args(table, build, ("services", name, "extra_args"), service.extra_args)
+
+
+def _check_args(table: flags.FlagTable, build: str, path: tuple, args: list[str]) -> Findings:
+    index = 0
+    while index < len(args):
+        token = args[index]
+        where = path + (index,)
+        if not token.startswith("-") or _NUMBER.match(token):
+            yield Finding("LF106", f"{token!r} is not a flag and no flag before it takes a value",
+                          "write each flag followed by its value(s) as separate list items", where)
+            index += 1
+            continue
+        option = table.lookup(_normalise(token))
+        if option is None:
+            yield Finding("LF102", f"llama-server {build} has no flag {token!r}", _flag_hint(token, table), where)
+            index += 1
+            continue
+        if option.values > len(args) - index - 1:
+            yield Finding("LF106", f"{token} needs {option.values} value(s)", f"add the value after {token}", where)
+        index += 1 + option.values
+
+
+def _flag_hint(flag: str, table: flags.FlagTable) -> str:
+    if flag == "--np":
+        return "the slot count flag is -np or --parallel; better, set parallel: N on the service"
+    name, equals, _ = flag.partition("=")
+    if equals and table.lookup(_normalise(name)):
+        return f"llama.cpp has no --flag=value form: write {name!r} and its value as two list items"
+    close = difflib.get_close_matches(flag, list(table.by_flag), n=2, cutoff=0.75)
+    return f"did you mean {' or '.join(close)}?" if close else "see `llama-server --help` of the pinned build"
+
+
+# --- references and roles ------------------------------------------------------------------------
+
+_ROLE_OF = {TargetService: "target", DrafterService: "drafter", RpcWorkerService: "rpc-worker", ProxyService: "proxy"}
+
+
+def check_references(inventory: Inventory) -> Findings:
+    """LF160 (no such host/model/service) and LF161 (a reference to a service of the wrong role)."""
+    for host_name, host in inventory.hosts.items():
+        for index, model in enumerate(host.models):
+            if model not in inventory.models:
+                yield _missing("model", model, inventory.models, ("hosts", host_name, "models", index))
+    for name, service in inventory.services.items():
+        base = ("services", name)
+        if service.host not in inventory.hosts:
+            yield _missing("host", service.host, inventory.hosts, base + ("host",))
+        if isinstance(service, LlamaServerService) and service.model not in inventory.models:
+            yield _missing("model", service.model, inventory.models, base + ("model",))
+        yield from _service_refs(inventory, base, service)
+
+
+def _service_refs(inventory: Inventory, base: tuple, service) -> Findings:
+    wanted: list[tuple[tuple, str, type]] = []
+    if isinstance(service, TargetService):
+        wanted += [(base + ("rpc_workers", i), w, RpcWorkerService) for i, w in enumerate(service.rpc_workers)]
+        if service.native_draft is not None:
+            draft = service.native_draft
+            if draft.model not in inventory.models:
+                yield _missing("model", draft.model, inventory.models, base + ("native_draft", "model"))
+            wanted.append((base + ("native_draft", "rpc_worker"), draft.rpc_worker, RpcWorkerService))
+    if isinstance(service, ProxyService):
+        wanted.append((base + ("target",), service.target, TargetService))
+        wanted += [(base + ("drafters", i), d, DrafterService) for i, d in enumerate(service.drafters)]
+    for path, ref, kind in wanted:
+        other = inventory.services.get(ref)
+        if other is None:
+            yield _missing("service", ref, inventory.services, path)
+        elif not isinstance(other, kind):
+            yield Finding("LF161", f"service {ref!r} is a {other.role}, but this must name a {_ROLE_OF[kind]}",
+                          f"name a service with role: {_ROLE_OF[kind]}", path)
+
+
+def _missing(kind: str, name: str, known, path: tuple) -> Finding:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"declare it under {kind}s:" if kind != "service" \
+        else "declare it under services:"
+    return Finding("LF160", f"no {kind} named {name!r}", hint, path)
+
+
+def check_model_on_host(inventory: Inventory) -> Findings:
+    """LF150: a service's model (and a native draft) must be in its host's models list, so the deploy
+    places the file there before the service starts."""
+    for name, service in _llama_services(inventory):
+        host = inventory.hosts.get(service.host)
+        if host is None:
+            continue
+        needed = [(("services", name, "model"), service.model)]
+        if isinstance(service, TargetService) and service.native_draft is not None:
+            needed.append((("services", name, "native_draft", "model"), service.native_draft.model))
+        for path, model in needed:
+            if model in inventory.models and model not in host.models:
+                yield Finding("LF150", f"model {model!r} is not in host {service.host!r}'s models list",
+                              f"add {model} to hosts.{service.host}.models", path)
+
+
+# --- tokenizer -----------------------------------------------------------------------------------
+
+
+def check_tokenizers(inventory: Inventory) -> Findings:
+    """LF120: drafts must share the target's tokenizer family (proxy drafters and native drafts)."""
+    for name, service in inventory.services.items():
+        if isinstance(service, TargetService) and service.native_draft is not None:
+            yield from _same_tokenizer(inventory, service.model, service.native_draft.model,
+                                       ("services", name, "native_draft", "model"))
+        if isinstance(service, ProxyService):
+            target = inventory.services.get(service.target)
+            if not isinstance(target, TargetService):
+                continue
+            for index, drafter_name in enumerate(service.drafters):
+                drafter = inventory.services.get(drafter_name)
+                if isinstance(drafter, DrafterService):
+                    yield from _same_tokenizer(inventory, target.model, drafter.model,
+                                               ("services", name, "drafters", index))
+
+
+def _same_tokenizer(inventory: Inventory, target_model: str, draft_model: str, path: tuple) -> Findings:
+    target, draft = inventory.models.get(target_model), inventory.models.get(draft_model)
+    if target is not None and draft is not None and target.tokenizer != draft.tokenizer:
+        yield Finding("LF120", f"draft {draft_model} uses tokenizer {draft.tokenizer!r} but target {target_model} "
+                      f"uses {target.tokenizer!r}: its tokens mean nothing to the target",
+                      "pick a draft model of the target's family", path)
+
+
+# --- ports and addresses -------------------------------------------------------------------------
+
+
+def check_ports(inventory: Inventory) -> Findings:
+    """LF130: two services on one host cannot listen on the same port."""
+    seen: dict[tuple[str, int], str] = {}
+    for name, service in inventory.services.items():
+        key = (service.host, service.port)
+        if key in seen:
+            yield Finding("LF130", f"port {service.port} on host {service.host!r} is already used by {seen[key]!r}",
+                          "give each service on a host its own port", ("services", name, "port"))
+        else:
+            seen[key] = name
+
+
+def declared_addresses(inventory: Inventory, host_name: str) -> set[str]:
+    host = inventory.hosts[host_name]
+    declared = set(LOOPBACK) | set(host.addresses)
+    if host.connection.type == "ssh":
+        declared.add(host.connection.address)
+    return declared
+
+
+def check_binds(inventory: Inventory) -> Findings:
+    """LF170: an rpc-worker binds a declared address of its host (ggml-rpc-server has no auth);
+    LF171: a service used from another host must not listen on loopback only."""
+    for name, service in inventory.services.items():
+        if service.host not in inventory.hosts:
+            continue
+        if isinstance(service, RpcWorkerService) and service.bind not in declared_addresses(inventory, service.host):
+            yield Finding("LF170", f"rpc-worker binds {service.bind}, which is not an address of host {service.host!r}",
+                          f"bind one of: {', '.join(sorted(declared_addresses(inventory, service.host)))}, "
+                          f"or add it to hosts.{service.host}.addresses", ("services", name, "bind"))
+        for path, ref in _remote_uses(name, service):
+            used = inventory.services.get(ref)
+            if used is not None and used.host != service.host and used.bind in LOOPBACK:
+                yield Finding("LF171", f"{ref!r} listens on {used.bind} of host {used.host!r}, so {name!r} on "
+                              f"host {service.host!r} cannot reach it",
+                              f"bind {ref} to an address of {used.host} that {service.host} can reach",
+                              ("services", name) + path)
+
+
+def _remote_uses(name: str, service) -> Iterator[tuple[tuple, str]]:
+    if isinstance(service, TargetService):
+        yield from ((("rpc_workers", i), w) for i, w in enumerate(service.rpc_workers))
+        if service.native_draft is not None:
+            yield ("native_draft", "rpc_worker"), service.native_draft.rpc_worker
+    if isinstance(service, ProxyService):
+        yield ("target",), service.target
+        yield from ((("drafters", i), d) for i, d in enumerate(service.drafters))
+
+
+# --- hosts: backend, OS, GPUs, drivers, devices --------------------------------------------------
+
+BACKEND_OS = {Backend.metal: {OS.macos}, Backend.rocm: {OS.linux}, Backend.cuda: {OS.linux, OS.windows},
+              Backend.vulkan: {OS.linux, OS.windows}, Backend.cpu: {OS.linux, OS.windows, OS.macos}}
+BACKEND_VENDOR = {Backend.cuda: {GpuVendor.nvidia}, Backend.rocm: {GpuVendor.amd}, Backend.metal: {GpuVendor.apple},
+                  Backend.vulkan: {GpuVendor.nvidia, GpuVendor.amd, GpuVendor.intel}}
+OS_MANAGERS = {OS.linux: {ServiceManager.systemd, ServiceManager.supervisord}, OS.macos: {ServiceManager.launchd},
+               OS.windows: {ServiceManager.windows_service}}
+DRIVER_VENDOR = {"nvidia": GpuVendor.nvidia, "rocm": GpuVendor.amd}
+
+
+def check_hosts(inventory: Inventory) -> Findings:
+    """LF140 backend/OS, LF141 service manager/OS, LF142 GPUs/backend, LF143 driver pin/GPUs."""
+    for name, host in inventory.hosts.items():
+        base = ("hosts", name)
+        if host.os not in BACKEND_OS[host.backend]:
+            allowed = ", ".join(sorted(o.value for o in BACKEND_OS[host.backend]))
+            yield Finding("LF140", f"backend {host.backend.value} does not run on {host.os.value} (only {allowed})",
+                          "pick the backend this OS supports (metal: macos; rocm: linux; cuda/vulkan: linux, windows)",
+                          base + ("backend",))
+        if host.service_manager not in OS_MANAGERS[host.os]:
+            allowed = ", ".join(sorted(m.value for m in OS_MANAGERS[host.os]))
+            yield Finding("LF141", f"{host.service_manager.value} does not manage services on {host.os.value}",
+                          f"use one of: {allowed}", base + ("service_manager",))
+        yield from _check_gpus(name, host)
+        if host.driver is not None and not any(g.vendor is DRIVER_VENDOR[host.driver.kind] for g in host.gpus):
+            yield Finding("LF143", f"a {host.driver.kind} driver pin on a host without a "
+                          f"{DRIVER_VENDOR[host.driver.kind].value} GPU", "remove the driver pin or list the GPU",
+                          base + ("driver", "kind"))
+
+
+def _check_gpus(name: str, host) -> Findings:
+    vendors = BACKEND_VENDOR.get(host.backend)
+    if vendors is None:
+        return
+    if not host.gpus:
+        yield Finding("LF142", f"backend {host.backend.value} needs a GPU, and none is listed",
+                      "list the host's GPUs (vendor, model, vram_gb), or use backend: cpu", ("hosts", name, "backend"))
+    for index, gpu in enumerate(host.gpus):
+        if gpu.vendor not in vendors:
+            yield Finding("LF142", f"backend {host.backend.value} cannot drive a {gpu.vendor.value} GPU",
+                          "use the backend of this GPU's vendor (nvidia: cuda; amd: rocm; apple: metal; any: vulkan)",
+                          ("hosts", name, "gpus", index, "vendor"))
+
+
+def check_devices(inventory: Inventory) -> Findings:
+    """LF115: device names (-dev, rpc-worker -d) must name a GPU of the host, e.g. CUDA1 or ROCm0."""
+    for name, service in inventory.services.items():
+        host = inventory.hosts.get(service.host)
+        if host is None:
+            continue
+        names: list[tuple[tuple, str]] = []
+        if isinstance(service, LlamaServerService) and service.devices and service.devices != ["none"]:
+            names = [(("devices", i), d) for i, d in enumerate(service.devices)]
+        if isinstance(service, RpcWorkerService) and service.device is not None:
+            names = [(("device",), service.device)]
+        for path, device in names:
+            if device_index(device, host) is None:
+                valid = ", ".join(valid_device_names(host)) or "none (this host has no GPU backend)"
+                yield Finding("LF115", f"host {service.host!r} has no device {device!r}", f"valid: {valid}",
+                              ("services", name) + path)
+
+
+def check_memory(inventory: Inventory) -> Findings:
+    """LF110-LF114: weights plus KV cache fit each device (see llamafleet.config.memory)."""
+    yield from memory_findings(inventory)
+
+
+# --- downloads -----------------------------------------------------------------------------------
+
+
+def check_downloads(inventory: Inventory) -> Findings:
+    """LF180: every model file to place has a URL (its own, or the mirror); LF181: every host that runs
+    llama.cpp has an archive to install from (a release for its os/arch/backend, or the source)."""
+    pin = inventory.llama_cpp
+    placed = {m for host in inventory.hosts.values() for m in host.models}
+    for model_name in sorted(placed & set(inventory.models)):
+        for index, file in enumerate(inventory.models[model_name].files):
+            if file.url is None and pin.mirror is None:
+                yield Finding("LF180", f"no URL for {file.name} and no llama_cpp.mirror to fall back to",
+                              "add url: to the file, or set llama_cpp.mirror",
+                              ("models", model_name, "files", index, "name"))
+    runs_llama = {s.host for s in inventory.services.values() if not isinstance(s, ProxyService)}
+    for name in sorted(runs_llama & set(inventory.hosts)):
+        yield from _host_archive(inventory, name)
+
+
+def _host_archive(inventory: Inventory, name: str) -> Findings:
+    host, pin = inventory.hosts[name], inventory.llama_cpp
+    if host.install == "source":
+        archives = [pin.source] if pin.source is not None else []
+        missing = "llama_cpp.source is not set"
+    else:
+        archives = [r for r in pin.releases if (r.os, r.arch, r.backend) == (host.os, host.arch, host.backend)]
+        missing = f"no llama_cpp.releases entry for {host.os.value}/{host.arch.value}/{host.backend.value}"
+    if not archives:
+        yield Finding("LF181", f"host installs llama.cpp from {host.install}, but {missing}",
+                      "add the release archive with its sha256, or set install: source and llama_cpp.source",
+                      ("hosts", name, "install"))
+    for archive in archives:
+        if archive.url is None and pin.mirror is None:
+            yield Finding("LF180", f"no URL for {archive.file} and no llama_cpp.mirror to fall back to",
+                          "add url: to the archive, or set llama_cpp.mirror", ("hosts", name, "install"))
+
+
+# --- proxy ---------------------------------------------------------------------------------------
+
+
+def check_proxies(inventory: Inventory) -> Findings:
+    """LF190: the speculation mode has what it needs; LF191: auth is unambiguous, and required off loopback."""
+    for name, service in inventory.services.items():
+        if not isinstance(service, ProxyService):
+            continue
+        base = ("services", name)
+        target = inventory.services.get(service.target)
+        if service.mode.value == "proxy" and not service.drafters:
+            yield Finding("LF190", "mode proxy needs at least one drafter", "list drafters, or use mode: auto",
+                          base + ("mode",))
+        if service.mode.value == "native" and isinstance(target, TargetService) and target.native_draft is None:
+            yield Finding("LF190", f"mode native needs target {service.target!r} to have native_draft",
+                          "add native_draft to the target, or use mode: auto", base + ("mode",))
+        auth = service.auth
+        if auth is not None and (auth.token_file is None) == (auth.token_env is None):
+            yield Finding("LF191", "auth needs exactly one of token_file and token_env",
+                          "keep one token source", base + ("auth",))
+        if auth is None and service.bind not in LOOPBACK:
+            yield Finding("LF191", f"the proxy listens on {service.bind} without auth",
+                          "add auth: {token_file: ...}, or bind 127.0.0.1", base + ("bind",))
+
+
+CHECKS = (check_references, check_one_build, check_managed_args, check_flags, check_model_on_host, check_tokenizers, check_ports,
+          check_binds, check_hosts, check_devices, check_memory, check_downloads, check_proxies)

@@ -286,7 +286,9 @@ def _schema_findings(error: jsonschema.ValidationError, base: DataPath) -> list[
     if kind == "type":
         wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
         names = " or ".join(_TYPE_NAMES.get(t, t) for t in wanted)
-        return [Finding("LF012", f"must be {names}, got {_describe_type(error.instance)} {error.instance!r}", "", path)]
+        # YAML reads 0123 or 1e5 as numbers: a string field holding one needs quotes.
+        hint = 'quote it: "..."' if "string" in wanted and isinstance(error.instance, (int, float)) else ""
+        return [Finding("LF012", f"must be {names}, got {_describe_type(error.instance)} {error.instance!r}", hint, path)]
     return [Finding("LF013", _value_message(error), _value_hint(error), path)]
 
 
@@ -402,7 +404,7 @@ def check_inventory(path: str | os.PathLike) -> tuple[Inventory | None, list[Fin
     inventory = None
     if not found:
         inventory, found = _validate_models(data)
-    found += [] if inventory is None else run_checks(inventory, inventory_path=path)
+    found += [] if inventory is None else run_checks(inventory)
     located = [_locate(f, name, positions) for f in findings.items + found]
     located.sort(key=lambda f: (f.line or 0, f.col or 0, f.code))
     return (inventory if not [f for f in located if f.severity.value == "error"] else None), located

@@ -116,6 +116,10 @@ class Gpu(Strict):
     vendor: GpuVendor
     model: str = Field(min_length=1)
     vram_gb: float = Field(gt=0, description="Device memory in GiB (for Apple silicon: unified memory).")
+    usable_gb: float | None = Field(
+        None, gt=0,
+        description="GiB llama.cpp may allocate here, when less than vram_gb: for Apple silicon the Metal working "
+        "set (what `llama-server --list-devices` reports). Default for Metal: 2/3 of vram_gb up to 36 GiB, 3/4 above.")
 
 
 class DriverPin(Strict):
@@ -125,6 +129,9 @@ class DriverPin(Strict):
 
 class Host(Strict):
     connection: Connection
+    addresses: list[str] = Field(
+        default_factory=list,
+        description="Further addresses of this host that services may bind (the ssh address and loopback always may).")
     os: OS
     arch: Arch = Arch.x86_64
     backend: Backend = Backend.cpu
