@@ -27,21 +27,28 @@ CONTEXT_PER_SLOT = 1024
 
 
 @contextmanager
-def running_rig(log_dir: Path, *, pair: str = "slow", threads: int = 1) -> Iterator[BenchSetup]:
-    build = cache.ensure_llama_cpp()
+def running_rig(log_dir: Path, *, pair: str = "slow", threads: int = 1, build: cache.LlamaCpp | None = None,
+                device: str | None = None, target_model: Path | None = None) -> Iterator[BenchSetup]:
+    """``build``, ``device`` and ``target_model`` are for GPU runs (benchmarks/gpu/run.sh): a CUDA
+    build, the device every server offloads to (e.g. CUDA0), and a larger padded target."""
+    build = build or cache.ensure_llama_cpp()
     draft = cache.ensure_smollm2()
-    target_model = models.ensure_slow_target() if pair == "slow" else models.ensure_partial_target()
+    if target_model is None:
+        target_model = models.ensure_slow_target() if pair == "slow" else models.ensure_partial_target()
+    # On the CPU rig "-dev none" keeps every model on the host; a GPU device takes all layers.
+    placement = ["-dev", device, "-ngl", "99"] if device else ["-dev", "none"]
     with ExitStack() as stack:
         def start(model: Path, name: str, args: list[str]) -> servers.RunningProcess:
-            server = servers.start_llama_server(build, model, log_dir=log_dir, args=args, threads=threads, name=name)
+            server = servers.start_llama_server(build, model, log_dir=log_dir, args=args, threads=threads,
+                                                name=name)
             return stack.enter_context(servers.running(server))
 
         slots = DRAFT_MAX + 1  # the proxy path verifies draft length + 1 prefixes in one batch
-        target = start(target_model, "target", ["-c", str(CONTEXT_PER_SLOT * slots), "-np", str(slots)])
-        drafter = start(draft, "drafter", ["-c", str(CONTEXT_PER_SLOT)])
+        target = start(target_model, "target", ["-c", str(CONTEXT_PER_SLOT * slots), "-np", str(slots), *placement])
+        drafter = start(draft, "drafter", ["-c", str(CONTEXT_PER_SLOT), *placement])
         rpc = stack.enter_context(servers.running(servers.start_rpc_server(build, log_dir=log_dir, threads=threads)))
         native = start(target_model, "native", [
-            "-c", str(CONTEXT_PER_SLOT), "--rpc", f"127.0.0.1:{rpc.port}", "-dev", "none",
+            "-c", str(CONTEXT_PER_SLOT), "--rpc", f"127.0.0.1:{rpc.port}", *placement,
             "-md", str(draft), "-devd", "RPC0", "-ngld", "99",
             "--spec-type", "draft-simple", "--spec-draft-n-max", str(DRAFT_MAX),
         ])
@@ -55,12 +62,13 @@ def running_rig(log_dir: Path, *, pair: str = "slow", threads: int = 1) -> Itera
             "draft_max": DRAFT_MAX,
             "auth": {"token_file": str(_write_secret(log_dir / "proxy-token", token))},
         }
-        proxy = stack.enter_context(servers.running(_start_proxy(config, log_dir)))
+        proxy = stack.enter_context(servers.running(start_proxy(config, log_dir)))
         yield BenchSetup(
             target_url=target.url, proxy_url=proxy.url, token=token, drafter_url=drafter.url,
             modes=["native", "proxy", "auto"],
             about={"cluster": f"local rig ({pair} pair)", "target_model": target_model.name,
-                   "draft_model": draft.name, "threads_per_server": threads, "draft_max": DRAFT_MAX},
+                   "draft_model": draft.name, "threads_per_server": threads, "draft_max": DRAFT_MAX,
+                   "device": device or "cpu", "llama_cpp": str(build.root)},
         )
 
 
@@ -72,7 +80,7 @@ def _write_secret(path: Path, secret: str) -> Path:
     return path
 
 
-def _start_proxy(config: dict, log_dir: Path) -> servers.RunningProcess:
+def start_proxy(config: dict, log_dir: Path) -> servers.RunningProcess:
     """The proxy in its own process, as a deployment runs it (and off the benchmark client's GIL)."""
     port = config["listen"]["port"]
     config_path = log_dir / f"proxy-{port}.json"

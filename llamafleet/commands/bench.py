@@ -17,7 +17,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "bench", help="benchmark direct generation against each speculation path (and Tightwad)",
         description=__doc__.split("\n")[0])
-    parser.add_argument("inventory", nargs="?", type=Path, help="inventory of the deployed cluster to benchmark")
+    parser.add_argument("inventory", nargs="?", type=Path,
+                        help="inventory of the deployed cluster to benchmark (default: as for validate)")
     parser.add_argument("--rig", action="store_true",
                         help="start the local loopback rig (slow padded target + SmolLM2 draft) and benchmark it")
     parser.add_argument("--proxy-service", metavar="NAME", help="the inventory's proxy service, if it has several")
@@ -38,6 +39,11 @@ def register(subparsers) -> None:
     parser.add_argument("--rig-pair", choices=("slow", "partial"), default="slow",
                         help="rig target: slow padded SmolLM2 (draft always agrees) or the fast partly-agreeing one")
     parser.add_argument("--rig-threads", type=_positive, default=1, metavar="N", help="threads per rig llama-server (1)")
+    parser.add_argument("--rig-build", type=Path, metavar="DIR",
+                        help="llama.cpp tree whose build/bin holds llama-server and ggml-rpc-server (GPU runs)")
+    parser.add_argument("--rig-device", metavar="NAME", help="llama.cpp device for every rig server, e.g. CUDA0")
+    parser.add_argument("--rig-target", type=Path, metavar="FILE.gguf",
+                        help="target model for the rig instead of the padded SmolLM2 (same vocabulary)")
     parser.add_argument("--log-dir", type=Path, metavar="DIR", help="where rig and Tightwad logs go (default: a temp dir)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar on stderr (default: when stderr is a terminal)")
@@ -48,15 +54,19 @@ def run(args) -> int:
     from llamafleet.bench import rig, session
     from llamafleet.bench.chart import write_chart
     from llamafleet.bench.driver import benchmark
+    from llamafleet.config import default_inventory_path
 
-    if args.rig == (args.inventory is not None):
-        raise UserError("give an INVENTORY of a deployed cluster, or --rig for the local rig (not both)")
+    if args.rig and args.inventory is not None:
+        raise UserError("give an INVENTORY of a deployed cluster or --rig for the local rig, not both")
     with ExitStack() as stack:
         log_dir = args.log_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="llamafleet-bench-")))
         if args.rig:
-            setup = stack.enter_context(rig.running_rig(log_dir, pair=args.rig_pair, threads=args.rig_threads))
+            setup = stack.enter_context(rig.running_rig(
+                log_dir, pair=args.rig_pair, threads=args.rig_threads, build=_rig_build(args.rig_build),
+                device=args.rig_device, target_model=_existing(args.rig_target, "--rig-target")))
         else:
-            setup = session.from_inventory(args.inventory, args.proxy_service, args.token_file)
+            inventory = args.inventory or default_inventory_path()
+            setup = session.from_inventory(inventory, args.proxy_service, args.token_file)
         result = benchmark(setup, args, log_dir)
     print(result.tables)
     if args.json:
@@ -66,6 +76,24 @@ def run(args) -> int:
         write_chart(result.summary, result.conditions, args.chart, result.title)
         print(f"chart: {args.chart}", file=sys.stderr)
     return 0
+
+
+def _rig_build(root: Path | None):
+    from llamafleet.rig.cache import LlamaCpp
+
+    if root is None:
+        return None
+    build = LlamaCpp(root)
+    for binary in (build.server, build.rpc_server):
+        if not binary.is_file():
+            raise UserError(f"--rig-build {root}: no {binary.name} in {build.bin_dir}")
+    return build
+
+
+def _existing(path: Path | None, option: str) -> Path | None:
+    if path is not None and not path.is_file():
+        raise UserError(f"{option} {path}: no such file")
+    return path
 
 
 def _write(path: Path, text: str) -> None:
