@@ -30,3 +30,38 @@ def smollm2_server(llama_build, smollm2, log_dir):
     """One llama-server on SmolLM2, shared by every test that only reads from it."""
     with servers.running(servers.start_llama_server(llama_build, smollm2, log_dir=log_dir, args=["-c", "2048"])) as s:
         yield s
+
+
+# --- the proxy rig (llamafleet/rig/models.py): derived models and their servers ------------------
+
+RIG_TARGET_SLOTS = 5  # proxy-path verification of a 4-token draft needs 5 slots
+
+
+@pytest.fixture(scope="session")
+def rig_slow_target() -> Path:
+    from llamafleet.rig import models
+
+    return models.ensure_slow_target()
+
+
+@pytest.fixture(scope="session")
+def rig_partial_target() -> Path:
+    from llamafleet.rig import models
+
+    return models.ensure_partial_target()
+
+
+@pytest.fixture(scope="session")
+def slow_target_server(llama_build, rig_slow_target, log_dir):
+    """The 230-block slow target (same greedy outputs as SmolLM2), with slots for verification."""
+    args = ["-c", str(512 * RIG_TARGET_SLOTS), "-np", str(RIG_TARGET_SLOTS)]
+    with servers.running(servers.start_llama_server(llama_build, rig_slow_target, log_dir=log_dir, args=args,
+                                                    name="slow-target")) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def rpc_worker(llama_build, log_dir):
+    """A ggml-rpc-server on loopback (the drafter machine's device, for native speculation)."""
+    with servers.running(servers.start_rpc_server(llama_build, log_dir=log_dir)) as s:
+        yield s

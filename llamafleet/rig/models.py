@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from llamafleet.rig.cache import _log, _stamp, _stamped, cache_root, ensure_smollm2
+from llamafleet.rig.cache import _exclusive, _log, _stamp, _stamped, cache_root, ensure_smollm2
 
 RIG_VERSION = "rig-v1"
 PADDING_BLOCKS = 200
@@ -51,19 +51,36 @@ def _ensure(name: str, *, extra_blocks: int, ffn_down_scale: float) -> Path:
     root = rig_dir()
     model = root / name
     stamp_dir = root / f".{name}.d"
-    if _stamped(stamp_dir) and model.exists():
+    key = f"blocks={extra_blocks} ffn_down_scale={ffn_down_scale}"  # a changed recipe rebuilds
+    if _stamped(stamp_dir, key) and model.exists():
         return model
     source = ensure_smollm2()
-    root.mkdir(parents=True, exist_ok=True)
+    with _exclusive(RIG_VERSION):
+        if not (_stamped(stamp_dir, key) and model.exists()):
+            _write(source, model, stamp_dir, key, extra_blocks=extra_blocks, ffn_down_scale=ffn_down_scale)
+    return model
+
+
+def _write(source: Path, model: Path, stamp_dir: Path, key: str, *, extra_blocks: int, ffn_down_scale: float) -> None:
+    model.parent.mkdir(parents=True, exist_ok=True)
     if stamp_dir.exists():
         shutil.rmtree(stamp_dir)
-    _log(f"writing {name} ({extra_blocks} added blocks)")
+    _log(f"writing {model.name} ({extra_blocks} added blocks)")
     partial = model.with_suffix(".partial")
     write_padded(source, partial, extra_blocks=extra_blocks, ffn_down_scale=ffn_down_scale)
     partial.rename(model)
     stamp_dir.mkdir()
-    _stamp(stamp_dir)
-    return model
+    _stamp(stamp_dir, key)
+
+
+def native_target_args(draft: Path, rpc_address: str, n_max: int) -> list[str]:
+    """llama-server flags for native speculation with the draft on a ggml-rpc-server's device.
+
+    ``-dev none`` keeps the target on the local CPU (``CPU`` is not a valid device name); the draft
+    goes to the first RPC device, fully offloaded.
+    """
+    return ["--rpc", rpc_address, "-dev", "none", "-md", str(draft), "-devd", "RPC0", "-ngld", "99",
+            "--spec-type", "draft-simple", "--spec-draft-n-max", str(n_max)]
 
 
 def write_padded(source: Path, dest: Path, *, extra_blocks: int, ffn_down_scale: float) -> None:

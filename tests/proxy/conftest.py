@@ -1,0 +1,92 @@
+"""Real llama.cpp servers and a proxy in front of them, shared by the proxy tests of a session.
+
+Two pairs: "agreeing" (the 230-block slow target, SmolLM2 drafting: identical greedy outputs) and
+"partial" (SmolLM2 plus one perturbing block, SmolLM2 drafting: rejections really happen). Each pair
+also has a native-speculation target that runs the draft on its own ggml-rpc-server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from llamafleet.proxy.background import BackgroundProxy
+from llamafleet.proxy.config import ProxyConfig
+from llamafleet.rig import models, servers
+from llamafleet.rig.servers import RunningProcess
+
+TOKEN = "test-token-0123456789"
+DRAFT_MAX = 4
+SLOTS = 5
+
+
+@dataclass
+class Rig:
+    name: str
+    target: RunningProcess
+    native: RunningProcess
+    drafter: RunningProcess
+    proxy: BackgroundProxy
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {TOKEN}"}
+
+
+def proxy_config(target: RunningProcess, drafters: list[RunningProcess], native: RunningProcess | None, **extra) -> ProxyConfig:
+    return ProxyConfig.model_validate({
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "model_name": "rig",
+        "target": {"name": "target", "url": target.url, "slots": SLOTS},
+        "drafters": [{"name": f"drafter{i}", "url": d.url} for i, d in enumerate(drafters)],
+        "native": {"name": "native", "url": native.url} if native else None,
+        "draft_max": DRAFT_MAX,
+        **extra,
+    })
+
+
+def _native_server(llama_build, model, draft, rpc, log_dir, name):
+    args = ["-c", "1024", "-np", "2", *models.native_target_args(draft, f"127.0.0.1:{rpc.port}", DRAFT_MAX)]
+    return servers.start_llama_server(llama_build, model, log_dir=log_dir, args=args, name=name)
+
+
+@pytest.fixture(scope="session")
+def partial_target_server(llama_build, rig_partial_target, log_dir):
+    args = ["-c", str(512 * SLOTS), "-np", str(SLOTS)]
+    with servers.running(servers.start_llama_server(llama_build, rig_partial_target, log_dir=log_dir, args=args,
+                                                    name="partial-target")) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def slow_native_server(llama_build, rig_slow_target, smollm2, rpc_worker, log_dir):
+    with servers.running(_native_server(llama_build, rig_slow_target, smollm2, rpc_worker, log_dir, "slow-native")) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def partial_native_server(llama_build, rig_partial_target, smollm2, log_dir):
+    with servers.running(servers.start_rpc_server(llama_build, log_dir=log_dir)) as rpc:
+        with servers.running(_native_server(llama_build, rig_partial_target, smollm2, rpc, log_dir, "partial-native")) as s:
+            yield s
+
+
+def _rig(name, target, native, drafter):
+    with BackgroundProxy(proxy_config(target, [drafter], native), token=TOKEN) as proxy:
+        yield Rig(name, target, native, drafter, proxy)
+
+
+@pytest.fixture(scope="session")
+def agreeing_rig(slow_target_server, slow_native_server, smollm2_server):
+    yield from _rig("agreeing", slow_target_server, slow_native_server, smollm2_server)
+
+
+@pytest.fixture(scope="session")
+def partial_rig(partial_target_server, partial_native_server, smollm2_server):
+    yield from _rig("partial", partial_target_server, partial_native_server, smollm2_server)
+
+
+@pytest.fixture(scope="session", params=["agreeing", "partial"])
+def rig(request) -> Rig:
+    return request.getfixturevalue(f"{request.param}_rig")
