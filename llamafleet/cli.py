@@ -14,6 +14,8 @@ COMMANDS = (
     "schema",
     "proxy",
     "bench",
+    "doctor",
+    "drift",
 )
 
 

@@ -21,6 +21,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Iterable, TextIO
 
+from llamafleet.config.models import Inventory
+from llamafleet.config.pyinfra_groups import groups
 from llamafleet.errors import UserError
 
 EXIT_CLEAN = 0
@@ -57,6 +59,8 @@ class Report:
 
     command: str  # "drift" or "doctor": names the JUnit suite and the summary line
     findings: list[Finding] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # run-wide caveats, printed before the summary
+    stats: dict = field(default_factory=dict)  # figures about the run itself (JSON only)
 
     def add(self, finding: Finding) -> None:
         self.findings.append(finding)
@@ -109,15 +113,22 @@ def render_table(report: Report, *, show_ok: bool = False) -> str:
         widths = [max(len(row[i]) for row in rows) for i in range(len(_TABLE_COLUMNS))]
         lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         notes = [f for f in shown if f.hint or f.detail or len(f.expected) > _CELL_MAX or len(f.actual) > _CELL_MAX]
+        if notes:
+            lines.append("")
         for f in notes:
-            lines += ["", f"{f.host} / {f.check}:"]
-            if len(f.expected) > _CELL_MAX or len(f.actual) > _CELL_MAX:
+            long = len(f.expected) > _CELL_MAX or len(f.actual) > _CELL_MAX
+            if not (long or f.detail):  # a hint alone fits on one line
+                lines.append(f"{f.host} / {f.check}: hint: {f.hint}")
+                continue
+            lines.append(f"{f.host} / {f.check}:")
+            if long:
                 lines += [f"  expected: {f.expected}", f"  actual:   {f.actual}"]
             if f.detail:
                 lines += ["  " + line for line in f.detail.rstrip("\n").splitlines()]
             if f.hint:
                 lines.append(f"  hint: {f.hint}")
         lines.append("")
+    lines += [f"note: {note}" for note in report.notes]
     lines.append(report.summary())
     return "\n".join(lines) + "\n"
 
@@ -129,6 +140,8 @@ def render_json(report: Report) -> str:
             "command": report.command,
             "exit_code": report.exit_code(),
             "summary": report.summary(),
+            "notes": report.notes,
+            "stats": report.stats,
             "findings": findings,
         },
         indent=2,
@@ -216,3 +229,10 @@ def select_hosts(all_hosts: Iterable[str], groups: dict[str, list[str]], pattern
             raise UserError(f"--limit {pattern}: matches no host and no group (groups: {known})")
         chosen.update(matched)
     return [h for h in hosts if h in chosen]
+
+
+def selected_hosts(inventory: Inventory, path: Path, patterns: Iterable[str]) -> list[str]:
+    """--limit over the groups inventory/cluster.py gives pyinfra, by inventory host name."""
+    by_group = {group: [data["llamafleet_host"] for _, data in entries]
+                for group, entries in groups(inventory, path).items()}
+    return select_hosts(inventory.hosts, by_group, patterns)

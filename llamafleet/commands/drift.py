@@ -1,0 +1,34 @@
+"""``llamafleet drift [INVENTORY]``: every difference between the hosts and what a deploy would make.
+
+Exit codes as ``terraform plan -detailed-exitcode``: 0 no drift, 2 drift, 1 error (an unreachable
+host, an invalid inventory).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llamafleet.config.loader import DEFAULT_INVENTORY, INVENTORY_ENV, default_inventory_path, load_inventory
+from llamafleet.drift import run_drift
+from llamafleet.report import add_output_options, emit, selected_hosts
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "drift",
+        help="compare every host with the inventory over SSH (build, drivers, models, units, services, ports)",
+        description=f"Compare each host of an inventory (default: ${INVENTORY_ENV} or {DEFAULT_INVENTORY}) with what "
+        "the deploy would make of it. Read-only. Exit 0: no drift; 2: drift; 1: error.",
+    )
+    parser.add_argument("inventory", nargs="?", type=Path, help="inventory YAML file")
+    add_output_options(parser)
+    parser.add_argument("--deep", action="store_true",
+                        help="re-hash every model file (catches a replacement with the same size and mtime)")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    path = args.inventory or default_inventory_path()
+    inventory = load_inventory(path)
+    hosts = selected_hosts(inventory, path, args.limit)
+    return emit(run_drift(inventory, path, hosts, deep=args.deep), args)

@@ -1,0 +1,407 @@
+"""``llamafleet doctor``: check the *running* cluster over HTTP and TCP against the inventory.
+
+Where ``drift`` looks at files and units on each host over SSH, ``doctor`` asks the services
+themselves, from wherever it runs (a laptop, a CI runner):
+
+- every llama-server answers ``/health``;
+- every llama-server's ``/props`` ``build_info`` is the expected one, and all of them agree
+  (the seed report's cluster ran b8112, b8100 and b8079 side by side);
+- ``/props`` ``total_slots`` equals the inventory's ``parallel``;
+- each drafter shares its target's vocabulary: ``/v1/models`` metadata, then ``/tokenize`` of probe
+  strings, which must give identical ids (the same family name can still hide a changed vocabulary);
+- the proxy answers with its bearer token and refuses without it;
+- each ggml-rpc-server accepts connections on its declared address and refuses them elsewhere.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import socket
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from llamafleet.config.models import (
+    DrafterService,
+    Host,
+    Inventory,
+    LlamaServerService,
+    LocalConnection,
+    ProxyService,
+    RpcWorkerService,
+    TargetService,
+)
+from llamafleet.report import Finding, Report, Severity
+
+# Probes cover plain English, code, digits, whitespace runs and non-ASCII text, so a vocabulary that
+# differs anywhere common shows up as different ids.
+TOKENIZER_PROBES = (
+    "The quick brown fox jumps over the lazy dog, and the dog sleeps.",
+    "def fibonacci(n):\n    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)\n",
+    "In 2026, 3.14159 * 42 = 131.94678; tokens: <|im_start|>user\n",
+    "Größe, naïve café, 東京, привет — émoji 🦙!",
+    "   leading spaces\t\ttabs\n\n\nnewlines   ",
+)
+
+WILDCARDS = ("0.0.0.0", "::", "")
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: Any  # parsed JSON, or None when the body is not JSON
+
+
+class Unreachable(Exception):
+    """No HTTP answer at all (refused, timed out, reset)."""
+
+
+class Http:
+    """A tiny JSON-over-HTTP client; the timeout bounds every call so a hung server cannot hang CI."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+
+    def request(self, url: str, *, data: Any = None, token: str | None = None) -> Reply:
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        body = None if data is None else json.dumps(data).encode()
+        req = urllib.request.Request(url, data=body, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return Reply(resp.status, _json_or_none(resp.read()))
+        except urllib.error.HTTPError as err:
+            return Reply(err.code, _json_or_none(err.read()))
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise Unreachable(f"{url}: {reason}") from None
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+# --- where a service can be reached from here -----------------------------------------------------
+
+
+def _is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def host_is_this_machine(host: Host) -> bool:
+    conn = host.connection
+    return isinstance(conn, LocalConnection) or _is_loopback(conn.address)
+
+
+def host_address(host: Host) -> str:
+    return "127.0.0.1" if isinstance(host.connection, LocalConnection) else host.connection.address
+
+
+def service_address(inventory: Inventory, bind: str, host_name: str) -> str | None:
+    """The address to dial for a service, or None when it only listens on its host's loopback and
+    that host is not this machine (then only a check run on that host can reach it)."""
+    host = inventory.hosts[host_name]
+    if bind in WILDCARDS:
+        return host_address(host)
+    if _is_loopback(bind) and not host_is_this_machine(host):
+        return None
+    return bind
+
+
+def _url(address: str, port: int, path: str) -> str:
+    shown = f"[{address}]" if ":" in address else address
+    return f"http://{shown}:{port}{path}"
+
+
+# --- the checks ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What every llama-server's build_info should be, and where that expectation came from."""
+
+    build_info: str | None  # exact string; None means "starts with the pin's tag"
+    source: str
+
+
+class Doctor:
+    def __init__(self, inventory: Inventory, *, http: Http, expect: Expectation, proxy_token: str | None) -> None:
+        self.inv = inventory
+        self.http = http
+        self.expect = expect
+        self.proxy_token = proxy_token
+        self.props: dict[str, dict] = {}  # service -> /props, filled by the health pass
+
+    def run(self, hosts: Iterable[str]) -> Report:
+        """Check the services on ``hosts``; a target on another host is still asked (silently)
+        when a selected drafter has to be compared with it."""
+        selected = set(hosts)
+        report = Report("doctor")
+        pairs = [(d, t) for d, t in self.vocabulary_pairs() if self.inv.services[d].host in selected]
+        needed = {n for pair in pairs for n in pair}
+        for name, svc in self.inv.services.items():
+            if isinstance(svc, LlamaServerService) and (svc.host in selected or name in needed):
+                findings = self.check_llama_server(name, svc)
+                if svc.host in selected:
+                    report.extend(findings)
+        report.extend(self.check_same_build(selected))
+        for drafter, target in pairs:
+            report.extend(self.check_vocabulary(drafter, target))
+        for name, svc in self.inv.services.items():
+            if svc.host not in selected:
+                continue
+            if isinstance(svc, ProxyService):
+                report.extend(self.check_proxy(name, svc))
+            elif isinstance(svc, RpcWorkerService):
+                report.extend(self.check_rpc_worker(name, svc))
+        return report
+
+    # llama-server: health, build, slots
+
+    def _base(self, svc) -> str | None:
+        address = service_address(self.inv, svc.bind, svc.host)
+        return None if address is None else _url(address, svc.port, "")
+
+    def check_llama_server(self, name: str, svc: LlamaServerService) -> list[Finding]:
+        base = self._base(svc)
+        if base is None:
+            return [_not_from_here(svc.host, f"health {name}", svc.bind)]
+        try:
+            health = self.http.request(base + "/health")
+        except Unreachable as err:
+            return [Finding(svc.host, f"health {name}", Severity.error, "answers /health", f"no answer: {err}",
+                            hint=f"start the service (llamafleet drift shows whether {name} runs on {svc.host})")]
+        if health.status != 200:
+            status = (health.body or {}).get("error", {}).get("message", "") if isinstance(health.body, dict) else ""
+            return [Finding(svc.host, f"health {name}", Severity.fail, "200 ok", f"HTTP {health.status} {status}".strip(),
+                            hint="a 503 means the model is still loading; otherwise read the service's log")]
+        findings = [Finding(svc.host, f"health {name}", Severity.ok, "200 ok", "200 ok")]
+        props = self.http.request(base + "/props")
+        if props.status != 200 or not isinstance(props.body, dict):
+            findings.append(Finding(svc.host, f"props {name}", Severity.fail, "/props as JSON", f"HTTP {props.status}",
+                                    hint="is this port really llama-server at the pinned build?"))
+            return findings
+        self.props[name] = props.body
+        findings.append(self._build_finding(name, svc, str(props.body.get("build_info", ""))))
+        slots = props.body.get("total_slots")
+        findings.append(Finding(
+            svc.host, f"slots {name}", Severity.ok if slots == svc.parallel else Severity.fail,
+            f"{svc.parallel} (parallel)", str(slots),
+            hint="" if slots == svc.parallel else f"the running server was started with -np {slots}; re-deploy {name}",
+        ))
+        return findings
+
+    def _build_finding(self, name: str, svc: LlamaServerService, actual: str) -> Finding:
+        pin = self.inv.llama_cpp.build
+        if self.expect.build_info is not None:
+            ok = actual == self.expect.build_info
+            expected = f"{self.expect.build_info} ({self.expect.source})"
+        else:
+            ok = actual.startswith(pin + "-")
+            expected = f"{pin}-* ({self.expect.source})"
+        hint = ""
+        if not ok:
+            hint = f"re-deploy {svc.host} so it runs llama.cpp {pin}"
+            if actual.startswith("b0-"):
+                hint += ("; 'b0-unknown' is a source build without git metadata: build with "
+                         f"-DLLAMA_BUILD_NUMBER={pin[1:]}, or pass --expect-build-info with what the deploy recorded")
+        return Finding(svc.host, f"build {name}", Severity.ok if ok else Severity.fail, expected, actual, hint=hint)
+
+    def check_same_build(self, selected: set[str]) -> list[Finding]:
+        """All llama-servers must run one build, whatever the expectation says."""
+        builds = {name: str(p.get("build_info", "")) for name, p in self.props.items()}
+        if len(set(builds.values())) <= 1:
+            return []
+        counts: dict[str, int] = {}
+        for b in builds.values():
+            counts[b] = counts.get(b, 0) + 1
+        majority = max(counts, key=counts.get)
+        findings = []
+        for name, build in builds.items():
+            host = self.inv.services[name].host
+            if build != majority and host in selected:
+                findings.append(Finding(
+                    host, f"same build {name}", Severity.fail, f"{majority} (as {counts[majority]} other server(s))",
+                    build, hint=f"one llama.cpp build for the whole cluster: re-deploy {host}",
+                ))
+        return findings
+
+    # draft and target vocabulary
+
+    def vocabulary_pairs(self) -> list[tuple[str, str]]:
+        """(drafter, target) pairs: each proxy's, and every target for a drafter no proxy names."""
+        pairs: list[tuple[str, str]] = []
+        named: set[str] = set()
+        for svc in self.inv.services.values():
+            if isinstance(svc, ProxyService):
+                pairs += [(d, svc.target) for d in svc.drafters]
+                named.update(svc.drafters)
+        targets = [n for n, s in self.inv.services.items() if isinstance(s, TargetService)]
+        for name, svc in self.inv.services.items():
+            if isinstance(svc, DrafterService) and name not in named:
+                pairs += [(name, t) for t in targets]
+        return list(dict.fromkeys(pairs))
+
+    def check_vocabulary(self, drafter: str, target: str) -> list[Finding]:
+        host = self.inv.services[drafter].host
+        check = f"vocabulary {drafter} vs {target}"
+        bases = {n: self._base(self.inv.services[n]) for n in (drafter, target)}
+        if drafter not in self.props or target not in self.props:
+            down = [n for n in (drafter, target) if n not in self.props]
+            return [Finding(host, check, Severity.skipped, actual=f"{', '.join(down)} not answering",
+                            hint="fix the health findings first")]
+        try:
+            metas = {n: self._model_meta(bases[n]) for n in (drafter, target)}
+            for key in ("vocab_type", "n_vocab"):
+                if metas[drafter].get(key) != metas[target].get(key):
+                    return [Finding(host, check, Severity.fail, f"{key} {metas[target].get(key)} (as {target})",
+                                    f"{key} {metas[drafter].get(key)}", hint=_VOCAB_HINT)]
+            for probe in TOKENIZER_PROBES:
+                ids = {n: self._tokenize(bases[n], probe) for n in (drafter, target)}
+                if ids[drafter] != ids[target]:
+                    return [Finding(host, check, Severity.fail, f"ids of {probe!r} as {target}: {_ids(ids[target])}",
+                                    _ids(ids[drafter]), hint=_VOCAB_HINT,
+                                    detail=f"probe {probe!r}\n{target}: {ids[target]}\n{drafter}: {ids[drafter]}")]
+        except (Unreachable, ValueError) as err:
+            return [Finding(host, check, Severity.error, "metadata and /tokenize answers", str(err))]
+        return [Finding(host, check, Severity.ok, f"same ids for {len(TOKENIZER_PROBES)} probes",
+                        f"same ids for {len(TOKENIZER_PROBES)} probes")]
+
+    def _model_meta(self, base: str) -> dict:
+        reply = self.http.request(base + "/v1/models")
+        try:
+            return dict(reply.body["data"][0].get("meta") or {})
+        except (TypeError, KeyError, IndexError):
+            raise ValueError(f"{base}/v1/models: HTTP {reply.status}, no model metadata") from None
+
+    def _tokenize(self, base: str, text: str) -> list[int]:
+        reply = self.http.request(base + "/tokenize", data={"content": text, "add_special": False})
+        if reply.status != 200 or not isinstance(reply.body, dict) or "tokens" not in reply.body:
+            raise ValueError(f"{base}/tokenize: HTTP {reply.status}")
+        return list(reply.body["tokens"])
+
+    # proxy: auth
+
+    def check_proxy(self, name: str, svc: ProxyService) -> list[Finding]:
+        base = self._base(svc)
+        check = f"proxy auth {name}"
+        if base is None:
+            return [_not_from_here(svc.host, check, svc.bind)]
+        try:
+            health = self.http.request(base + "/health")
+            anonymous = self.http.request(base + "/v1/models")
+            token = self.proxy_token or _token_from_auth(svc)
+            authed = self.http.request(base + "/v1/models", token=token) if token else None
+        except Unreachable as err:
+            return [Finding(svc.host, f"health {name}", Severity.error, "answers /health", f"no answer: {err}",
+                            hint=f"start the proxy service {name} on {svc.host}")]
+        findings = [Finding(svc.host, f"health {name}", Severity.ok if health.status == 200 else Severity.fail,
+                            "200", str(health.status))]
+        if svc.auth is None:
+            findings.append(Finding(svc.host, check, Severity.ok if anonymous.status == 200 else Severity.fail,
+                                    "200 without a token (auth: none)", str(anonymous.status)))
+            return findings
+        findings.append(Finding(
+            svc.host, f"proxy rejects anonymous {name}", Severity.ok if anonymous.status == 401 else Severity.fail,
+            "401 without a token", str(anonymous.status),
+            hint="" if anonymous.status == 401 else "the proxy serves without auth: re-deploy its config and token",
+        ))
+        if authed is None:
+            findings.append(Finding(svc.host, check, Severity.skipped, actual="no token available here",
+                                    hint=f"set {svc.auth.token_env or 'LLAMAFLEET_PROXY_TOKEN'} for doctor"))
+        else:
+            findings.append(Finding(svc.host, check, Severity.ok if authed.status == 200 else Severity.fail,
+                                    "200 with the token", str(authed.status),
+                                    hint="" if authed.status == 200 else "the proxy's token differs from the one doctor used"))
+        return findings
+
+    # rpc workers: declared address only
+
+    def check_rpc_worker(self, name: str, svc: RpcWorkerService) -> list[Finding]:
+        address = service_address(self.inv, svc.bind, svc.host)
+        if address is None:
+            return [_not_from_here(svc.host, f"rpc listens {name}", svc.bind)]
+        timeout = self.http.timeout
+        works = _tcp_connects(address, svc.port, timeout)
+        findings = [Finding(svc.host, f"rpc listens {name}", Severity.ok if works is True else Severity.error,
+                            f"accepts on {address}:{svc.port}", "accepts" if works is True else str(works),
+                            hint="" if works is True else f"start {name} on {svc.host}")]
+        others = other_addresses(self.inv.hosts[svc.host], svc.bind)
+        if not others:
+            findings.append(Finding(svc.host, f"rpc exposure {name}", Severity.skipped, actual="no other address known",
+                                    hint="doctor only knows the host's connection address"))
+            return findings
+        open_elsewhere = [a for a in others if _tcp_connects(a, svc.port, timeout) is True]
+        findings.append(Finding(
+            svc.host, f"rpc exposure {name}", Severity.fail if open_elsewhere else Severity.ok,
+            f"refused on {', '.join(others)}", f"accepts on {', '.join(open_elsewhere)}" if open_elsewhere else "refused",
+            hint=f"ggml-rpc-server must run with -H {svc.bind}; anyone who reaches it can run code on its device"
+            if open_elsewhere else "",
+        ))
+        return findings
+
+
+_VOCAB_HINT = "the draft must use the target's tokenizer: place a draft model of the same family and vocabulary"
+
+
+def _ids(ids: list[int]) -> str:
+    return "[" + ", ".join(map(str, ids[:12])) + (", …]" if len(ids) > 12 else "]")
+
+
+def _not_from_here(host: str, check: str, bind: str) -> Finding:
+    return Finding(host, check, Severity.skipped, actual=f"listens on {bind} of a remote host",
+                   hint=f"only reachable on {host} itself: run doctor there (or through an SSH tunnel)")
+
+
+def _token_from_auth(svc: ProxyService) -> str | None:
+    """The proxy's token as CI would hold it: the variable the inventory names, or a local copy of
+    the token file (the file itself lives on the proxy host)."""
+    auth = svc.auth
+    if auth is None:
+        return None
+    if auth.token_env and os.environ.get(auth.token_env):
+        return os.environ[auth.token_env]
+    if auth.token_file:
+        try:
+            return Path(auth.token_file).read_text().strip() or None
+        except OSError:
+            return None
+    return None
+
+
+def _tcp_connects(address: str, port: int, timeout: float) -> bool | str:
+    """True when a TCP connection opens; otherwise why not."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except OSError as err:
+        return err.strerror or type(err).__name__
+
+
+def other_addresses(host: Host, bind: str) -> list[str]:
+    """Addresses of ``host`` other than ``bind`` where a worker must not be reachable: the host's
+    connection address, and on this machine a second loopback address (all of 127/8 is local)."""
+    candidates = [host_address(host)]
+    if host_is_this_machine(host):
+        candidates += ["127.0.0.1", "127.0.0.2"]
+    return [a for a in dict.fromkeys(candidates) if a != bind]
+
+
+def expectation(inventory: Inventory, override: str | None) -> Expectation:
+    """--expect-build-info wins; otherwise any build_info that starts with the pin's tag."""
+    if override:
+        return Expectation(override, "--expect-build-info")
+    return Expectation(None, f"pin {inventory.llama_cpp.build}")

@@ -1,0 +1,397 @@
+"""``llamafleet drift``: every difference between each host and what the deploy would make of it.
+
+Built on the deploy's own pieces so the two cannot disagree: the same plan (``plan_host``), the same
+one-command state fact (``HostState``), and the same comparison (``host_changes``), which decides
+what a deploy would change. Drift adds the evidence: expected and actual values, unit diffs, and a
+few things a deploy cannot fix by itself (a driver waiting for a reboot, a model whose bytes changed
+under an intact stamp, a port that nobody listens on).
+
+Remote commands per host: one state fact; one ``cat`` per owned file that differs (for its diff);
+with ``--deep``, one ``sha256sum`` per model file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyinfra.api import Config, FactBase, State
+from pyinfra.api import Inventory as PyinfraInventory
+from pyinfra.api.state import BaseStateCallback
+from pyinfra.facts.files import FileContents, Sha256File
+
+from llamafleet.config.models import Inventory
+from llamafleet.config.pyinfra_groups import groups
+from llamafleet.deploys.deploy import HostChanges, build_spec, host_changes, service_states
+from llamafleet.deploys.facts.host_state import HostState, WindowsHostState, helper_source, state_spec
+from llamafleet.deploys.operations.common import ps_quote, sha256_text
+from llamafleet.deploys.operations.drivers import running_version
+from llamafleet.deploys.plan import HostPlan, plan_host
+from llamafleet.deploys.render import rendered_files
+from llamafleet.report import Finding, Report, Severity
+
+DEEP_NOTE = ("model files were checked by their verified stamp (size and mtime): a file replaced by other "
+             "bytes of the same size and mtime is only caught with --deep, which re-hashes every file")
+
+
+@dataclass
+class HostReading:
+    """What was read from one host: the state fact, plus the extra reads drift asked for."""
+
+    state: dict
+    contents: dict[str, str | None] = field(default_factory=dict)  # owned files that differ -> their text
+    hashes: dict[str, str | None] | None = None  # --deep: model path -> sha256 (None: unreadable)
+
+
+def _short(sha: str | None) -> str:
+    return f"sha256 {sha[:12]}…" if sha else "none"
+
+
+def _would(changes_text: str) -> str:
+    return f"a deploy would {changes_text}"
+
+
+def compare_host(plan: HostPlan, reading: HostReading) -> list[Finding]:
+    changes = host_changes(plan, reading.state)
+    return [
+        *build_findings(plan, reading.state, changes),
+        *driver_findings(plan, reading.state),
+        *model_findings(plan, reading, changes),
+        *file_findings(plan, reading, changes),
+        *service_findings(plan, reading.state),
+        *port_findings(plan, reading.state),
+    ]
+
+
+# --- llama.cpp: the build, its install record, the binaries ----------------------------------------
+
+
+def build_findings(plan: HostPlan, state: dict, changes: HostChanges) -> list[Finding]:
+    """The deploy's ``install_reason`` decides; the findings say which part of the install differs."""
+    host, spec = plan.name, build_spec(plan)
+    installed = state.get("install") or {}
+    record = installed.get("record")
+    hint = _would(changes.build) if changes.build else ""
+    findings = [_compare(host, "llama.cpp build", spec["build_id"], installed.get("current") or "nothing installed", hint)]
+    if installed.get("current") != spec["build_id"]:
+        return findings  # nothing below means anything for another build
+    if record is None:
+        findings.append(Finding(host, "install record", Severity.fail, f"{spec['build_id']}/install.json",
+                                "missing", hint=hint))
+        return findings
+    findings.append(_compare(host, "install record", spec["artifact"]["file"] + " " + _short(spec["artifact"]["sha256"]),
+                             f"{record.get('artifact')} {_short(record.get('artifact_sha256'))}", hint))
+    findings.append(_compare(host, "llama-server --version", str(record.get("version")),
+                             str(installed.get("version")), hint))
+    recorded, actual = record.get("binaries") or {}, installed.get("binaries") or {}
+    for binary in sorted(set(spec["binaries"]) | set(recorded) | set(actual)):
+        findings.append(_compare(host, f"binary {binary}", _short(recorded.get(binary)),
+                                 _short(actual.get(binary)) if binary in actual else "missing", hint))
+    if changes.build and not any(f.severity is Severity.fail for f in findings):
+        # Only if the deploy learns a new reason before drift does: never let them disagree silently.
+        findings.append(Finding(host, "llama.cpp install", Severity.fail, "as planned", changes.build, hint=hint))
+    return findings
+
+
+def _compare(host: str, check: str, expected: str, actual: str, hint: str = "") -> Finding:
+    same = expected == actual
+    return Finding(host, check, Severity.ok if same else Severity.fail, expected, actual, hint="" if same else hint)
+
+
+# --- GPU driver and OS ---------------------------------------------------------------------------
+
+
+def driver_findings(plan: HostPlan, state: dict) -> list[Finding]:
+    host = plan.host
+    drivers = state.get("drivers") or {}
+    findings = []
+    if host.driver is not None:
+        running = running_version(host.driver.kind, host.os, drivers)
+        pending = state.get("driver_pending") == {"kind": host.driver.kind, "version": host.driver.version}
+        if pending:
+            hint = "installed, waiting for a reboot (allow_reboot is false): reboot the host"
+        else:
+            hint = _would(f"install the {host.driver.kind} driver {host.driver.version}"
+                          + (" and reboot" if host.allow_reboot else " (then it needs a reboot)"))
+        findings.append(_compare(plan.name, f"driver {host.driver.kind}", host.driver.version,
+                                 running or "none running", hint))
+    return findings
+
+
+# --- model files -----------------------------------------------------------------------------------
+
+
+def model_findings(plan: HostPlan, reading: HostReading, changes: HostChanges) -> list[Finding]:
+    findings = []
+    for m in plan.models:
+        seen = (reading.state.get("models") or {}).get(m.path) or {}
+        present = seen.get("present")
+        check = f"model {m.name}"
+        expected = f"{m.size} bytes, {_short(m.sha256)}"
+        if m.path in changes.models:
+            if present is None:
+                actual = "missing" + (f" ({seen.get('partial_size')} bytes downloaded)" if seen.get("partial_size") else "")
+            elif present.get("size") != m.size:
+                actual = f"{present.get('size')} bytes"
+            else:
+                actual = "same size, but changed since it was verified (mtime or stamp)"
+            findings.append(Finding(plan.name, check, Severity.fail, expected, actual,
+                                    hint=_would(f"re-verify {m.path} and download it again if it differs")))
+        elif reading.hashes is None:
+            findings.append(Finding(plan.name, check, Severity.ok, expected, "verified stamp matches (size, mtime)"))
+        else:
+            findings.append(_deep_finding(plan, m, reading.hashes.get(m.path), expected))
+    return findings
+
+
+def _deep_finding(plan: HostPlan, m, actual_sha: str | None, expected: str) -> Finding:
+    check = f"model {m.name}"
+    if actual_sha == m.sha256:
+        return Finding(plan.name, check, Severity.ok, expected, f"{m.size} bytes, {_short(actual_sha)} (re-hashed)")
+    stamp = _stamp_path(plan, m.path)
+    return Finding(
+        plan.name, check, Severity.fail, expected,
+        f"{_short(actual_sha)} (re-hashed) under a stamp that still says verified",
+        hint=f"the bytes changed but size and mtime did not, so a deploy trusts the stamp: delete {stamp}, then deploy",
+    )
+
+
+def _stamp_path(plan: HostPlan, path: str) -> str:
+    sep = "\\" if plan.windows else "/"
+    head, _, name = path.rpartition(sep)
+    return f"{head}{sep}.{name}.verified"
+
+
+# --- owned files: units, configs, the helper; secrets ------------------------------------------------
+
+
+def owned_files(plan: HostPlan) -> dict[str, tuple[str, str | None]]:
+    """path -> (expected content, expected mode or None): exactly what ``host_changes`` compares."""
+    mode_matters = not plan.windows
+    files = {p: (content, mode if mode_matters else None) for p, (content, mode) in rendered_files(plan).items()}
+    files[plan.helper_path] = (helper_source("lf_host.ps1" if plan.windows else "lf_host.py"), None)
+    return files
+
+
+def file_label(plan: HostPlan, path: str) -> str:
+    units = {plan.unit_path(svc): svc.unit_name for svc in plan.services}
+    if path in units:
+        return f"unit {units[path]}"
+    if path == plan.helper_path:
+        return "helper script"
+    return f"config {path}"
+
+
+def file_findings(plan: HostPlan, reading: HostReading, changes: HostChanges) -> list[Finding]:
+    seen = reading.state.get("files") or {}
+    findings = []
+    for path, (content, mode) in owned_files(plan).items():
+        check = file_label(plan, path)
+        expected = f"{_short(sha256_text(content))}" + (f", mode {mode}" if mode else "")
+        if path not in changes.files:
+            findings.append(Finding(plan.name, check, Severity.ok, expected, expected))
+            continue
+        state = seen.get(path)
+        if not state:
+            findings.append(Finding(plan.name, check, Severity.fail, expected, "missing",
+                                    hint=_would(f"write {path}")))
+            continue
+        actual = f"{_short(state.get('sha256'))}" + (f", mode {state.get('mode')}" if mode else "")
+        findings.append(Finding(plan.name, check, Severity.fail, expected, actual,
+                                hint=_would(f"rewrite {path}" + (" and restart the service" if check.startswith("unit") else "")),
+                                detail=_diff(path, content, reading.contents.get(path))))
+    for secret in plan.secrets:
+        state = seen.get(secret.path) or {}
+        actual = f"mode {state.get('mode')}, owner {state.get('owner')}" if state else "missing"
+        findings.append(_compare(plan.name, f"secret {secret.path}", f"mode 0600, owner {secret.user}", actual,
+                                 _would("create the token file or fix its mode and owner")))
+    return findings
+
+
+def _diff(path: str, expected: str, actual: str | None) -> str:
+    if actual is None:
+        return ""
+    lines = list(difflib.unified_diff(expected.splitlines(), actual.splitlines(),
+                                      f"{path} (expected)", f"{path} (on the host)", lineterm=""))
+    return "\n".join(lines) if lines else "contents are equal; only the mode differs"
+
+
+# --- services and ports ----------------------------------------------------------------------------
+
+
+def service_findings(plan: HostPlan, state: dict) -> list[Finding]:
+    findings = []
+    manager = plan.host.service_manager
+    for unit, status in service_states(plan, state).items():
+        if status == "running":
+            findings.append(Finding(plan.name, f"service {unit}", Severity.ok, "enabled, running", "enabled, running"))
+            continue
+        if status == "absent":
+            actual = f"not known to {manager.value} (not enabled)"
+        else:
+            actual = f"{status} ({manager.value})"
+        findings.append(Finding(plan.name, f"service {unit}", Severity.fail, "enabled, running", actual,
+                                hint=_would(f"enable and start {unit}")))
+    return findings
+
+
+def port_findings(plan: HostPlan, state: dict) -> list[Finding]:
+    """Each service listens on its declared address and port, and on no other address."""
+    listening = state.get("listening") or []
+    findings = []
+    for svc in plan.services:
+        on_port = sorted(a for a in listening if a.rsplit(":", 1)[-1] == str(svc.port))
+        declared = f"{svc.bind}:{svc.port}"
+        others = [a for a in on_port if a != declared]
+        check = f"port {svc.port} {svc.unit_name}"
+        if declared not in on_port:
+            findings.append(Finding(plan.name, check, Severity.fail, f"listening on {declared}",
+                                    "not listening" if not others else f"listening on {', '.join(others)}",
+                                    hint=f"{svc.unit_name} does not listen where declared: see its service finding and log"))
+        elif others:
+            findings.append(Finding(plan.name, check, Severity.fail, f"only {declared}",
+                                    f"also {', '.join(others)}",
+                                    hint=f"something else listens on port {svc.port}; {svc.unit_name} must be the only one"))
+        else:
+            findings.append(Finding(plan.name, check, Severity.ok, f"listening on {declared}", f"listening on {declared}"))
+    return findings
+
+
+# --- reading the hosts (pyinfra API) ------------------------------------------------------------------
+
+
+@dataclass
+class Unreadable:
+    """A host drift could not read: no connection, or its state fact failed."""
+
+    reason: str
+
+
+class _ConnectErrors(BaseStateCallback):
+    """pyinfra reports a failed connection through callbacks only; keep its message per host."""
+
+    def __init__(self) -> None:
+        self.errors: dict[str, str] = {}
+
+    def host_connect_error(self, state, host, error) -> None:  # noqa: ARG002 - pyinfra's signature
+        self.errors[host.name] = str(error.args[0] if getattr(error, "args", None) else error)
+
+
+def pyinfra_state(inventory: Inventory, path: Path, hosts: list[str]) -> tuple[State, _ConnectErrors]:
+    """A pyinfra State over ``hosts`` with the same names and host data as inventory/cluster.py."""
+    entries: dict[str, tuple[str, dict]] = {}
+    member: dict[str, list[str]] = {}
+    for group, group_entries in groups(inventory, path).items():
+        for name, data in group_entries:
+            if data["llamafleet_host"] in hosts:
+                entries[data["llamafleet_host"]] = (name, data)
+                member.setdefault(group, []).append(name)
+    py_inventory = PyinfraInventory(([entries[h] for h in hosts], {}), **{g: (names, {}) for g, names in member.items()})
+    state = State(py_inventory, Config())
+    errors = _ConnectErrors()
+    state.add_callback_handler(errors)
+    return state, errors
+
+
+def read_host(host, plan: HostPlan, deep: bool) -> tuple[HostReading | Unreadable, int]:
+    """Read one connected host; returns the reading and how many remote commands it took."""
+    fact = WindowsHostState if plan.windows else HostState
+    state = host.get_fact(fact, spec=state_spec(plan))
+    commands = 1
+    if not isinstance(state, dict):
+        needs = "PowerShell" if plan.windows else "python3"
+        return Unreadable(f"the state fact returned nothing ({needs} is required on the host)"), commands
+    reading = HostReading(state)
+    changes = host_changes(plan, state)
+    for path in changes.files:
+        if path in (state.get("files") or {}) and (state["files"][path] or {}).get("sha256"):
+            reading.contents[path] = _file_text(host, plan, path)
+            commands += 1
+    if deep:
+        reading.hashes = {}
+        for m in plan.models:
+            reading.hashes[m.path] = _file_sha256(host, plan, m.path)
+            commands += 1
+    return reading, commands
+
+
+def _file_text(host, plan: HostPlan, path: str) -> str | None:
+    if plan.windows:
+        lines = host.get_fact(WindowsFileText, path=path)
+    else:
+        lines = host.get_fact(FileContents, path=path)
+    return None if lines is None else "\n".join(lines) + "\n"
+
+
+def _file_sha256(host, plan: HostPlan, path: str) -> str | None:
+    return host.get_fact(WindowsSha256File if plan.windows else Sha256File, path=path)
+
+
+class WindowsFileText(FactBase):
+    """A file's text on a Windows host over OpenSSH + PowerShell (None when it does not exist)."""
+
+    shell_executable = None
+
+    def command(self, path: str) -> str:
+        quoted = ps_quote(path)
+        return f"if (Test-Path -LiteralPath {quoted}) {{ Get-Content -LiteralPath {quoted} }} else {{ '{_MISSING}' }}"
+
+    def process(self, output):
+        return None if list(output) == [_MISSING] else list(output)
+
+
+class WindowsSha256File(FactBase):
+    """A file's sha256 (lower-case hex) on a Windows host, or None when it does not exist."""
+
+    shell_executable = None
+
+    def command(self, path: str) -> str:
+        quoted = ps_quote(path)
+        return (f"if (Test-Path -LiteralPath {quoted}) {{ (Get-FileHash -Algorithm SHA256 -LiteralPath {quoted}).Hash.ToLower() }}"
+                f" else {{ '{_MISSING}' }}")
+
+    def process(self, output):
+        value = "".join(output).strip()
+        return None if value == _MISSING else value
+
+
+_MISSING = "llamafleet-missing-file"
+
+
+def run_drift(inventory: Inventory, path: Path, hosts: list[str], *, deep: bool) -> Report:
+    """Read every host in ``hosts`` and compare it with its plan; unreachable hosts are errors."""
+    report = Report("drift")
+    plans = {name: plan_host(inventory, name) for name in hosts}
+    state, connect_errors = pyinfra_state(inventory, path, hosts)
+    by_name = {host.data.llamafleet_host: host for host in state.inventory}
+    commands: dict[str, int] = {}
+    started = time.monotonic()
+    try:
+        for name in hosts:
+            host = by_name[name]
+            host.connect(show_errors=False)
+            if not host.connected:
+                reason = connect_errors.errors.get(host.name, "could not connect")
+                report.add(Finding(name, "connect", Severity.error, f"reachable as {_address(inventory, name)}",
+                                   reason, hint="check the host is up and the SSH key, user and port in the inventory"))
+                continue
+            reading, commands[name] = read_host(host, plans[name], deep)
+            if isinstance(reading, Unreadable):
+                report.add(Finding(name, "host state", Severity.error, "the HostState fact", reading.reason))
+                continue
+            report.extend(compare_host(plans[name], reading))
+    finally:
+        for host in state.inventory:
+            if host.connected:
+                host.disconnect()
+    if not deep and any(p.models for p in plans.values()):
+        report.notes.append(DEEP_NOTE)
+    report.stats = {"seconds": round(time.monotonic() - started, 3), "remote_commands": commands, "deep": deep}
+    return report
+
+
+def _address(inventory: Inventory, name: str) -> str:
+    conn = inventory.hosts[name].connection
+    return "local" if conn.type == "local" else f"{conn.user}@{conn.address}:{conn.port}"

@@ -1,0 +1,157 @@
+"""``llamafleet doctor`` against real llama-server and ggml-rpc-server processes on loopback.
+
+The servers are the pinned llama.cpp build on SmolLM2; the "other build" is a copy of the same
+llama-server whose compiled-in build number was changed (what a different build reports), and the
+"other tokenizer" draft is SmolLM2 with two vocabulary entries swapped (see conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from llamafleet.cli import main
+from llamafleet.rig import servers
+
+from .conftest import OTHER_BUILD_INFO, write_inventory
+
+pytestmark = pytest.mark.slow
+
+
+def version_build_info(build) -> str:
+    """What /props should say, from the binary's own --version ("build N, commit C" -> "bN-C")."""
+    out = subprocess.run([str(build.server), "--version"], capture_output=True, text=True,
+                         env={"LD_LIBRARY_PATH": str(build.bin_dir)}, timeout=30)
+    line = next(l for l in (out.stdout + out.stderr).splitlines() if l.startswith("version:"))
+    number = line.split("(build ")[1].split(",")[0]
+    commit = line.split("commit ")[1].rstrip(")")
+    return f"b{number}-{commit}"
+
+
+@pytest.fixture(scope="module")
+def fleet(llama_build, smollm2, swapped_vocab, other_build, log_dir):
+    """target (-np 2), a matching drafter, a drafter with a changed vocabulary, a server from
+    another build, and an rpc worker on 127.0.0.1."""
+    started = {}
+    try:
+        started["target"] = servers.start_llama_server(llama_build, smollm2, log_dir=log_dir, name="target",
+                                                       args=["-c", "1024", "-np", "2"])
+        started["drafter"] = servers.start_llama_server(llama_build, smollm2, log_dir=log_dir, name="drafter",
+                                                        args=["-c", "512", "-np", "1"])
+        started["odd-vocab"] = servers.start_llama_server(llama_build, swapped_vocab, log_dir=log_dir,
+                                                          name="odd-vocab", args=["-c", "512", "-np", "1"])
+        started["other-build"] = servers.start_llama_server(other_build, smollm2, log_dir=log_dir,
+                                                            name="other-build", args=["-c", "512", "-np", "1"])
+        started["rpc"] = servers.start_rpc_server(llama_build, log_dir=log_dir)
+        yield started
+    finally:
+        for proc in started.values():
+            proc.stop()
+
+
+def services(fleet, *, drafter="drafter", target_parallel=2, rpc_bind="127.0.0.1", proxy_drafters=None):
+    svc = {
+        "target": {"role": "target", "host": "box", "model": "smollm2", "port": fleet["target"].port, "parallel": target_parallel},
+        "draft": {"role": "drafter", "host": "box", "model": "smollm2", "port": fleet[drafter].port, "parallel": 1},
+        "rpc": {"role": "rpc-worker", "host": "box", "port": fleet["rpc"].port, "bind": rpc_bind},
+    }
+    return svc
+
+
+def doctor(tmp_path, capsys, inventory, *extra):
+    report = tmp_path / "doctor.xml"
+    code = main(["doctor", str(inventory), "--json", "--junit", str(report), *extra])
+    data = json.loads(capsys.readouterr().out)
+    assert data["exit_code"] == code
+    return code, {f["check"]: f for f in data["findings"]}, ET.parse(report).getroot()
+
+
+def test_doctor_passes_against_correct_servers(fleet, llama_build, tmp_path, capsys):
+    inventory = write_inventory(tmp_path, services(fleet))
+    code, findings, junit = doctor(tmp_path, capsys, inventory, "--expect-build-info", version_build_info(llama_build))
+    assert code == 0, findings
+    assert {c: f["severity"] for c, f in findings.items()} == {
+        "health target": "ok", "build target": "ok", "slots target": "ok",
+        "health draft": "ok", "build draft": "ok", "slots draft": "ok",
+        "vocabulary draft vs target": "ok", "rpc listens rpc": "ok", "rpc exposure rpc": "ok",
+    }
+    assert findings["rpc exposure rpc"]["expected"] == "refused on 127.0.0.2"
+    assert junit.get("tests") == "9" and junit.get("failures") == "0" and junit.get("errors") == "0"
+
+
+def test_default_expectation_explains_a_build_without_git_metadata(fleet, llama_build, tmp_path, capsys):
+    """Without --expect-build-info, doctor wants the pinned tag in build_info; the rig's source build
+    reports b0-unknown, and the hint says why and what to do."""
+    if version_build_info(llama_build) != "b0-unknown":
+        pytest.skip("the rig build carries a build number, so there is no b0-unknown server to show")
+    inventory = write_inventory(tmp_path, services(fleet))
+    code, findings, _ = doctor(tmp_path, capsys, inventory)
+    assert code == 2
+    build = findings["build target"]
+    assert (build["severity"], build["expected"], build["actual"]) == ("fail", "b11434-* (pin b11434)", "b0-unknown")
+    assert "-DLLAMA_BUILD_NUMBER=11434" in build["hint"]
+
+
+def test_doctor_catches_a_server_from_another_build(fleet, llama_build, tmp_path, capsys):
+    inventory = write_inventory(tmp_path, services(fleet, drafter="other-build"))
+    expected = version_build_info(llama_build)
+    code, findings, junit = doctor(tmp_path, capsys, inventory, "--expect-build-info", expected)
+    assert code == 2
+    assert findings["build target"]["severity"] == "ok"
+    build = findings["build draft"]
+    assert build["severity"] == "fail" and build["actual"] == OTHER_BUILD_INFO
+    assert build["expected"] == f"{expected} (--expect-build-info)"
+    same = findings["same build draft"]
+    assert same["actual"] == OTHER_BUILD_INFO and same["expected"].startswith(expected)
+    failed = [c.get("name") for c in junit.iter("testcase") if c.find("failure") is not None]
+    assert failed == ["build draft", "same build draft"]
+
+
+def test_doctor_catches_a_draft_with_a_different_tokenizer(fleet, llama_build, tmp_path, capsys):
+    inventory = write_inventory(tmp_path, services(fleet, drafter="odd-vocab"))
+    code, findings, _ = doctor(tmp_path, capsys, inventory, "--expect-build-info", version_build_info(llama_build))
+    assert code == 2
+    vocab = findings["vocabulary draft vs target"]
+    assert vocab["severity"] == "fail" and vocab["host"] == "box"
+    # n_vocab is unchanged by the swap, so it is the /tokenize probes that catch it.
+    assert "ids of 'The quick brown fox" in vocab["expected"]
+    assert vocab["expected"] != vocab["actual"]
+    assert "tokenizer" in vocab["hint"]
+
+
+def test_doctor_catches_slots_and_rpc_exposure(fleet, llama_build, tmp_path, capsys):
+    """Inventory says 3 slots and an rpc worker on 127.0.0.2; the target has 2 slots and the worker
+    listens on 127.0.0.1."""
+    inventory = write_inventory(tmp_path, services(fleet, target_parallel=3, rpc_bind="127.0.0.2"))
+    code, findings, _ = doctor(tmp_path, capsys, inventory, "--expect-build-info", version_build_info(llama_build))
+    assert code == 1  # the declared address does not answer at all: that is an error, above drift
+    slots = findings["slots target"]
+    assert (slots["severity"], slots["expected"], slots["actual"]) == ("fail", "3 (parallel)", "2")
+    assert findings["rpc listens rpc"]["severity"] == "error"
+    exposure = findings["rpc exposure rpc"]
+    assert exposure["severity"] == "fail" and exposure["actual"] == "accepts on 127.0.0.1"
+    assert "-H 127.0.0.2" in exposure["hint"]
+
+
+def test_doctor_names_a_service_that_does_not_answer(fleet, tmp_path, capsys):
+    svc = services(fleet)
+    svc["target"]["port"] = servers.free_port()
+    inventory = write_inventory(tmp_path, svc)
+    code, findings, _ = doctor(tmp_path, capsys, inventory, "--expect-build-info", "b0-unknown")
+    assert code == 1
+    health = findings["health target"]
+    assert health["severity"] == "error" and f"127.0.0.1:{svc['target']['port']}" in health["actual"]
+    assert findings["vocabulary draft vs target"]["severity"] == "skipped"
+
+
+def test_doctor_table_output_names_host_check_and_hint(fleet, llama_build, tmp_path, capsys):
+    inventory = write_inventory(tmp_path, services(fleet, drafter="odd-vocab"))
+    code = main(["doctor", str(inventory), "--expect-build-info", version_build_info(llama_build)])
+    out = capsys.readouterr().out
+    assert code == 2
+    assert out.splitlines()[1].split()[:5] == ["box", "vocabulary", "draft", "vs", "target"]
+    assert "hint: the draft must use the target's tokenizer" in out
+    assert out.rstrip().endswith("1 fail)")
