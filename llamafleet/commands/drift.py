@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from llamafleet.config.loader import DEFAULT_INVENTORY, INVENTORY_ENV, default_inventory_path, load_inventory
-from llamafleet.drift import run_drift
 from llamafleet.report import add_output_options, emit, selected_hosts
 
 
@@ -28,6 +27,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from llamafleet.drift import run_drift  # pyinfra and the deploys load only when drift runs
+
     path = args.inventory or default_inventory_path()
     inventory = load_inventory(path)
     hosts = selected_hosts(inventory, path, args.limit)
