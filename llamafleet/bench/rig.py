@@ -48,9 +48,8 @@ def running_rig(log_dir: Path, *, pair: str = "slow", threads: int = 1, build: c
         drafter = start(draft, "drafter", ["-c", str(CONTEXT_PER_SLOT), *placement])
         rpc = stack.enter_context(servers.running(servers.start_rpc_server(build, log_dir=log_dir, threads=threads)))
         native = start(target_model, "native", [
-            "-c", str(CONTEXT_PER_SLOT), "--rpc", f"127.0.0.1:{rpc.port}", *placement,
-            "-md", str(draft), "-devd", "RPC0", "-ngld", "99",
-            "--spec-type", "draft-simple", "--spec-draft-n-max", str(DRAFT_MAX),
+            "-c", str(CONTEXT_PER_SLOT),
+            *models.native_target_args(draft, f"127.0.0.1:{rpc.port}", DRAFT_MAX, device=device or "none"),
         ])
         token = secrets.token_urlsafe(24)
         config = {

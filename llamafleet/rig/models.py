@@ -73,13 +73,15 @@ def _write(source: Path, model: Path, stamp_dir: Path, key: str, *, extra_blocks
     _stamp(stamp_dir, key)
 
 
-def native_target_args(draft: Path, rpc_address: str, n_max: int) -> list[str]:
+def native_target_args(draft: Path, rpc_address: str, n_max: int, device: str = "none") -> list[str]:
     """llama-server flags for native speculation with the draft on a ggml-rpc-server's device.
 
-    ``-dev none`` keeps the target on the local CPU (``CPU`` is not a valid device name); the draft
-    goes to the first RPC device, fully offloaded.
+    ``-dev none`` keeps the target on the local CPU (``CPU`` is not a valid device name); a GPU run
+    passes its device (e.g. ``CUDA0``, as the GPU benchmark does) and offloads every target layer.
+    The draft goes to the first RPC device, fully offloaded.
     """
-    return ["--rpc", rpc_address, "-dev", "none", "-md", str(draft), "-devd", "RPC0", "-ngld", "99",
+    placement = ["-dev", device] if device == "none" else ["-dev", device, "-ngl", "99"]
+    return ["--rpc", rpc_address, *placement, "-md", str(draft), "-devd", "RPC0", "-ngld", "99",
             "--spec-type", "draft-simple", "--spec-draft-n-max", str(n_max)]
 
 
