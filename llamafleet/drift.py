@@ -22,11 +22,12 @@ from pyinfra.api import Inventory as PyinfraInventory
 from pyinfra.api.state import BaseStateCallback
 from pyinfra.facts.files import FileContents, Sha256File
 
-from llamafleet.config.models import Inventory
+from llamafleet.config.models import OS, Backend, Inventory
 from llamafleet.config.pyinfra_groups import groups
 from llamafleet.deploys.deploy import HostChanges, build_spec, host_changes, service_states
 from llamafleet.deploys.facts.host_state import HostState, WindowsHostState, helper_source, state_spec
 from llamafleet.deploys.operations.common import ps_quote, sha256_text
+from llamafleet.deploys.facts.drivers import METAL_MIN_MACOS, metal_supported, parse_sw_vers
 from llamafleet.deploys.operations.drivers import running_version
 from llamafleet.deploys.plan import HostPlan, plan_host
 from llamafleet.deploys.render import rendered_files
@@ -117,6 +118,29 @@ def driver_findings(plan: HostPlan, state: dict) -> list[Finding]:
                           + (" and reboot" if host.allow_reboot else " (then it needs a reboot)"))
         findings.append(_compare(plan.name, f"driver {host.driver.kind}", host.driver.version,
                                  running or "none running", hint))
+    if host.os is OS.macos:
+        findings += macos_findings(plan, drivers)
+    return findings
+
+
+def macos_findings(plan: HostPlan, drivers: dict) -> list[Finding]:
+    """macOS has no driver to pin: Metal needs a minimum OS, and the inventory may name the version."""
+    host = plan.host
+    parsed = parse_sw_vers(drivers.get("sw_vers") or drivers.get("macos") or "")
+    if parsed is None:
+        return [Finding(plan.name, "macOS version", Severity.error, "sw_vers output", "unreadable")]
+    findings = []
+    if host.backend is Backend.metal:
+        ok = metal_supported(parsed["version"])
+        minimum = ".".join(map(str, METAL_MIN_MACOS))
+        findings.append(Finding(plan.name, "macOS for Metal", Severity.ok if ok else Severity.fail,
+                                f">= {minimum}", parsed["version"],
+                                hint="" if ok else "upgrade macOS (a deploy cannot) or use backend: cpu"))
+    if host.macos_version:
+        same = host.macos_version == parsed["version"]
+        findings.append(Finding(plan.name, "macOS version", Severity.ok if same else Severity.warning,
+                                host.macos_version, parsed["version"],
+                                hint="" if same else "update macos_version in the inventory (memory checks use it)"))
     return findings
 
 
