@@ -1,0 +1,54 @@
+"""The helper every OS and service-manager module shares: decide from the gathered state, yield commands.
+
+Operations never read the host themselves: they get the slice of the one :mod:`HostState
+<llamafleet.deploys.facts.host_state>` fact they need, so a no-op deploy costs one remote command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import ntpath
+import posixpath
+import shlex
+from io import BytesIO
+
+from pyinfra.api import FileUploadCommand
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def file_matches(files: dict, path: str, content: str, mode: str | None = None) -> bool:
+    """True when the state shows ``path`` with exactly ``content`` (and ``mode``, when given)."""
+    seen = files.get(path)
+    if not seen or seen.get("sha256") != sha256_text(content):
+        return False
+    return mode is None or seen.get("mode") in (None, mode)
+
+
+def ps_quote(text: str) -> str:
+    """A PowerShell single-quoted literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def upload_posix(path: str, content: str, mode: str):
+    """mkdir, upload over SFTP (or a local copy), chmod: three commands, only when the file differs."""
+    yield f"mkdir -p {shlex.quote(posixpath.dirname(path))}"
+    yield FileUploadCommand(BytesIO(content.encode()), path)
+    yield f"chmod {mode} {shlex.quote(path)}"
+
+
+def upload_windows(path: str, content: str):
+    yield f"New-Item -ItemType Directory -Force -Path {ps_quote(ntpath.dirname(path))} | Out-Null"
+    yield FileUploadCommand(BytesIO(content.encode()), path.replace("\\", "/"))
+
+
+def helper_command(helper: str, verb: str, spec: dict) -> str:
+    """Run one verb of the uploaded POSIX helper with a JSON argument."""
+    return f"python3 {shlex.quote(helper)} {verb} {shlex.quote(json.dumps(spec, sort_keys=True))}"
+
+
+def ps_helper_command(helper: str, verb: str, spec: dict) -> str:
+    return f"& {ps_quote(helper)} {verb} {ps_quote(json.dumps(spec, sort_keys=True))}"

@@ -1,0 +1,312 @@
+"""What one host must look like, computed from the inventory alone (pure: no I/O, no pyinfra).
+
+The deploy turns a :class:`HostPlan` plus the host's gathered state into commands, and ``drift``
+compares the same plan with the same state, so the two can never disagree about what "matches" means.
+Every path on the host is derived here: model paths from ``models_dir`` + file name, binaries from
+the install directory of the pinned build.
+"""
+
+from __future__ import annotations
+
+import ntpath
+import posixpath
+from dataclasses import dataclass, field
+
+from llamafleet.config.models import (
+    OS,
+    Backend,
+    DrafterService,
+    Host,
+    Inventory,
+    ProxyService,
+    RpcWorkerService,
+    ServiceManager,
+    TargetService,
+)
+from llamafleet.errors import UserError
+
+SERVICE_PREFIX = "llamafleet-"
+LAUNCHD_PREFIX = "org.llamafleet."
+# cmake options every build gets: RPC for cross-machine drafting, and the pinned build number so a
+# tree without git metadata still reports the build it was made from (it would say "build 0").
+BASE_CMAKE_OPTIONS = ("-DGGML_RPC=ON", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DCMAKE_BUILD_TYPE=Release")
+BACKEND_CMAKE_OPTIONS = {
+    Backend.cuda: ("-DGGML_CUDA=ON",),
+    Backend.rocm: ("-DGGML_HIP=ON",),
+    Backend.vulkan: ("-DGGML_VULKAN=ON",),
+    Backend.metal: ("-DGGML_METAL=ON",),
+    Backend.cpu: (),
+}
+# The first device of each backend, as llama.cpp names it (``llama-server --list-devices``). Used to
+# keep a target's layers on its own device when native speculation adds an RPC device for the draft.
+FIRST_DEVICE = {Backend.cuda: "CUDA0", Backend.rocm: "ROCm0", Backend.vulkan: "Vulkan0", Backend.metal: "MTL0",
+                Backend.cpu: "none"}
+UPSTREAM_ARCH = {"x86_64": "x64", "arm64": "arm64"}
+
+
+def upstream_release_name(build: str, os_: OS, arch: str, backend: Backend, variant: str | None = None) -> str:
+    """The asset name llama.cpp's release workflow publishes (``.github/workflows/release*.yml``).
+
+    ``variant`` is the toolkit version in the name: the CUDA label (``12.8``) or ROCm short version.
+    """
+    a = UPSTREAM_ARCH[arch]
+    if os_ is OS.macos:
+        return f"llama-{build}-bin-macos-{a}.tar.gz"
+    platform, ext = ("win", "zip") if os_ is OS.windows else ("ubuntu", "tar.gz")
+    middle = {
+        Backend.cpu: "cpu-" if os_ is OS.windows else "",
+        Backend.vulkan: "vulkan-",
+        Backend.cuda: f"cuda-{variant or '12.8'}-",
+        Backend.rocm: f"rocm-{variant or '10.0'}-",
+    }.get(backend)
+    if middle is None:
+        raise UserError(f"llama.cpp publishes no {backend.value} release for {os_.value}; use install: source")
+    return f"llama-{build}-bin-{platform}-{middle}{a}.{ext}"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    file: str
+    url: str
+    sha256: str
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    build: str
+    backend: str
+    method: str  # "release" | "source"
+    build_id: str
+    artifacts: tuple[Artifact, ...]  # unpacked in order into one folder (e.g. llama + cudart zips)
+    cmake_options: tuple[str, ...] = ()
+    binaries: tuple[str, ...] = ("llama-server",)
+
+
+@dataclass(frozen=True)
+class ModelFilePlan:
+    model: str
+    name: str
+    path: str
+    url: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ServicePlan:
+    """One long-running process: what it runs and how its service manager names it."""
+
+    service: str
+    role: str
+    unit_name: str
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    user: str
+    port: int
+    bind: str
+    http_health: bool
+
+
+@dataclass(frozen=True)
+class SecretPlan:
+    path: str
+    user: str
+
+
+@dataclass
+class HostPlan:
+    name: str
+    host: Host
+    inventory: Inventory
+    build: BuildPlan
+    models: list[ModelFilePlan] = field(default_factory=list)
+    services: list[ServicePlan] = field(default_factory=list)
+    secrets: list[SecretPlan] = field(default_factory=list)
+    proxy_services: list[str] = field(default_factory=list)
+
+    # --- derived paths --------------------------------------------------------------------------
+    @property
+    def windows(self) -> bool:
+        return self.host.os is OS.windows
+
+    def path(self, *parts: str) -> str:
+        return (ntpath if self.windows else posixpath).join(self.host.install_dir, *parts)
+
+    @property
+    def bin_dir(self) -> str:
+        return self.path("builds", self.build.build_id)
+
+    @property
+    def helper_path(self) -> str:
+        return self.path("lib", "lf_host.ps1" if self.windows else "lf_host.py")
+
+    @property
+    def supervisor_dir(self) -> str:
+        return self.path("supervisor")
+
+    @property
+    def supervisor_conf(self) -> str:
+        return self.path("supervisor", "supervisord.conf")
+
+    @property
+    def venv(self) -> str:
+        return self.path("venv")
+
+    def unit_path(self, svc: ServicePlan) -> str:
+        manager = self.host.service_manager
+        if manager is ServiceManager.systemd:
+            return f"/etc/systemd/system/{svc.unit_name}.service"
+        if manager is ServiceManager.launchd:
+            return f"/Library/LaunchDaemons/{svc.unit_name}.plist"
+        if manager is ServiceManager.windows_service:
+            return self.path("services", svc.unit_name, f"{svc.unit_name}.xml")
+        return self.path("supervisor", "conf.d", f"{svc.unit_name}.conf")
+
+    def proxy_config_path(self, service: str) -> str:
+        return self.path("etc", f"{service}.json")
+
+    @property
+    def needs_rpc_server(self) -> bool:
+        return any(s.role == "rpc-worker" for s in self.services)
+
+
+def _artifact_url(inventory: Inventory, url: str | None, file: str, what: str) -> str:
+    if url:
+        return url
+    if not inventory.llama_cpp.mirror:
+        raise UserError(f"{what}: no url and no llama_cpp.mirror to download {file} from")
+    return inventory.llama_cpp.mirror.rstrip("/") + "/" + file
+
+
+def plan_build(inventory: Inventory, name: str, host: Host, needs_rpc: bool) -> BuildPlan:
+    pin = inventory.llama_cpp
+    binaries = ("llama-server", "ggml-rpc-server") if needs_rpc else ("llama-server",)
+    if host.install == "source":
+        if pin.source is None:
+            raise UserError(f"hosts.{name}: install is 'source' but llama_cpp.source is not set")
+        options = (*BASE_CMAKE_OPTIONS, f"-DLLAMA_BUILD_NUMBER={pin.build.lstrip('b')}",
+                   *BACKEND_CMAKE_OPTIONS[host.backend], *pin.source.cmake_options.get(host.backend, ()))
+        if host.os is OS.macos and host.backend is not Backend.metal:
+            options += ("-DGGML_METAL=OFF",)  # Metal is on by default on macOS
+        artifact = Artifact(pin.source.file, _artifact_url(inventory, pin.source.url, pin.source.file, "llama_cpp.source"),
+                            pin.source.sha256)
+        return BuildPlan(pin.build, host.backend.value, "source", f"{pin.build}-{host.backend.value}-src", (artifact,),
+                         options, binaries)
+    artifacts = tuple(Artifact(r.file, _artifact_url(inventory, r.url, r.file, "llama_cpp.releases"), r.sha256)
+                      for r in pin.releases if (r.os, r.arch, r.backend) == (host.os, host.arch, host.backend))
+    if artifacts:
+        return BuildPlan(pin.build, host.backend.value, "release", f"{pin.build}-{host.backend.value}", artifacts,
+                         (), binaries)
+    expected = upstream_release_name(pin.build, host.os, host.arch.value, host.backend)
+    raise UserError(f"hosts.{name}: no llama_cpp.releases entry for {host.os.value}/{host.arch.value}/"
+                    f"{host.backend.value} (upstream publishes it as {expected}); add it or set install: source")
+
+
+def _model_files(inventory: Inventory, name: str, host: Host, model: str, join) -> list[ModelFilePlan]:
+    if model not in inventory.models:
+        raise UserError(f"hosts.{name}: model {model!r} is not defined under models")
+    return [ModelFilePlan(model, f.name, join(host.models_dir, f.name),
+                          _artifact_url(inventory, f.url, f.name, f"models.{model}"), f.sha256, f.size)
+            for f in inventory.models[model].files]
+
+
+def model_path(inventory: Inventory, host: Host, model: str) -> str:
+    """The path llama-server loads: the first file (the first shard of a split model)."""
+    join = ntpath.join if host.os is OS.windows else posixpath.join
+    return join(host.models_dir, inventory.models[model].files[0].name)
+
+
+def _rpc_endpoint(inventory: Inventory, worker: str) -> str:
+    svc = inventory.services[worker]
+    return f"{svc.bind}:{svc.port}"
+
+
+def llama_server_argv(inventory: Inventory, host: Host, svc: TargetService | DrafterService, server: str) -> list[str]:
+    argv = [server, "-m", model_path(inventory, host, svc.model), "--host", svc.bind, "--port", str(svc.port),
+            "-c", str(svc.ctx_size), "-np", str(svc.parallel), "-ngl", str(svc.gpu_layers), "--no-webui"]
+    devices = list(svc.devices) if svc.devices else None
+    if isinstance(svc, TargetService):
+        workers = list(svc.rpc_workers)
+        draft = svc.native_draft
+        if draft and draft.rpc_worker not in workers:
+            workers.append(draft.rpc_worker)
+        if workers:
+            argv += ["--rpc", ",".join(_rpc_endpoint(inventory, w) for w in workers)]
+        if draft:
+            # RPC devices are numbered in --rpc order; without an explicit -dev the target would
+            # spread its own layers over the drafter's device too.
+            if devices is None:
+                devices = [FIRST_DEVICE[host.backend]] + [f"RPC{workers.index(w)}" for w in svc.rpc_workers]
+            argv += ["-md", model_path(inventory, host, draft.model), "-devd", f"RPC{workers.index(draft.rpc_worker)}",
+                     "-ngld", "99", "--spec-type", "draft-simple", "--spec-draft-n-max", str(draft.n_max),
+                     "--spec-draft-n-min", str(draft.n_min)]
+    if devices:
+        argv += ["-dev", ",".join(devices)]
+    return argv + list(svc.extra_args)
+
+
+def _library_env(host: Host, bin_dir: str) -> list[tuple[str, str]]:
+    # The binaries load libllama/libggml from their own folder; Windows finds DLLs there already.
+    if host.os is OS.linux:
+        return [("LD_LIBRARY_PATH", bin_dir)]
+    if host.os is OS.macos:
+        return [("DYLD_LIBRARY_PATH", bin_dir)]
+    return []
+
+
+def plan_services(inventory: Inventory, name: str, host: Host, build_id: str, install_path) -> list[ServicePlan]:
+    exe = ".exe" if host.os is OS.windows else ""
+    user = host.service_user or getattr(host.connection, "user", None) or "root"
+    prefix = LAUNCHD_PREFIX if host.service_manager is ServiceManager.launchd else SERVICE_PREFIX
+    plans = []
+    for svc_name, svc in sorted(inventory.services_on(name).items()):
+        env = _library_env(host, install_path("builds", build_id))
+        if isinstance(svc, RpcWorkerService):
+            argv = [install_path("builds", build_id, f"ggml-rpc-server{exe}"),
+                    "-H", svc.bind, "-p", str(svc.port)]
+            argv += ["-d", svc.device] if svc.device else []
+            argv += ["-c"] if svc.cache else []
+            http = False
+        elif isinstance(svc, ProxyService):
+            env = []
+            scripts = "Scripts" if host.os is OS.windows else "bin"
+            argv = [install_path("venv", scripts, f"llamafleet{exe}"), "proxy", "--config",
+                    install_path("etc", f"{svc_name}.json")]
+            http = True
+        else:
+            server = install_path("builds", build_id, f"llama-server{exe}")
+            argv = llama_server_argv(inventory, host, svc, server)
+            http = True
+        env += sorted(svc.env.items())
+        plans.append(ServicePlan(svc_name, svc.role, prefix + svc_name, tuple(argv), tuple(env), user,
+                                 svc.port, svc.bind, http))
+    return plans
+
+
+def plan_host(inventory: Inventory, name: str) -> HostPlan:
+    if name not in inventory.hosts:
+        raise UserError(f"host {name!r} is not in the inventory (hosts: {', '.join(sorted(inventory.hosts))})")
+    host = inventory.hosts[name]
+    on_host = inventory.services_on(name)
+    needs_rpc = any(isinstance(s, RpcWorkerService) for s in on_host.values())
+    build = plan_build(inventory, name, host, needs_rpc)
+    join = ntpath.join if host.os is OS.windows else posixpath.join
+
+    def install_path(*parts: str) -> str:
+        return join(host.install_dir, *parts)
+
+    models = list(host.models)
+    for svc in on_host.values():  # a native draft is loaded by the target process from its own disk
+        for needed in (getattr(svc, "model", None), getattr(getattr(svc, "native_draft", None), "model", None)):
+            if needed and needed not in models:
+                models.append(needed)
+    plan = HostPlan(name, host, inventory, build)
+    plan.models = [f for m in models for f in _model_files(inventory, name, host, m, join)]
+    plan.services = plan_services(inventory, name, host, build.build_id, install_path)
+    for svc_name, svc in sorted(on_host.items()):
+        if isinstance(svc, ProxyService):
+            plan.proxy_services.append(svc_name)
+            if svc.auth and svc.auth.token_file:
+                plan.secrets.append(SecretPlan(svc.auth.token_file, host.service_user or getattr(host.connection, "user", "root")))
+    return plan

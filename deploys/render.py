@@ -1,0 +1,79 @@
+"""Render a host's service definitions and configs from templates/ (Jinja2). Pure: text in, text out."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+from functools import lru_cache
+from importlib import resources
+
+import jinja2
+
+from llamafleet.config.models import ServiceManager
+from llamafleet.deploys.plan import HostPlan, ServicePlan
+
+TEMPLATES = {
+    ServiceManager.systemd: "systemd.service.j2",
+    ServiceManager.launchd: "launchd.plist.j2",
+    ServiceManager.windows_service: "winsw.xml.j2",
+    ServiceManager.supervisord: "supervisord-program.conf.j2",
+}
+
+
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    folder = resources.files("llamafleet.templates")
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(folder)), undefined=jinja2.StrictUndefined,
+                              keep_trailing_newline=True, autoescape=False)
+
+
+def _render(template: str, **values) -> str:
+    return _environment().get_template(template).render(**values)
+
+
+def _log_dir(plan: HostPlan) -> str:
+    if plan.host.service_manager is ServiceManager.supervisord:
+        return plan.path("supervisor", "logs")
+    return plan.path("logs")
+
+
+def render_unit(plan: HostPlan, svc: ServicePlan, manager: ServiceManager | None = None) -> str:
+    """The unit for ``svc`` in the host's service manager (or ``manager``, to render another kind)."""
+    manager = manager or plan.host.service_manager
+    connection_user = getattr(plan.host.connection, "user", None)
+    return _render(
+        TEMPLATES[manager],
+        svc=svc,
+        host=plan.name,
+        install_dir=plan.host.install_dir,
+        log_dir=_log_dir(plan),
+        command=shlex.join(svc.argv),
+        # WinSW takes one argument string, quoted the Windows way.
+        arguments=subprocess.list2cmdline(svc.argv[1:]),
+        # supervisord can only switch users when it runs as root; name one only when it differs.
+        run_as=svc.user if plan.host.service_user and svc.user != connection_user else None,
+    )
+
+
+def render_supervisord_conf(plan: HostPlan) -> str:
+    return _render("supervisord.conf.j2", host=plan.name, dir=plan.supervisor_dir, conf=plan.supervisor_conf,
+                   install_dir=plan.host.install_dir)
+
+
+def render_proxy_config(plan: HostPlan, service: str) -> str:
+    from llamafleet.proxy.config import ProxyConfig
+
+    config = ProxyConfig.from_inventory(plan.inventory, service)
+    return json.dumps(config.model_dump(mode="json", exclude_none=True), indent=2, sort_keys=True) + "\n"
+
+
+def rendered_files(plan: HostPlan) -> dict[str, tuple[str, str]]:
+    """Every text file the deploy owns on the host: path -> (content, octal mode)."""
+    files = {plan.unit_path(svc): (render_unit(plan, svc), "0644") for svc in plan.services}
+    if plan.host.service_manager is ServiceManager.supervisord:
+        files[plan.supervisor_conf] = (render_supervisord_conf(plan), "0644")
+    for service in plan.proxy_services:
+        # The config names where the token lives, never the token itself.
+        files[plan.proxy_config_path(service)] = (render_proxy_config(plan, service), "0644")
+    return files

@@ -1,0 +1,241 @@
+# llamafleet's helper on Windows hosts (Windows PowerShell 5.1 or PowerShell 7), driven over OpenSSH.
+# The same verbs and JSON as lf_host.py on POSIX hosts:
+#   state SPEC_JSON     the host's whole state as one JSON document (run inline by WindowsHostState)
+#   fetch SPEC_JSON     resumable download (HTTP Range), sha256 check, atomic rename, verified stamp
+#   install SPEC_JSON   install a llama.cpp release .zip (or source build) and switch `current`
+#   wait SPEC_JSON      wait until the services answer
+# Errors: one line "llamafleet: ..." on stderr and exit code 2 (bad input) or 3 (verification failed).
+param([Parameter(Mandatory = $true)][string]$Verb, [Parameter(Mandatory = $true)][string]$SpecJson)
+
+$ErrorActionPreference = 'Stop'
+$ProgressPreference = 'SilentlyContinue'
+$Binaries = @('llama-server', 'ggml-rpc-server')
+
+function Fail([string]$Message, [int]$Code = 2) {
+    [Console]::Error.WriteLine("llamafleet: $Message")
+    exit $Code
+}
+
+function Get-Sha256([string]$Path) { (Get-FileHash -Algorithm SHA256 -LiteralPath $Path).Hash.ToLower() }
+
+function Get-StampPath([string]$Path) {
+    Join-Path (Split-Path -Parent $Path) ('.' + (Split-Path -Leaf $Path) + '.verified')
+}
+
+function Read-Json([string]$Path) {
+    if (-not (Test-Path -LiteralPath $Path)) { return $null }
+    try { Get-Content -Raw -LiteralPath $Path | ConvertFrom-Json } catch { $null }
+}
+
+function Test-Verified([string]$Path, [string]$Sha256) {
+    if (-not (Test-Path -LiteralPath $Path)) { return $false }
+    $item = Get-Item -LiteralPath $Path
+    $stamp = Read-Json (Get-StampPath $Path)
+    # The stamp's size and write time still match: no re-hash of a large file.
+    return ($null -ne $stamp -and $stamp.sha256 -eq $Sha256 -and $stamp.size -eq $item.Length -and
+            $stamp.mtime_ticks -eq $item.LastWriteTimeUtc.Ticks)
+}
+
+function Write-Stamp([string]$Path, [string]$Sha256) {
+    $item = Get-Item -LiteralPath $Path
+    $body = @{ size = $item.Length; mtime_ticks = $item.LastWriteTimeUtc.Ticks; sha256 = $Sha256 } | ConvertTo-Json -Compress
+    Set-Content -LiteralPath (Get-StampPath $Path) -Value $body -Encoding UTF8
+}
+
+function Get-RemoteSize([string]$Url) {
+    $request = [Net.HttpWebRequest]::Create($Url); $request.Method = 'HEAD'
+    $response = $request.GetResponse(); try { $response.ContentLength } finally { $response.Close() }
+}
+
+function Receive-Resumable([string]$Url, [string]$Partial, [long]$Size) {
+    for ($attempt = 0; $attempt -lt 5; $attempt++) {
+        $have = if (Test-Path -LiteralPath $Partial) { (Get-Item -LiteralPath $Partial).Length } else { 0 }
+        if ($have -gt $Size) { Remove-Item -LiteralPath $Partial; $have = 0 }
+        if ($have -eq $Size) { return }
+        try {
+            $request = [Net.HttpWebRequest]::Create($Url)
+            if ($have -gt 0) { $request.AddRange([long]$have) }
+            $response = $request.GetResponse()
+            # 206 appends; a server that ignores Range answers 200 with the whole file.
+            $mode = if ([int]$response.StatusCode -eq 206) { [IO.FileMode]::Append } else { [IO.FileMode]::Create }
+            $out = [IO.File]::Open($Partial, $mode)
+            try { $response.GetResponseStream().CopyTo($out, 1MB) } finally { $out.Close(); $response.Close() }
+            [Console]::Error.WriteLine("llamafleet: $(Split-Path -Leaf $Partial) $((Get-Item -LiteralPath $Partial).Length) / $Size bytes")
+        } catch [Net.WebException] {
+            Start-Sleep -Seconds 1
+        }
+    }
+    $have = if (Test-Path -LiteralPath $Partial) { (Get-Item -LiteralPath $Partial).Length } else { 0 }
+    if ($have -ne $Size) { Fail "download of $Url stopped at $have of $Size bytes; run the deploy again to resume" }
+}
+
+function Invoke-Fetch($Spec) {
+    $dest = $Spec.dest; $dir = Split-Path -Parent $dest
+    New-Item -ItemType Directory -Force -Path $dir | Out-Null
+    if (Test-Verified $dest $Spec.sha256) { return 'verified' }
+    $size = if ($Spec.size) { [long]$Spec.size } else { Get-RemoteSize $Spec.url }
+    if ((Test-Path -LiteralPath $dest) -and (Get-Item -LiteralPath $dest).Length -eq $size -and (Get-Sha256 $dest) -eq $Spec.sha256) {
+        Write-Stamp $dest $Spec.sha256; return 'verified (stamped)'
+    }
+    $partial = Join-Path $dir ('.' + (Split-Path -Leaf $dest) + '.partial')
+    $have = if (Test-Path -LiteralPath $partial) { (Get-Item -LiteralPath $partial).Length } else { 0 }
+    $free = (Get-PSDrive -Name (Split-Path -Qualifier $dest).TrimEnd(':')).Free
+    if ($free -lt ($size - $have)) { Fail "not enough free disk in $dir for $(Split-Path -Leaf $dest): need $($size - $have) bytes, $free free" }
+    Receive-Resumable $Spec.url $partial $size
+    $got = Get-Sha256 $partial
+    if ($got -ne $Spec.sha256) {
+        Remove-Item -LiteralPath $partial
+        Fail "sha256 mismatch for $($Spec.url): expected $($Spec.sha256), got $got; the existing file was left in place" 3
+    }
+    Move-Item -Force -LiteralPath $partial -Destination $dest
+    Write-Stamp $dest $Spec.sha256
+    'downloaded'
+}
+
+function Get-VersionLine([string]$BinDir) {
+    $server = Join-Path $BinDir 'llama-server.exe'
+    if (-not (Test-Path -LiteralPath $server)) { return $null }
+    $lines = & $server --version 2>&1 | ForEach-Object { "$_" }
+    $line = $lines | Where-Object { $_ -like 'version:*' } | Select-Object -First 1
+    if ($line) { $line.Trim() } else { 'error: no version line' }
+}
+
+function Get-BinaryHashes([string]$BinDir) {
+    $hashes = [ordered]@{}
+    foreach ($name in $Binaries) {
+        $path = Join-Path $BinDir "$name.exe"
+        if (Test-Path -LiteralPath $path) { $hashes[$name] = Get-Sha256 $path }
+    }
+    $hashes
+}
+
+function Invoke-Install($Spec) {
+    $builds = Join-Path $Spec.install_dir 'builds'
+    $target = Join-Path $builds $Spec.build_id
+    New-Item -ItemType Directory -Force -Path $builds | Out-Null
+    $record = Read-Json (Join-Path $target 'install.json')
+    $wanted = @($Spec.artifacts | ForEach-Object { $_.sha256 }) -join ','
+    if ($Spec.force -or $null -eq $record -or (@($record.artifacts_sha256) -join ',') -ne $wanted) {
+        $archives = @()
+        foreach ($artifact in $Spec.artifacts) {
+            $archives += Join-Path (Join-Path $Spec.install_dir 'downloads') $artifact.file
+            Invoke-Fetch @{ url = $artifact.url; dest = $archives[-1]; sha256 = $artifact.sha256; size = $artifact.size } | Out-Null
+        }
+        $staging = Join-Path $builds ".$($Spec.build_id).partial"
+        if (Test-Path -LiteralPath $staging) { Remove-Item -Recurse -Force -LiteralPath $staging }
+        if ($Spec.method -eq 'source') {
+            $src = Join-Path $builds ".$($Spec.build_id).src"
+            if (Test-Path -LiteralPath $src) { Remove-Item -Recurse -Force -LiteralPath $src }
+            tar -xzf $archives[0] -C (New-Item -ItemType Directory -Force -Path $src).FullName --strip-components=1
+            & cmake -S $src -B "$src-build" @($Spec.cmake_options)
+            if ($LASTEXITCODE -ne 0) { Fail 'source build failed: cmake configure' }
+            & cmake --build "$src-build" --config Release --target @($Binaries)
+            if ($LASTEXITCODE -ne 0) { Fail 'source build failed: cmake --build' }
+            Copy-Item -Recurse -LiteralPath "$src-build\bin\Release" -Destination $staging
+            Remove-Item -Recurse -Force -LiteralPath $src, "$src-build"
+        } else {
+            # Windows release zips hold the binaries at the top level (no llama-<tag> folder); the
+            # cudart zip of a CUDA build is expanded on top of the llama zip.
+            foreach ($archive in $archives) { Expand-Archive -LiteralPath $archive -DestinationPath $staging -Force }
+        }
+        foreach ($name in $Spec.binaries) {
+            if (-not (Test-Path -LiteralPath (Join-Path $staging "$name.exe"))) { Fail "$($Spec.artifacts[0].file) has no $name.exe" }
+        }
+        $line = Get-VersionLine $staging
+        $number = if ($line -match 'build (\d+)') { [int]$Matches[1] } elseif ($line -match 'version: (\d+)') { [int]$Matches[1] } else { -1 }
+        $pinned = [int]$Spec.build.TrimStart('b')
+        if ($number -ne $pinned -and $number -ne 0) { Fail "$($Spec.artifacts[0].file) reports '$line' but the pin is $($Spec.build)" 3 }
+        $record = [ordered]@{
+            build = $Spec.build; backend = $Spec.backend; method = $Spec.method; artifacts = @($Spec.artifacts | ForEach-Object { $_.file })
+            artifacts_sha256 = @($Spec.artifacts | ForEach-Object { $_.sha256 }); version = $line; reported_build = $number
+            binaries = Get-BinaryHashes $staging; cmake_options = @($Spec.cmake_options)
+            installed_at = [int][double]::Parse((Get-Date -UFormat %s))
+        }
+        Set-Content -LiteralPath (Join-Path $staging 'install.json') -Value ($record | ConvertTo-Json -Depth 4) -Encoding UTF8
+        if (Test-Path -LiteralPath $target) { Remove-Item -Recurse -Force -LiteralPath $target }
+        Move-Item -LiteralPath $staging -Destination $target
+    }
+    # `current` is a directory junction: switching it is the upgrade, switching back the rollback.
+    $current = Join-Path $builds 'current'
+    if (Test-Path -LiteralPath $current) { (Get-Item -LiteralPath $current).Delete() }
+    New-Item -ItemType Junction -Path $current -Target $target | Out-Null
+    "installed $($Spec.build_id)"
+}
+
+function Invoke-Wait($Spec) {
+    $deadline = (Get-Date).AddSeconds([int]$Spec.timeout)
+    $pending = @($Spec.http) + @($Spec.tcp) | Where-Object { $_ }
+    while ($pending.Count -gt 0 -and (Get-Date) -lt $deadline) {
+        $pending = @($pending | Where-Object {
+            if ($_ -like 'http*') {
+                try { (Invoke-WebRequest -UseBasicParsing -TimeoutSec 5 -Uri $_).StatusCode -ne 200 } catch { $true }
+            } else {
+                $hostName, $port = $_ -split ':(?=\d+$)'
+                -not (Test-NetConnection -ComputerName $hostName -Port ([int]$port) -InformationLevel Quiet -WarningAction SilentlyContinue)
+            }
+        })
+        if ($pending.Count -gt 0) { Start-Sleep -Seconds 1 }
+    }
+    if ($pending.Count -gt 0) { Fail "not answering after $($Spec.timeout)s: $($pending -join ', ') (see the logs under $($Spec.logs))" }
+    'all services answer'
+}
+
+function Get-FileState([string]$Path) {
+    if (-not (Test-Path -LiteralPath $Path)) { return $null }
+    @{ sha256 = Get-Sha256 $Path; owner = (Get-Acl -LiteralPath $Path).Owner }
+}
+
+function Get-State($Spec) {
+    $builds = Join-Path $Spec.install_dir 'builds'
+    $current = Join-Path $builds 'current'
+    $install = @{ current = $null; builds = @(); record = $null; version = $null; binaries = @{} }
+    if (Test-Path -LiteralPath $builds) {
+        $install.builds = @(Get-ChildItem -Directory -LiteralPath $builds | Where-Object { $_.Name -ne 'current' -and -not $_.Name.StartsWith('.') } | ForEach-Object Name)
+    }
+    if (Test-Path -LiteralPath $current) {
+        $bin = (Get-Item -LiteralPath $current).Target | Select-Object -First 1
+        $install.current = Split-Path -Leaf $bin
+        $install.record = Read-Json (Join-Path $bin 'install.json')
+        $install.version = Get-VersionLine $bin
+        $install.binaries = Get-BinaryHashes $bin
+    }
+    $models = @{}
+    foreach ($m in @($Spec.models)) {
+        if (-not $m) { continue }
+        $partial = Join-Path (Split-Path -Parent $m.path) ('.' + (Split-Path -Leaf $m.path) + '.partial')
+        $present = if (Test-Path -LiteralPath $m.path) { $i = Get-Item -LiteralPath $m.path; @{ size = $i.Length; mtime_ticks = $i.LastWriteTimeUtc.Ticks } } else { $null }
+        $models[$m.path] = @{ present = $present; verified = (Test-Verified $m.path $m.sha256)
+                              partial_size = if (Test-Path -LiteralPath $partial) { (Get-Item -LiteralPath $partial).Length } else { 0 } }
+    }
+    $files = @{}
+    foreach ($f in @($Spec.files)) { if ($f) { $files[$f] = Get-FileState $f } }
+    $services = @{}
+    foreach ($id in @($Spec.winsw)) {
+        if (-not $id) { continue }
+        $svc = Get-Service -Name $id -ErrorAction SilentlyContinue
+        $services[$id] = if ($svc) { "$($svc.Status)" } else { 'absent' }
+    }
+    $drivers = @{}
+    if (@($Spec.drivers) -contains 'nvidia') {
+        $smi = Get-Command nvidia-smi.exe -ErrorAction SilentlyContinue
+        $drivers['nvidia-smi'] = if ($smi) { (& $smi.Source --query-gpu=driver_version,name,memory.total --format=csv,noheader) -join "`n" } else { $null }
+    }
+    $listening = @(Get-NetTCPConnection -State Listen -ErrorAction SilentlyContinue | ForEach-Object { "$($_.LocalAddress):$($_.LocalPort)" } | Sort-Object -Unique)
+    $drive = Split-Path -Qualifier $Spec.models_dir
+    [ordered]@{
+        schema = 1; powershell = "$($PSVersionTable.PSVersion)"; install = $install; models = $models; files = $files
+        services = @{ winsw = $services }; listening = $listening
+        disk_free = (Get-PSDrive -Name $drive.TrimEnd(':')).Free; drivers = $drivers
+        driver_pending = Read-Json (Join-Path $Spec.install_dir 'state\driver-pending.json')
+        tools = @{ winsw = if (Test-Path -LiteralPath (Join-Path $Spec.install_dir 'bin\winsw.exe')) { 'present' } else { $null } }
+    } | ConvertTo-Json -Depth 6 -Compress
+}
+
+try { $spec = $SpecJson | ConvertFrom-Json } catch { Fail "bad JSON argument: $_" }
+switch ($Verb) {
+    'state' { Get-State $spec }
+    'fetch' { "llamafleet: $(Invoke-Fetch $spec)" }
+    'install' { "llamafleet: $(Invoke-Install $spec)" }
+    'wait' { "llamafleet: $(Invoke-Wait $spec)" }
+    default { Fail "usage: lf_host.ps1 state|fetch|install|wait SPEC_JSON" }
+}

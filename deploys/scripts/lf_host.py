@@ -1,0 +1,561 @@
+"""llamafleet's helper on POSIX hosts (Linux, macOS): stdlib only, Python 3.8+.
+
+The deploy runs it on the host, never on the controller:
+  state SPEC_JSON       print the host's whole state as one JSON document (the HostState fact
+                        runs this file inline, so it works before anything is installed)
+  fetch SPEC_JSON       download one file resumably, verify its sha256, rename it into place
+  install SPEC_JSON     install one llama.cpp build (release archive or source build) and
+                        switch ``current`` to it
+  wait SPEC_JSON        wait until the host's services answer (HTTP /health, TCP for RPC)
+  token PATH USER       create a random bearer token file (0600, owned by USER) if missing
+
+Exit codes: 0 done, 2 bad input or precondition, 3 verification failed. Errors are one line on
+stderr starting with "llamafleet:", so pyinfra shows the reason rather than a traceback.
+"""
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+
+CHUNK = 1 << 20
+RETRIES = 5
+BINARIES = ("llama-server", "ggml-rpc-server")
+VERSION_RE = re.compile(r"version: (\S+) \(build (\d+), commit (\S+)\)|version: (\d+) \((\S+)\)")
+
+
+class Failure(Exception):
+    def __init__(self, message, code=2):
+        super().__init__(message)
+        self.code = code
+
+
+# --- small utilities ---------------------------------------------------------------------------
+
+
+def sha256_file(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_atomic(path, data, mode=0o644):
+    tmp = "%s.tmp%d" % (path, os.getpid())
+    with open(tmp, "w") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def human(n):
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return "%.1f %s" % (n, unit)
+        n /= 1024.0
+
+
+def stamp_path(path):
+    head, name = os.path.split(path)
+    return os.path.join(head, ".%s.verified" % name)
+
+
+def read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+# --- model files: stamp, resumable download ----------------------------------------------------
+
+
+def is_verified(path, sha256):
+    """True when the stamp written after the last hash still matches size and mtime: no re-hash."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    stamp = read_json(stamp_path(path)) or {}
+    return stamp.get("sha256") == sha256 and stamp.get("size") == st.st_size and stamp.get("mtime_ns") == st.st_mtime_ns
+
+
+def write_stamp(path, sha256):
+    st = os.stat(path)
+    write_atomic(stamp_path(path), json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}))
+
+
+def check_free_disk(directory, needed, what):
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise Failure("not enough free disk in %s for %s: need %s, %s free" % (directory, what, human(needed), human(free)))
+
+
+def download_resumable(url, partial, size):
+    """Append to ``partial`` until it holds ``size`` bytes, resuming with HTTP Range after a cut."""
+    last_error = None
+    for _attempt in range(RETRIES):
+        have = os.path.getsize(partial) if os.path.exists(partial) else 0
+        if have > size:
+            os.remove(partial)
+            have = 0
+        if have == size:
+            return
+        request = urllib.request.Request(url, headers={"Range": "bytes=%d-" % have} if have else {})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as resp:
+                # A server that ignores Range answers 200 with the whole file: start over.
+                mode = "ab" if resp.status == 206 else "wb"
+                done = have if mode == "ab" else 0
+                copy_with_progress(resp, partial, mode, done, size, url)
+        except urllib.error.HTTPError as err:
+            raise Failure("download of %s failed: HTTP %d %s" % (url, err.code, err.reason))
+        except (urllib.error.URLError, OSError, socket.timeout) as err:
+            last_error = err
+            time.sleep(1)
+    have = os.path.getsize(partial) if os.path.exists(partial) else 0
+    if have != size:
+        raise Failure("download of %s stopped at %s of %s (%s); run the deploy again to resume"
+                      % (url, human(have), human(size), last_error or "short response"))
+
+
+def remote_size(url):
+    """Size from a HEAD request, for files whose size the inventory does not state (release archives)."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=60) as resp:
+            return int(resp.headers["Content-Length"])
+    except (urllib.error.URLError, OSError, TypeError, ValueError) as err:
+        raise Failure("cannot reach %s: %s" % (url, err))
+
+
+def copy_with_progress(resp, partial, mode, done, size, url):
+    name = url.rsplit("/", 1)[-1]
+    last_report = 0.0
+    with open(partial, mode) as out:
+        for block in iter(lambda: resp.read(CHUNK), b""):
+            out.write(block)
+            done += len(block)
+            now = time.monotonic()
+            if now - last_report > 2 or done == size:
+                last_report = now
+                sys.stderr.write("llamafleet: %s %s / %s (%d%%)\n" % (name, human(done), human(size), 100 * done // max(size, 1)))
+                sys.stderr.flush()
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def fetch(spec):
+    """Place ``spec['dest']`` with the expected sha256; a bad download never touches a good file."""
+    dest, sha256, url = spec["dest"], spec["sha256"], spec["url"]
+    directory = os.path.dirname(dest)
+    os.makedirs(directory, exist_ok=True)
+    if is_verified(dest, sha256):
+        return "verified"
+    size = int(spec["size"]) if spec.get("size") else remote_size(url)
+    if os.path.exists(dest) and os.path.getsize(dest) == size and sha256_file(dest) == sha256:
+        write_stamp(dest, sha256)
+        return "verified (stamped)"
+    # The temp file lives beside the destination so the final rename is atomic on one filesystem.
+    partial = os.path.join(directory, ".%s.partial" % os.path.basename(dest))
+    have = os.path.getsize(partial) if os.path.exists(partial) else 0
+    check_free_disk(directory, max(size - have, 0), os.path.basename(dest))
+    download_resumable(url, partial, size)
+    got = sha256_file(partial)
+    if got != sha256:
+        os.remove(partial)
+        kept = "the existing file was left in place" if os.path.exists(dest) else "nothing was installed"
+        raise Failure("sha256 mismatch for %s: expected %s, got %s; %s" % (url, sha256, got, kept), code=3)
+    os.replace(partial, dest)
+    write_stamp(dest, sha256)
+    return "downloaded"
+
+
+# --- llama.cpp builds --------------------------------------------------------------------------
+
+
+def library_env(bin_dir):
+    env = dict(os.environ)
+    for var in ("LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH"):
+        env[var] = bin_dir + (os.pathsep + env[var] if env.get(var) else "")
+    return env
+
+
+def version_output(bin_dir):
+    """First line of ``llama-server --version`` (it prints to stderr), or None if it cannot run."""
+    server = os.path.join(bin_dir, "llama-server")
+    if not os.path.exists(server):
+        return None
+    try:
+        proc = subprocess.run([server, "--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              env=library_env(bin_dir), timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return "error: %s" % err
+    for line in proc.stdout.decode(errors="replace").splitlines():
+        if line.startswith("version:"):
+            return line.strip()
+    return "error: no version line (exit %d)" % proc.returncode
+
+
+def reported_build(line):
+    match = VERSION_RE.search(line or "")
+    if not match:
+        return None
+    return int(match.group(2) or match.group(4))
+
+
+def binary_hashes(bin_dir):
+    return {name: sha256_file(os.path.join(bin_dir, name)) for name in BINARIES
+            if os.path.exists(os.path.join(bin_dir, name))}
+
+
+def extract(archive, into):
+    """Unpack an upstream archive into ``into`` (merging with what is there), dropping a single
+    top-level folder (``llama-bXXXX/`` in Linux and macOS releases and in source archives)."""
+    tmp = into + ".x"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if archive.endswith(".zip"):
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(tmp)
+    else:
+        with tarfile.open(archive) as tar:
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(tmp, filter="data")
+            else:
+                tar.extractall(tmp)
+    entries = os.listdir(tmp)
+    root = os.path.join(tmp, entries[0]) if len(entries) == 1 and os.path.isdir(os.path.join(tmp, entries[0])) else tmp
+    os.makedirs(into, exist_ok=True)
+    for name in os.listdir(root):
+        dest = os.path.join(into, name)
+        if os.path.isdir(dest) and not os.path.islink(dest):
+            shutil.rmtree(dest)
+        elif os.path.lexists(dest):
+            os.remove(dest)
+        os.rename(os.path.join(root, name), dest)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_from_source(source_dir, out_dir, cmake_options, jobs):
+    build_dir = source_dir + "-build"
+    configure = ["cmake", "-S", source_dir, "-B", build_dir] + cmake_options
+    compile_ = ["cmake", "--build", build_dir, "--config", "Release", "-j%d" % jobs, "--target"] + list(BINARIES)
+    for cmd in (configure, compile_):
+        sys.stderr.write("llamafleet: %s\n" % " ".join(cmd))
+        if subprocess.call(cmd) != 0:
+            raise Failure("source build failed: %s" % " ".join(cmd))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    shutil.copytree(os.path.join(build_dir, "bin"), out_dir, symlinks=True)
+    shutil.rmtree(build_dir, ignore_errors=True)
+
+
+def check_binaries(bin_dir, spec):
+    missing = [b for b in spec["binaries"] if not os.path.exists(os.path.join(bin_dir, b))]
+    if missing:
+        raise Failure("%s has no %s" % (spec["artifacts"][0]["file"], ", ".join(missing)))
+    line = version_output(bin_dir)
+    number = reported_build(line)
+    pinned = int(spec["build"].lstrip("b"))
+    # Build 0 is what a tree without git metadata reports; the record keeps that line, so later
+    # checks compare the binary against the record rather than trusting the number.
+    if number not in (pinned, 0):
+        raise Failure("%s reports %r but the pin is %s" % (spec["artifacts"][0]["file"], line, spec["build"]), code=3)
+    return line, number
+
+
+def install(spec):
+    builds = os.path.join(spec["install_dir"], "builds")
+    target = os.path.join(builds, spec["build_id"])
+    os.makedirs(builds, exist_ok=True)
+    record = read_json(os.path.join(target, "install.json")) or {}
+    if spec.get("force") or record.get("artifacts_sha256") != [a["sha256"] for a in spec["artifacts"]]:
+        install_into(spec, builds, target)
+    switch_current(builds, spec["build_id"])
+    return "installed %s" % spec["build_id"]
+
+
+def install_into(spec, builds, target):
+    downloads = os.path.join(spec["install_dir"], "downloads")
+    archives = []
+    for artifact in spec["artifacts"]:
+        archives.append(os.path.join(downloads, artifact["file"]))
+        fetch({"url": artifact["url"], "dest": archives[-1], "sha256": artifact["sha256"], "size": artifact["size"]})
+    staging = os.path.join(builds, ".%s.partial" % spec["build_id"])
+    shutil.rmtree(staging, ignore_errors=True)
+    if spec["method"] == "source":
+        source_dir = os.path.join(builds, ".%s.src" % spec["build_id"])
+        extract(archives[0], source_dir)
+        build_from_source(source_dir, staging, spec["cmake_options"], int(spec.get("jobs") or os.cpu_count() or 2))
+        shutil.rmtree(source_dir, ignore_errors=True)
+    else:
+        for archive in archives:  # e.g. llama-...-cuda zip, then the cudart zip on top
+            extract(archive, staging)
+    line, number = check_binaries(staging, spec)
+    record = {
+        "build": spec["build"], "backend": spec["backend"], "method": spec["method"],
+        "artifacts": [a["file"] for a in spec["artifacts"]], "artifacts_sha256": [a["sha256"] for a in spec["artifacts"]],
+        "version": line, "reported_build": number, "binaries": binary_hashes(staging),
+        "cmake_options": spec.get("cmake_options") or [], "installed_at": int(time.time()),
+    }
+    write_atomic(os.path.join(staging, "install.json"), json.dumps(record, indent=1, sort_keys=True))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+
+
+def switch_current(builds, build_id):
+    """Point ``builds/current`` at one build with an atomic rename: upgrade and rollback are a switch."""
+    link = os.path.join(builds, "current")
+    if os.path.islink(link) and os.readlink(link) == build_id:
+        return
+    tmp = link + ".new"
+    if os.path.lexists(tmp):
+        os.remove(tmp)
+    os.symlink(build_id, tmp)
+    os.replace(tmp, link)
+
+
+# --- secrets -----------------------------------------------------------------------------------
+
+
+def make_token(path, user):
+    if os.path.exists(path):
+        return "kept"
+    import pwd
+    import secrets
+
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    old = os.umask(0o077)
+    try:
+        write_atomic(path, secrets.token_urlsafe(32) + "\n", mode=0o600)
+    finally:
+        os.umask(old)
+    entry = pwd.getpwnam(user)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+    return "created"
+
+
+# --- readiness ---------------------------------------------------------------------------------
+
+
+def http_ok(url):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError, socket.timeout):
+        return False
+
+
+def tcp_ok(endpoint):
+    host, port = endpoint.rsplit(":", 1)
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+            return True
+    except OSError:
+        return False
+
+
+def wait(spec):
+    """Wait until every service answers: /health for HTTP services, a TCP connect for RPC workers."""
+    deadline = time.monotonic() + float(spec.get("timeout", 300))
+    pending = [("http", u) for u in spec.get("http", [])] + [("tcp", e) for e in spec.get("tcp", [])]
+    while pending and time.monotonic() < deadline:
+        pending = [(kind, t) for kind, t in pending if not (http_ok(t) if kind == "http" else tcp_ok(t))]
+        if pending:
+            time.sleep(1)
+    if pending:
+        raise Failure("not answering after %ss: %s (see the service logs under %s)"
+                      % (spec.get("timeout", 300), ", ".join(t for _, t in pending), spec.get("logs", "the install dir")))
+    return "all services answer"
+
+
+# --- state -------------------------------------------------------------------------------------
+
+
+def file_state(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    try:
+        import pwd
+
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except (ImportError, KeyError):
+        owner = str(st.st_uid)
+    return {"sha256": sha256_file(path), "mode": "%04o" % (st.st_mode & 0o7777), "owner": owner}
+
+
+def model_state(path, sha256):
+    partial = os.path.join(os.path.dirname(path), ".%s.partial" % os.path.basename(path))
+    try:
+        st = os.stat(path)
+        present = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    except OSError:
+        present = None
+    return {"present": present, "verified": is_verified(path, sha256),
+            "partial_size": os.path.getsize(partial) if os.path.exists(partial) else 0}
+
+
+def install_state(install_dir):
+    builds = os.path.join(install_dir, "builds")
+    current = os.path.join(builds, "current")
+    current_id = os.readlink(current) if os.path.islink(current) else None
+    listed = sorted(d for d in os.listdir(builds) if not d.startswith(".") and d != "current") if os.path.isdir(builds) else []
+    state = {"current": current_id, "builds": listed, "record": None, "version": None, "binaries": {}}
+    if current_id:
+        bin_dir = os.path.join(builds, current_id)
+        state.update(record=read_json(os.path.join(bin_dir, "install.json")),
+                     version=version_output(bin_dir), binaries=binary_hashes(bin_dir))
+    return state
+
+
+def supervisor_state(conf):
+    pid = None
+    for line in open(conf).read().splitlines() if os.path.exists(conf) else []:
+        if line.strip().startswith("pidfile"):
+            pid_file = line.split("=", 1)[1].strip()
+            try:
+                pid = int(open(pid_file).read().strip())
+                os.kill(pid, 0)
+            except (OSError, ValueError):
+                pid = None
+    programs = {}
+    if pid:
+        proc = subprocess.run(["supervisorctl", "-c", conf, "status"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        for line in proc.stdout.decode(errors="replace").splitlines():
+            parts = line.split()
+            if len(parts) >= 2:
+                programs[parts[0]] = parts[1]
+    return {"running": pid is not None, "pid": pid, "programs": programs}
+
+
+def unit_states(kind, names):
+    if not names:
+        return {}
+    if kind == "systemd":
+        proc = subprocess.run(["systemctl", "is-active"] + names, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        return dict(zip(names, proc.stdout.decode().split()))
+    proc = subprocess.run(["launchctl", "list"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    loaded = {}
+    for line in proc.stdout.decode(errors="replace").splitlines()[1:]:
+        pid, _status, label = (line.split("\t") + ["", "", ""])[:3]
+        loaded[label] = "running" if pid.strip().isdigit() else "loaded"
+    return {name: loaded.get(name, "not-loaded") for name in names}
+
+
+def listening_ports():
+    """Listening TCP sockets as ``addr:port`` strings: /proc on Linux, lsof elsewhere."""
+    found = set()
+    if os.path.exists("/proc/net/tcp"):
+        for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+            if not os.path.exists(table):
+                continue
+            for line in open(table).read().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] != "0A":  # TCP_LISTEN
+                    continue
+                hex_addr, hex_port = fields[1].split(":")
+                found.add("%s:%d" % (decode_addr(hex_addr, width), int(hex_port, 16)))
+    else:
+        proc = subprocess.run(["lsof", "-nP", "-iTCP", "-sTCP:LISTEN", "-Fn"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        found.update(line[1:] for line in proc.stdout.decode(errors="replace").splitlines() if line.startswith("n"))
+    return sorted(found)
+
+
+def decode_addr(hex_addr, width):
+    raw = bytes.fromhex(hex_addr)
+    if width == 8:
+        return socket.inet_ntop(socket.AF_INET, raw[::-1])
+    words = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+    return socket.inet_ntop(socket.AF_INET6, words)
+
+
+DRIVER_TOOLS = {
+    "nvidia": [["nvidia-smi", "--query-gpu=driver_version,name,memory.total", "--format=csv,noheader"]],
+    "rocm": [["amd-smi", "version", "--json"], ["cat", "/opt/rocm/.info/version"]],
+    "macos": [["sw_vers"]],
+}
+
+
+def tool_output(argv):
+    try:
+        proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+        return proc.stdout.decode(errors="replace") if proc.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def driver_outputs(kinds):
+    """Raw tool outputs, keyed by tool; the controller parses them with tested parsers."""
+    return {argv[-1] if argv[0] == "cat" else argv[0]: tool_output(argv)
+            for kind in kinds for argv in DRIVER_TOOLS[kind]}
+
+
+def os_release():
+    fields = {}
+    for line in open("/etc/os-release").read().splitlines() if os.path.exists("/etc/os-release") else []:
+        if "=" in line:
+            key, value = line.split("=", 1)
+            fields[key] = value.strip('"')
+    return {k: fields.get(k) for k in ("ID", "ID_LIKE", "VERSION_ID", "VERSION_CODENAME")}
+
+
+def state(spec):
+    models_dir = spec["models_dir"]
+    probe = models_dir
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe) or "/"
+    services = {}
+    if spec.get("supervisor_conf"):
+        services["supervisord"] = supervisor_state(spec["supervisor_conf"])
+    for kind in ("systemd", "launchd"):
+        if spec.get(kind):
+            services[kind] = unit_states(kind, spec[kind])
+    return {
+        "schema": 1,
+        "python": "%d.%d.%d" % sys.version_info[:3],
+        "install": install_state(spec["install_dir"]),
+        "models": {m["path"]: model_state(m["path"], m["sha256"]) for m in spec.get("models", [])},
+        "files": {path: file_state(path) for path in spec.get("files", [])},
+        "services": services,
+        "listening": listening_ports(),
+        "disk_free": shutil.disk_usage(probe).free,
+        "drivers": driver_outputs(spec.get("drivers", [])),
+        "driver_pending": read_json(os.path.join(spec["install_dir"], "state", "driver-pending.json")),
+        "os_release": os_release(),
+        "tools": {t: shutil.which(t) for t in ("supervisord", "systemctl", "launchctl")},
+    }
+
+
+COMMANDS = {"state": state, "fetch": fetch, "install": install, "wait": wait}
+
+
+def main(argv):
+    try:
+        if argv[:1] == ["token"] and len(argv) == 3:
+            print(make_token(argv[1], argv[2]))
+        elif len(argv) == 2 and argv[0] in COMMANDS:
+            result = COMMANDS[argv[0]](json.loads(argv[1]))
+            print(json.dumps(result, sort_keys=True) if argv[0] == "state" else "llamafleet: %s" % result)
+        else:
+            raise Failure("usage: lf_host.py state|fetch|install|wait SPEC_JSON | token PATH USER")
+    except Failure as err:
+        sys.stderr.write("llamafleet: %s\n" % err)
+        return err.code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
