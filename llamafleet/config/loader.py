@@ -147,19 +147,26 @@ def _parse(text: str, name: str, findings: FindingList) -> Any:
             file=name, line=line, col=col))
     except YAMLError as err:
         findings.add(Finding("LF005", str(err).strip().splitlines()[-1], "fix the YAML syntax", file=name))
+    except RecursionError:
+        findings.add(Finding("LF007", "nested too deeply to parse", "an inventory nests a few levels, not hundreds",
+                             file=name, line=1, col=1))
     return None
+
+
+class AliasCycle(Exception):
+    """An alias refers to a node that contains it."""
 
 
 def _expanded_size(node: Any, sizes: dict[int, int], stack: set[int]) -> int:
     """Node count with every alias expanded, computed once per shared object (so a bomb is
-    measured without being expanded). Raises RecursionError on a self-referencing alias."""
+    measured without being expanded). Raises AliasCycle on a self-referencing alias."""
     if not isinstance(node, (dict, list)):
         return 1
     ident = id(node)
     if ident in sizes:
         return sizes[ident]
     if ident in stack:
-        raise RecursionError
+        raise AliasCycle
     stack.add(ident)
     children = node.values() if isinstance(node, dict) else node
     total = 1 + sum(_expanded_size(child, sizes, stack) for child in children)
@@ -171,7 +178,7 @@ def _expanded_size(node: Any, sizes: dict[int, int], stack: set[int]) -> int:
 def _check_size(data: Any, name: str, findings: FindingList) -> bool:
     try:
         size = _expanded_size(data, {}, set())
-    except RecursionError:
+    except AliasCycle:
         findings.add(Finding("LF007", "an alias refers to a node that contains it (a cycle)",
                              "remove the self-referencing anchor/alias", file=name, line=1, col=1))
         return False
@@ -360,6 +367,10 @@ def _pydantic_path(loc: tuple, data: Any) -> DataPath:
     return tuple(path)
 
 
+# Hints for the few rules only the pydantic models can say (validators the JSON schema cannot express).
+_MODEL_HINTS = {"bind": "bind an address of the host: its LAN address, or 127.0.0.1"}
+
+
 def _validate_models(data: Any) -> tuple[Inventory | None, list[Finding]]:
     try:
         return Inventory.model_validate(data), []
@@ -367,7 +378,8 @@ def _validate_models(data: Any) -> tuple[Inventory | None, list[Finding]]:
         findings = []
         for e in err.errors(include_url=False):
             message = e["msg"].removeprefix("Value error, ")
-            findings.append(Finding("LF014", message, "", _pydantic_path(tuple(e["loc"]), data)))
+            path = _pydantic_path(tuple(e["loc"]), data)
+            findings.append(Finding("LF014", message, _MODEL_HINTS.get(str(path[-1]) if path else "", ""), path))
         return None, findings
 
 

@@ -57,11 +57,11 @@ class Device:
     rule: str  # how the capacity was derived, shown in the message
     path: DataPath
     metal: bool = False
-    uses: list[tuple[str, float]] = field(default_factory=list)  # (service, GiB)
+    uses: list[tuple[str, float, DataPath]] = field(default_factory=list)  # (who, GiB, where it is declared)
 
     @property
     def used_gib(self) -> float:
-        return sum(gib for _, gib in self.uses)
+        return sum(gib for _, gib, _ in self.uses)
 
 
 def gpu_capacity(host: Host, index: int) -> tuple[float, str, bool]:
@@ -123,7 +123,7 @@ class Ledger:
         """GPUs an rpc-worker serves: its ``device``, else every GPU of its host."""
         return self.service_gpus(worker.host, None if worker.device is None else [worker.device])
 
-    def place(self, service: str, home: str, device_keys: list[tuple[str, int]], gpu_bytes: float,
+    def place(self, service: str, path: DataPath, home: str, device_keys: list[tuple[str, int]], gpu_bytes: float,
               ram_bytes: float) -> None:
         """Split ``gpu_bytes`` over the GPUs in proportion to their capacity (llama.cpp's default split);
         ``ram_bytes`` (and everything, when there is no GPU) stays in the home host's RAM."""
@@ -133,14 +133,14 @@ class Ledger:
         for key in device_keys:
             device = self.gpus[key]
             share = gpu_bytes * device.capacity_gib / total
-            device.uses.append((service, share / GIB + DEVICE_OVERHEAD_GIB))
+            device.uses.append((service, share / GIB + DEVICE_OVERHEAD_GIB, path))
             if self.inventory.hosts[key[0]].os is OS.macos:
-                self._ram(service, key[0], share)  # Apple silicon's GPU memory is the same RAM
-        self._ram(service, home, ram_bytes)
+                self._ram(service, path, key[0], share)  # Apple silicon's GPU memory is the same RAM
+        self._ram(service, path, home, ram_bytes)
 
-    def _ram(self, service: str, host: str, nbytes: float) -> None:
+    def _ram(self, service: str, path: DataPath, host: str, nbytes: float) -> None:
         if host in self.ram and nbytes:
-            self.ram[host].uses.append((service, nbytes / GIB))
+            self.ram[host].uses.append((service, nbytes / GIB, path))
 
 
 def _split_devices(ledger: Ledger, service: TargetService) -> list[tuple[str, int]]:
@@ -165,7 +165,7 @@ def fill_ledger(inventory: Inventory) -> Ledger:
         on_gpu = need * gpu_fraction(model, service.gpu_layers)
         devices = _split_devices(ledger, service) if isinstance(service, TargetService) else \
             [(service.host, i) for i in ledger.service_gpus(service.host, service.devices)]
-        ledger.place(name, service.host, devices, on_gpu, need - on_gpu)
+        ledger.place(name, ("services", name, "model"), service.host, devices, on_gpu, need - on_gpu)
         if isinstance(service, TargetService) and service.native_draft is not None:
             _place_native_draft(ledger, name, service)
     return ledger
@@ -179,7 +179,8 @@ def _place_native_draft(ledger: Ledger, name: str, service: TargetService) -> No
         return
     gpus = ledger.worker_gpus(worker)[:1]  # -devd RPC0: the draft goes to the worker's first device
     need = draft.size_bytes + kv_cache_bytes(draft, service.ctx_size)
-    ledger.place(f"{name} (native draft)", worker.host, [(worker.host, i) for i in gpus], need, 0)
+    ledger.place(f"{name} (native draft)", ("services", name, "native_draft", "model"), worker.host,
+                 [(worker.host, i) for i in gpus], need, 0)
 
 
 def memory_findings(inventory: Inventory) -> list[Finding]:
@@ -188,7 +189,8 @@ def memory_findings(inventory: Inventory) -> list[Finding]:
     for device in list(ledger.gpus.values()) + list(ledger.ram.values()):
         if device.used_gib <= device.capacity_gib or not device.uses:
             continue
-        parts = ", ".join(f"{service} {gib:.2f}" for service, gib in device.uses)
+        parts = ", ".join(f"{service} {gib:.2f}" for service, gib, _ in device.uses)
+        culprit = max(device.uses, key=lambda use: use[1])[2]  # point at the largest user's declaration
         code = "LF111" if device.metal else ("LF114" if device.path[-1] == "memory_gb" else "LF110")
         hint = ("use a smaller quant, fewer gpu_layers, a smaller ctx_size, or move a service to another device"
                 if not device.metal else
@@ -196,7 +198,7 @@ def memory_findings(inventory: Inventory) -> list[Finding]:
                 "fewer gpu_layers; if you raised iogpu.wired_limit_mb, set usable_gb to what "
                 "`llama-server --list-devices` reports")
         findings.append(Finding(code, f"{device.label} needs {device.used_gib:.2f} GiB ({parts}) but holds "
-                                f"{device.capacity_gib:.2f} GiB ({device.rule})", hint, device.path))
+                                f"{device.capacity_gib:.2f} GiB ({device.rule})", hint, culprit))
     findings += moe_rpc_findings(inventory, ledger)
     findings += _unestimated_kv(inventory)
     return findings
@@ -225,14 +227,15 @@ def moe_rpc_findings(inventory: Inventory, ledger: Ledger) -> list[Finding]:
             if not gpus or not total:
                 continue
             reported = sum(g.capacity_gib for g in gpus)
-            share_gib = weights / GIB * reported / total + DEVICE_OVERHEAD_GIB
+            share = weights * reported / total
             smallest = min(gpus, key=lambda g: g.capacity_gib)
-            if share_gib > smallest.capacity_gib:
+            if share / GIB + DEVICE_OVERHEAD_GIB > smallest.capacity_gib:
                 findings.append(Finding(
                     "LF112",
-                    f"MoE model {service.model} split over RPC: worker {worker_name} reports {reported:g} GiB of "
-                    f"{total:g} GiB, so it is handed {share_gib:.1f} GiB ({share_gib * GIB / 1e9:.1f} GB) in one "
-                    f"buffer, more than {smallest.label} holds ({smallest.capacity_gib:g} GiB)",
+                    f"MoE model {service.model} split over RPC: worker {worker_name} reports {reported:g} of "
+                    f"{total:g} GiB, so it is handed {share / 1e9:.1f} GB ({share / GIB:.1f} GiB) of weights in one "
+                    f"buffer (+{DEVICE_OVERHEAD_GIB} GiB overhead), more than {smallest.label} holds "
+                    f"({smallest.capacity_gib:g} GiB)",
                     "keep the MoE model on the target's own GPUs with fewer gpu_layers (the rest in RAM), or pin the "
                     "worker to one card with device: so it reports only that card",
                     ("services", name, "rpc_workers", index)))
