@@ -189,6 +189,7 @@ def plan_build(inventory: Inventory, name: str, host: Host, needs_rpc: bool) -> 
                    *BACKEND_CMAKE_OPTIONS[host.backend], *pin.source.cmake_options.get(host.backend, ()))
         if host.os is OS.macos and host.backend is not Backend.metal:
             options += ("-DGGML_METAL=OFF",)  # Metal is on by default on macOS
+        options = tuple(dict.fromkeys(options))  # the inventory may repeat a default
         artifact = Artifact(pin.source.file, _artifact_url(inventory, pin.source.url, pin.source.file, "llama_cpp.source"),
                             pin.source.sha256)
         return BuildPlan(pin.build, host.backend.value, "source", f"{pin.build}-{host.backend.value}-src", (artifact,),

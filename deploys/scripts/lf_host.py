@@ -14,6 +14,7 @@ stderr starting with "llamafleet:", so pyinfra shows the reason rather than a tr
 """
 
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -123,8 +124,8 @@ def download_resumable(url, partial, size):
                 copy_with_progress(resp, partial, mode, done, size, url)
         except urllib.error.HTTPError as err:
             raise Failure("download of %s failed: HTTP %d %s" % (url, err.code, err.reason))
-        except (urllib.error.URLError, OSError, socket.timeout) as err:
-            last_error = err
+        except (urllib.error.URLError, OSError, socket.timeout, http.client.HTTPException) as err:
+            last_error = err  # a cut connection: resume from what arrived
             time.sleep(1)
     have = os.path.getsize(partial) if os.path.exists(partial) else 0
     if have != size:

