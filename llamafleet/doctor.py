@@ -342,7 +342,7 @@ class Doctor:
         others = other_addresses(self.inv.hosts[svc.host], svc.bind)
         if not others:
             findings.append(Finding(svc.host, f"rpc exposure {name}", Severity.skipped, actual="no other address known",
-                                    hint="doctor only knows the host's connection address"))
+                                    hint=f"list the host's other addresses under hosts.{svc.host}.addresses"))
             return findings
         open_elsewhere = [a for a in others if _tcp_connects(a, svc.port, timeout) is True]
         findings.append(Finding(
@@ -392,11 +392,14 @@ def _tcp_connects(address: str, port: int, timeout: float) -> bool | str:
 
 
 def other_addresses(host: Host, bind: str) -> list[str]:
-    """Addresses of ``host`` other than ``bind`` where a worker must not be reachable: the host's
-    connection address, and on this machine a second loopback address (all of 127/8 is local)."""
-    candidates = [host_address(host)]
+    """Addresses of ``host`` other than ``bind`` where a worker must not be reachable: its connection
+    address, the further ``addresses`` the inventory lists, and on this machine a second loopback
+    address (all of 127/8 is local). Loopback addresses of a remote host cannot be dialled from here."""
+    candidates = [host_address(host), *host.addresses]
     if host_is_this_machine(host):
         candidates += ["127.0.0.1", "127.0.0.2"]
+    else:
+        candidates = [a for a in candidates if not _is_loopback(a)]
     return [a for a in dict.fromkeys(candidates) if a != bind]
 
 

@@ -59,14 +59,17 @@ def write_inventory(tmp_path: Path, services: dict, *, build: str = "b11434", ho
     data = {
         "version": 1,
         "cluster": "doctor-test",
-        "llama_cpp": {"build": build},
+        "llama_cpp": {"build": build, "mirror": "http://127.0.0.1:1",
+                      "releases": [{"file": f"llama-{build}-bin-ubuntu-x64.tar.gz", "os": "linux", "arch": "x86_64",
+                                    "backend": "cpu", "sha256": "0" * 64}]},
         "hosts": hosts or {
-            "box": {"connection": {"type": "local"}, "os": "linux", "install_dir": str(tmp_path / "opt"),
+            "box": {"connection": {"type": "local"}, "addresses": ["127.0.0.2"], "os": "linux", "install_dir": str(tmp_path / "opt"),
                     "models_dir": str(tmp_path / "models"), "service_manager": "supervisord", "models": ["smollm2"]},
         },
         "models": {
             "smollm2": {"files": [{"name": "SmolLM2-135M-Instruct.Q4_1.gguf", "sha256": "0" * 64, "size": 98362432}],
-                        "quant": "Q4_1", "tokenizer": "smollm2"},
+                        "quant": "Q4_1", "tokenizer": "smollm2",
+                        "architecture": {"family": "llama", "layers": 30, "n_embd": 576, "kv_dim": 192}},
         },
         "services": services,
     }
@@ -76,15 +79,11 @@ def write_inventory(tmp_path: Path, services: dict, *, build: str = "b11434", ho
     return path
 
 
-# What the patched copy of llama-server reports in /props build_info (see other_build below).
-OTHER_BUILD_INFO = "b0-patched"
-
-
 @pytest.fixture(scope="session")
 def other_build(llama_build, tmp_path_factory) -> LlamaCpp:
     """A llama-server that reports another build: a copy of the pinned binary whose compiled-in commit
     string "unknown" (the only such string in it) reads "patched", beside the same shared libraries.
-    Its /props build_info is then ``b0-patched`` where the pinned build says ``b0-unknown``."""
+    Its --version and /props build_info then say commit "patched" where the pinned build says "unknown"."""
     root = tmp_path_factory.mktemp("other-build")
     bin_dir = root / "build" / "bin"
     bin_dir.mkdir(parents=True)

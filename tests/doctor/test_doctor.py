@@ -16,7 +16,7 @@ import pytest
 from llamafleet.cli import main
 from llamafleet.rig import servers
 
-from .conftest import OTHER_BUILD_INFO, write_inventory
+from .conftest import write_inventory
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +64,9 @@ def services(fleet, *, drafter="drafter", target_parallel=2, rpc_bind="127.0.0.1
 def doctor(tmp_path, capsys, inventory, *extra):
     report = tmp_path / "doctor.xml"
     code = main(["doctor", str(inventory), "--json", "--junit", str(report), *extra])
-    data = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    assert captured.out, captured.err
+    data = json.loads(captured.out)
     assert data["exit_code"] == code
     return code, {f["check"]: f for f in data["findings"]}, ET.parse(report).getroot()
 
@@ -95,17 +97,18 @@ def test_default_expectation_explains_a_build_without_git_metadata(fleet, llama_
     assert "-DLLAMA_BUILD_NUMBER=11434" in build["hint"]
 
 
-def test_doctor_catches_a_server_from_another_build(fleet, llama_build, tmp_path, capsys):
+def test_doctor_catches_a_server_from_another_build(fleet, llama_build, other_build, tmp_path, capsys):
     inventory = write_inventory(tmp_path, services(fleet, drafter="other-build"))
-    expected = version_build_info(llama_build)
+    expected, other = version_build_info(llama_build), version_build_info(other_build)
+    assert other != expected
     code, findings, junit = doctor(tmp_path, capsys, inventory, "--expect-build-info", expected)
     assert code == 2
     assert findings["build target"]["severity"] == "ok"
     build = findings["build draft"]
-    assert build["severity"] == "fail" and build["actual"] == OTHER_BUILD_INFO
+    assert build["severity"] == "fail" and build["actual"] == other
     assert build["expected"] == f"{expected} (--expect-build-info)"
     same = findings["same build draft"]
-    assert same["actual"] == OTHER_BUILD_INFO and same["expected"].startswith(expected)
+    assert same["actual"] == other and same["expected"].startswith(expected)
     failed = [c.get("name") for c in junit.iter("testcase") if c.find("failure") is not None]
     assert failed == ["build draft", "same build draft"]
 
@@ -155,3 +158,57 @@ def test_doctor_table_output_names_host_check_and_hint(fleet, llama_build, tmp_p
     assert out.splitlines()[1].split()[:5] == ["box", "vocabulary", "draft", "vs", "target"]
     assert "hint: the draft must use the target's tokenizer" in out
     assert out.rstrip().endswith("1 fail)")
+
+
+def proxy_services(fleet, port: int) -> dict:
+    svc = services(fleet)
+    svc["proxy"] = {"role": "proxy", "host": "box", "port": port, "target": "target", "drafters": ["draft"],
+                    "auth": {"token_env": "LF_DOCTOR_TOKEN"}}
+    return svc
+
+
+@pytest.fixture
+def proxy_inventory(fleet, tmp_path):
+    return write_inventory(tmp_path, proxy_services(fleet, servers.free_port()))
+
+
+def _serve_proxy(inventory_path, token):
+    from llamafleet.config import load_inventory
+    from llamafleet.proxy.background import BackgroundProxy
+    from llamafleet.proxy.config import ProxyConfig
+
+    config = ProxyConfig.from_inventory(load_inventory(inventory_path), "proxy")
+    if token is None:
+        config = config.model_copy(update={"auth": None})
+    return BackgroundProxy(config, token=token)
+
+
+@pytest.mark.parametrize(
+    "served_token, doctor_token, verdicts",
+    [
+        ("s3cret", "s3cret", {"proxy rejects anonymous proxy": "ok", "proxy auth proxy": "ok"}),
+        ("s3cret", "wrong", {"proxy rejects anonymous proxy": "ok", "proxy auth proxy": "fail"}),
+        (None, "s3cret", {"proxy rejects anonymous proxy": "fail", "proxy auth proxy": "ok"}),
+    ],
+    ids=["token-accepted", "wrong-token", "proxy-without-auth"],
+)
+def test_doctor_checks_the_proxy_auth(proxy_inventory, llama_build, tmp_path, capsys, monkeypatch,
+                                      served_token, doctor_token, verdicts):
+    monkeypatch.setenv("LF_DOCTOR_TOKEN", doctor_token)
+    with _serve_proxy(proxy_inventory, served_token):
+        code, findings, _ = doctor(tmp_path, capsys, proxy_inventory, "--expect-build-info",
+                                   version_build_info(llama_build))
+    assert {c: findings[c]["severity"] for c in verdicts} == verdicts
+    assert findings["health proxy"]["severity"] == "ok"
+    assert code == (0 if set(verdicts.values()) == {"ok"} else 2)
+
+
+def test_doctor_without_the_proxy_token_says_so(proxy_inventory, llama_build, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("LF_DOCTOR_TOKEN", raising=False)
+    with _serve_proxy(proxy_inventory, "s3cret"):
+        code, findings, junit = doctor(tmp_path, capsys, proxy_inventory, "--expect-build-info",
+                                       version_build_info(llama_build))
+    skipped = findings["proxy auth proxy"]
+    assert skipped["severity"] == "skipped" and "LF_DOCTOR_TOKEN" in skipped["hint"]
+    assert code == 0  # a skip is not a failure, but the JUnit report shows it as skipped, not passed
+    assert [c.get("name") for c in junit.iter("testcase") if c.find("skipped") is not None] == ["proxy auth proxy"]
