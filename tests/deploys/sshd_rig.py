@@ -1,5 +1,7 @@
-"""A real OpenSSH server on 127.0.0.1 for the deploy tests: one sshd process listening on several
-free ports, each port standing in for one host. Keys and config live in a temp folder."""
+"""A real OpenSSH server for the deploy tests: one sshd process, and for each stand-in host its own
+loopback address (127.0.0.2, 127.0.0.3, ...: all of 127/8 is local on Linux) and its own free port,
+so services bound to "their host's address" are reachable across hosts as on a LAN. Keys and config
+live in a temp folder."""
 
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ def unavailable_reason() -> str | None:
 class Sshd:
     process: subprocess.Popen
     ports: list[int]
+    addresses: list[str]
     key_file: Path
     known_hosts: Path
     user: str
@@ -50,10 +53,10 @@ def start_sshd(folder: Path, hosts: int) -> Sshd:
     (folder / "authorized_keys").write_text(client_key.with_suffix(".pub").read_text())
     os.chmod(folder / "authorized_keys", 0o600)
     ports = [free_port() for _ in range(hosts)]
+    addresses = [f"127.0.0.{i + 2}" for i in range(hosts)]
     config = folder / "sshd_config"
     config.write_text("\n".join([
-        *(f"Port {p}" for p in ports),
-        "ListenAddress 127.0.0.1",
+        *(f"ListenAddress {a}:{p}" for a, p in zip(addresses, ports)),
         f"HostKey {host_key}",
         f"AuthorizedKeysFile {folder / 'authorized_keys'}",
         f"PidFile {folder / 'sshd.pid'}",
@@ -68,7 +71,7 @@ def start_sshd(folder: Path, hosts: int) -> Sshd:
     # pyinfra checks host keys; a private known_hosts keeps ~/.ssh untouched.
     public = host_key.with_suffix(".pub").read_text().split()
     known = folder / "known_hosts"
-    known.write_text("".join(f"[127.0.0.1]:{p} {public[0]} {public[1]}\n" for p in ports))
+    known.write_text("".join(f"[{a}]:{p} {public[0]} {public[1]}\n" for a, p in zip(addresses, ports)))
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
     log = folder / "sshd.log"
     process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log.open("wb"), stderr=subprocess.STDOUT)
@@ -76,13 +79,13 @@ def start_sshd(folder: Path, hosts: int) -> Sshd:
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"sshd exited: {log.read_text()}")
-        if all(_listening(p) for p in ports):
-            return Sshd(process, ports, client_key, known, getpass.getuser(), log)
+        if all(_listening(a, p) for a, p in zip(addresses, ports)):
+            return Sshd(process, ports, addresses, client_key, known, getpass.getuser(), log)
         time.sleep(0.1)
     process.terminate()
     raise TimeoutError(f"sshd did not listen on {ports}: {log.read_text()}")
 
 
-def _listening(port: int) -> bool:
+def _listening(address: str, port: int) -> bool:
     with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        return s.connect_ex((address, port)) == 0

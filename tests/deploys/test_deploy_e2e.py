@@ -1,5 +1,5 @@
-"""The deploy, end to end, with real parts only: a real sshd on 127.0.0.1 standing in for three hosts
-(one port and one install root each), a local HTTP mirror serving a release-style archive packed
+"""The deploy, end to end, with real parts only: a real sshd on loopback standing in for three hosts
+(one address, port and install root each), a local HTTP mirror serving a release-style archive packed
 from the cached pinned build plus the source archive and SmolLM2, and the real pyinfra CLI running
 ``pyinfra inventory/cluster.py deploys/cluster.py``.
 
@@ -77,8 +77,10 @@ def mirror(tmp_path_factory, llama_build, smollm2):
 
 def cluster_inventory(sshd, mirror_url: str, content, roots: dict[str, Path]) -> dict:
     def ssh(i):
-        return {"type": "ssh", "address": "127.0.0.1", "port": sshd.ports[i], "user": sshd.user,
+        return {"type": "ssh", "address": sshd.addresses[i], "port": sshd.ports[i], "user": sshd.user,
                 "key_file": str(sshd.key_file)}
+
+    alpha, beta, gamma = sshd.addresses
 
     def host(i, name, models):
         return {"connection": ssh(i), "os": "linux", "arch": "x86_64", "backend": "cpu",
@@ -92,15 +94,16 @@ def cluster_inventory(sshd, mirror_url: str, content, roots: dict[str, Path]) ->
         "hosts": {"alpha": host(0, "alpha", ["smollm2"]), "beta": host(1, "beta", ["smollm2"]),
                   "gamma": host(2, "gamma", [])},
         "models": {"smollm2": {"files": [{"name": content.model.name, "sha256": "0" * 64, "size": 1}],
-                               "quant": "Q4_1", "tokenizer": "smollm2"}},
+                               "quant": "Q4_1", "tokenizer": "smollm2",
+                               "architecture": {"family": "llama", "layers": 30, "n_embd": 576, "kv_dim": 192}}},
         "services": {
-            "target": {"role": "target", "host": "alpha", "port": ports["target"], "model": "smollm2",
+            "target": {"role": "target", "host": "alpha", "bind": alpha, "port": ports["target"], "model": "smollm2",
                        "ctx_size": 2048, "parallel": 2, "extra_args": ["--threads", "1"],
                        "native_draft": {"model": "smollm2", "rpc_worker": "rpc", "n_max": 4}},
-            "rpc": {"role": "rpc-worker", "host": "beta", "bind": "127.0.0.1", "port": ports["rpc"]},
-            "drafter": {"role": "drafter", "host": "beta", "port": ports["drafter"], "model": "smollm2",
+            "rpc": {"role": "rpc-worker", "host": "beta", "bind": beta, "port": ports["rpc"]},
+            "drafter": {"role": "drafter", "host": "beta", "bind": beta, "port": ports["drafter"], "model": "smollm2",
                         "ctx_size": 1024, "extra_args": ["--threads", "1"]},
-            "proxy": {"role": "proxy", "host": "gamma", "port": ports["proxy"], "target": "target",
+            "proxy": {"role": "proxy", "host": "gamma", "bind": gamma, "port": ports["proxy"], "target": "target",
                       "drafters": ["drafter"],
                       "auth": {"token_file": str(roots["gamma"] / "secrets" / "proxy.token")}},
         },
@@ -135,6 +138,11 @@ def deployed(sshd, mirror, tmp_path_factory):
         conf = root / "supervisor" / "supervisord.conf"
         if conf.exists():
             subprocess.run(["supervisorctl", "-c", str(conf), "shutdown"], capture_output=True, timeout=60)
+
+
+def service_url(inventory, name: str) -> str:
+    service = inventory.services[name]
+    return f"http://{service.bind}:{service.port}"
 
 
 def get_json(url: str, token: str | None = None) -> dict:
@@ -174,7 +182,7 @@ def test_models_are_verified_and_stamped(deployed):
 def test_services_run_under_supervisord_and_answer(deployed):
     inventory = deployed["inventory"]
     for name in ("target", "drafter"):
-        url = f"http://127.0.0.1:{inventory.services[name].port}"
+        url = service_url(inventory, name)
         assert get_json(f"{url}/health")["status"] == "ok"
         assert "build_info" in get_json(f"{url}/props")
     status = subprocess.run(["supervisorctl", "-c", str(deployed["roots"]["beta"] / "supervisor" / "supervisord.conf"),
@@ -182,7 +190,7 @@ def test_services_run_under_supervisord_and_answer(deployed):
     assert "llamafleet-rpc" in status.stdout and "RUNNING" in status.stdout
     # The target really speculates with the draft on beta's RPC worker.
     body = json.dumps({"prompt": "The capital of France is", "n_predict": 16, "temperature": 0}).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{inventory.services['target'].port}/completion", data=body,
+    request = urllib.request.Request(f"{service_url(inventory, 'target')}/completion", data=body,
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=120) as resp:
         timings = json.load(resp)["timings"]
@@ -193,8 +201,7 @@ def test_proxy_host_serves_with_its_token(deployed):
     token_file = deployed["roots"]["gamma"] / "secrets" / "proxy.token"
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     token = token_file.read_text().strip()
-    port = deployed["inventory"].services["proxy"].port
-    models = get_json(f"http://127.0.0.1:{port}/v1/models", token)
+    models = get_json(f"{service_url(deployed['inventory'], 'proxy')}/v1/models", token)
     assert models["data"], models
 
 
