@@ -16,6 +16,7 @@ COMMANDS = (
     "bench",
     "doctor",
     "drift",
+    "demo",
 )
 
 

@@ -45,7 +45,7 @@ def pack_release_archive(build: LlamaCpp, dest: Path) -> Path:
         return archive
     dest.mkdir(parents=True, exist_ok=True)
     tmp = archive.with_name(archive.name + ".tmp")
-    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, \
+    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
         top = f"llama-{LLAMA_CPP_BUILD}"
         tar.addfile(_fixed_mtime(tar.gettarinfo(str(build.bin_dir), top)))

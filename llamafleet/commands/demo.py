@@ -1,0 +1,154 @@
+"""``llamafleet demo``: deploy the local example to this machine with the real pyinfra CLI, then serve.
+
+Steps: make sure the rig (pinned llama.cpp build, SmolLM2) is cached; pack a release-style archive
+from that build and serve it, the source archive, the model and a wheelhouse from a local HTTP
+mirror on 127.0.0.1; write the local inventory (inventory/examples/local.yaml with this mirror's
+real sha256s); run ``pyinfra inventory/cluster.py deploys/cluster.py -y``; check that every
+llama-server answers /health and /props and that the proxy answers; print the addresses and a sample
+request; keep serving until Ctrl-C (``--check`` exits after the checks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from llamafleet.errors import UserError
+
+PROJECT = Path(__file__).resolve().parents[2]
+EXAMPLE = PROJECT / "inventory" / "examples" / "local.yaml"
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("demo", help="deploy the local example here with pyinfra and serve it",
+                                   description="Deploy the local example to this machine with the real pyinfra CLI, then serve it.")
+    parser.add_argument("--check", action="store_true", help="exit after the deploy and the checks")
+    parser.add_argument("--install-dir", help="install root on this machine (default: the example's)")
+    parser.add_argument("--free-ports", action="store_true",
+                        help="give every service a free port instead of the example's fixed ones")
+    parser.set_defaults(func=run)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _free_port() -> int:
+    from llamafleet.rig.servers import free_port
+
+    return free_port()
+
+
+def demo_inventory(content, mirror_url: str, install_dir: str | None, free_ports: bool) -> dict:
+    data = yaml.safe_load(EXAMPLE.read_text())
+    from llamafleet.rig.mirror import pin_to_mirror
+
+    pin_to_mirror(data, content, mirror_url)
+    host = data["hosts"]["local"]
+    if install_dir:
+        old = host["install_dir"]
+        host.update(install_dir=install_dir, models_dir=host["models_dir"].replace(old, install_dir, 1))
+        for service in data["services"].values():  # keep secrets under the chosen root too
+            auth = service.get("auth") or {}
+            if auth.get("token_file", "").startswith(old):
+                auth["token_file"] = auth["token_file"].replace(old, install_dir, 1)
+    if free_ports:
+        for service in data["services"].values():
+            service["port"] = _free_port()
+    return data
+
+
+def _get(url: str, token: str | None = None, timeout: float = 10) -> dict:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(request, timeout=timeout) as resp:
+        return json.load(resp)
+
+
+def _wait_json(url: str, token: str | None = None, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return _get(url, token)
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            if time.monotonic() > deadline:
+                raise UserError(f"{url} does not answer after the deploy: {err}") from None
+            time.sleep(1)
+
+
+def verify(inventory) -> list[str]:
+    """Check every service over HTTP; return the lines to print (addresses and a sample request)."""
+    lines = []
+    token = None
+    for name, svc in inventory.services.items():
+        url = f"http://{svc.bind}:{svc.port}"
+        if svc.role in ("target", "drafter"):
+            _wait_json(f"{url}/health")
+            build_info = _wait_json(f"{url}/props").get("build_info")
+            lines.append(f"  {svc.role:10} {name:10} {url}  (llama-server, build_info {build_info})")
+        elif svc.role == "proxy":
+            token_file = svc.auth.token_file if svc.auth else None
+            token = Path(token_file).read_text().strip() if token_file else None
+            _wait_json(f"{url}/health")
+            lines.append(f"  proxy      {name:10} {url}  (OpenAI API; bearer token in {token_file})")
+            target = inventory.services[svc.target]
+            lines += ["", "Try:", f"  curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' "
+                      + (f"-H \"Authorization: Bearer $(cat {token_file})\" " if token_file else "")
+                      + "-d '{\"model\": \"" + target.model + "\", \"messages\": [{\"role\": \"user\", "
+                      "\"content\": \"Name three colours.\"}], \"max_tokens\": 32}'"]
+        else:
+            lines.append(f"  {svc.role:10} {name:10} {svc.bind}:{svc.port}  (ggml-rpc-server)")
+    targets = [s for s in inventory.services.values() if s.role == "target"]
+    if targets:
+        t = targets[0]
+        lines += ["  curl -s http://%s:%d/completion -d '{\"prompt\": \"The capital of France is\", "
+                  "\"n_predict\": 16}'" % (t.bind, t.port)]
+    return lines
+
+
+def run(args) -> int:
+    from llamafleet.config import load_inventory
+    from llamafleet.rig import cache, mirror
+
+    if not (PROJECT / "inventory" / "cluster.py").exists():
+        raise UserError(f"the demo runs from a source checkout (no inventory/cluster.py under {PROJECT})")
+    build, model = cache.ensure_llama_cpp(), cache.ensure_smollm2()
+    content = mirror.prepare_mirror(build, model)
+    mirror.prepare_wheelhouse(content.root, PROJECT)
+    example_port = int(yaml.safe_load(EXAMPLE.read_text())["llama_cpp"]["mirror"].rsplit(":", 1)[1])
+    server = mirror.MirrorServer(content.root, example_port if _port_free(example_port) else 0).start()
+    try:
+        data = demo_inventory(content, server.url, args.install_dir, args.free_ports)
+        inventory_file = cache.cache_root() / "demo" / "cluster.yaml"
+        inventory_file.parent.mkdir(parents=True, exist_ok=True)
+        inventory_file.write_text(yaml.safe_dump(data, sort_keys=False))
+        inventory = load_inventory(inventory_file)
+        print(f"llamafleet demo: mirror {server.url}, inventory {inventory_file}", flush=True)
+        env = {**os.environ, "LLAMAFLEET_INVENTORY": str(inventory_file),
+               "LLAMAFLEET_PIP_FIND_LINKS": f"{server.url}/wheels/"}
+        pyinfra = Path(sys.executable).with_name("pyinfra")
+        deploy = subprocess.run([str(pyinfra), "inventory/cluster.py", "deploys/cluster.py", "-y"], cwd=PROJECT, env=env)
+        if deploy.returncode != 0:
+            raise UserError(f"the deploy failed (pyinfra exit {deploy.returncode}); see its output above")
+        print("\nllamafleet demo: deployed by pyinfra and answering:\n" + "\n".join(verify(inventory)), flush=True)
+        if args.check:
+            return 0
+        conf = Path(inventory.hosts["local"].install_dir) / "supervisor" / "supervisord.conf"
+        print(f"\nServing until Ctrl-C, which stops the services (supervisorctl -c {conf} shutdown).", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            subprocess.run(["supervisorctl", "-c", str(conf), "shutdown"], check=False)
+            return 0
+    finally:
+        server.stop()
