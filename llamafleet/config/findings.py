@@ -7,7 +7,7 @@ the loader turns it into ``file:line:col`` using the positions ruamel.yaml kept 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from enum import Enum
 
 from llamafleet.errors import UserError
@@ -64,24 +64,6 @@ class Finding:
         data["severity"] = self.severity.value
         data["path"] = dotted(self.path) if self.path else ""
         return data
-
-
-@dataclass
-class FindingList:
-    """Findings collected over one load; errors decide the outcome, warnings are only shown."""
-
-    items: list[Finding] = field(default_factory=list)
-
-    def add(self, finding: Finding) -> None:
-        self.items.append(finding)
-
-    @property
-    def errors(self) -> list[Finding]:
-        return [f for f in self.items if f.severity is Severity.error]
-
-    @property
-    def warnings(self) -> list[Finding]:
-        return [f for f in self.items if f.severity is Severity.warning]
 
 
 class InventoryError(UserError):

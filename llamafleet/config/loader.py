@@ -24,7 +24,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from llamafleet.config.findings import DataPath, Finding, FindingList, InventoryError, dotted
+from llamafleet.config.findings import DataPath, Finding, InventoryError, Severity
 from llamafleet.config.models import Inventory
 
 DEFAULT_INVENTORY = Path("inventory/cluster.yaml")
@@ -100,19 +100,19 @@ def _safe_lc(getter, key) -> tuple[int, int] | None:
 # --- reading and parsing -------------------------------------------------------------------------
 
 
-def _read_text(path: Path, findings: FindingList) -> str | None:
+def _read_text(path: Path, findings: list[Finding]) -> str | None:
     name = str(path)
     if path.is_dir():
-        findings.add(Finding("LF002", "is a directory, not an inventory file",
+        findings.append(Finding("LF002", "is a directory, not an inventory file",
                              "pass the YAML file itself, e.g. inventory/cluster.yaml", file=name))
         return None
     if not path.exists():
-        findings.add(Finding("LF001", "no such file",
+        findings.append(Finding("LF001", "no such file",
                              f"check the path, or set {INVENTORY_ENV} to your inventory file", file=name))
         return None
     raw = path.read_bytes()
     if len(raw) > MAX_FILE_BYTES:
-        findings.add(Finding("LF003", f"file is {len(raw)} bytes; an inventory is at most {MAX_FILE_BYTES}",
+        findings.append(Finding("LF003", f"file is {len(raw)} bytes; an inventory is at most {MAX_FILE_BYTES}",
                              "is this really an inventory file?", file=name))
         return None
     try:
@@ -120,17 +120,17 @@ def _read_text(path: Path, findings: FindingList) -> str | None:
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
         col = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
-        findings.add(Finding("LF004", f"not UTF-8: byte 0x{raw[err.start]:02x} cannot be decoded",
+        findings.append(Finding("LF004", f"not UTF-8: byte 0x{raw[err.start]:02x} cannot be decoded",
                              "save the file as UTF-8", file=name, line=line, col=col))
         return None
     if not text.strip() or all(ln.lstrip().startswith("#") or not ln.strip() for ln in text.splitlines()):
-        findings.add(Finding("LF003", "file is empty",
+        findings.append(Finding("LF003", "file is empty",
                              "start from inventory/examples/local.yaml", file=name, line=1, col=1))
         return None
     return text
 
 
-def _parse(text: str, name: str, findings: FindingList) -> Any:
+def _parse(text: str, name: str, findings: list[Finding]) -> Any:
     yaml = YAML(typ="rt")  # round-trip mode keeps line/col; duplicate keys raise
     try:
         return yaml.load(text)
@@ -139,16 +139,16 @@ def _parse(text: str, name: str, findings: FindingList) -> Any:
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         problem = (err.problem or err.context or "YAML error").strip()
         duplicate = "duplicate key" in problem
-        findings.add(Finding(
+        findings.append(Finding(
             "LF006" if duplicate else "LF005",
             problem,
             "each key may appear once per mapping; merge the two entries" if duplicate
             else "fix the YAML syntax at this position (indentation, quotes, brackets)",
             file=name, line=line, col=col))
     except YAMLError as err:
-        findings.add(Finding("LF005", str(err).strip().splitlines()[-1], "fix the YAML syntax", file=name))
+        findings.append(Finding("LF005", str(err).strip().splitlines()[-1], "fix the YAML syntax", file=name))
     except RecursionError:
-        findings.add(Finding("LF007", "nested too deeply to parse", "an inventory nests a few levels, not hundreds",
+        findings.append(Finding("LF007", "nested too deeply to parse", "an inventory nests a few levels, not hundreds",
                              file=name, line=1, col=1))
     return None
 
@@ -175,15 +175,15 @@ def _expanded_size(node: Any, sizes: dict[int, int], stack: set[int]) -> int:
     return total
 
 
-def _check_size(data: Any, name: str, findings: FindingList) -> bool:
+def _check_size(data: Any, name: str, findings: list[Finding]) -> bool:
     try:
         size = _expanded_size(data, {}, set())
     except AliasCycle:
-        findings.add(Finding("LF007", "an alias refers to a node that contains it (a cycle)",
+        findings.append(Finding("LF007", "an alias refers to a node that contains it (a cycle)",
                              "remove the self-referencing anchor/alias", file=name, line=1, col=1))
         return False
     if size > MAX_EXPANDED_NODES:
-        findings.add(Finding("LF007", f"aliases expand to {size:,} nodes (limit {MAX_EXPANDED_NODES:,}): an alias bomb?",
+        findings.append(Finding("LF007", f"aliases expand to {size:,} nodes (limit {MAX_EXPANDED_NODES:,}): an alias bomb?",
                              "write the data out, or use fewer nested aliases", file=name, line=1, col=1))
         return False
     return True
@@ -301,20 +301,21 @@ def _schema_findings(error: jsonschema.ValidationError, base: DataPath) -> list[
 
 def _value_message(error: jsonschema.ValidationError) -> str:
     value, limit = error.instance, error.validator_value
-    messages = {
-        "exclusiveMinimum": f"must be greater than {limit} (got {value!r})",
-        "minimum": f"must be at least {limit} (got {value!r})",
-        "exclusiveMaximum": f"must be less than {limit} (got {value!r})",
-        "maximum": f"must be at most {limit} (got {value!r})",
-        "enum": f"{value!r} is not one of: {', '.join(map(str, limit or []))}",
-        "const": f"must be {limit!r} (got {value!r})",
-        "pattern": f"{value!r} does not match {limit}",
-        "minLength": f"must not be empty" if limit == 1 else f"must be at least {limit} characters",
-        "maxLength": f"must be at most {limit} characters",
-        "minItems": f"needs at least {limit} entr{'y' if limit == 1 else 'ies'}",
-        "minProperties": f"needs at least {limit} entr{'y' if limit == 1 else 'ies'}",
+    plural = "y" if limit == 1 else "ies"
+    messages = {  # built lazily: each text only makes sense for its own validator's limit
+        "exclusiveMinimum": lambda: f"must be greater than {limit} (got {value!r})",
+        "minimum": lambda: f"must be at least {limit} (got {value!r})",
+        "exclusiveMaximum": lambda: f"must be less than {limit} (got {value!r})",
+        "maximum": lambda: f"must be at most {limit} (got {value!r})",
+        "enum": lambda: f"{value!r} is not one of: {', '.join(map(str, limit))}",
+        "const": lambda: f"must be {limit!r} (got {value!r})",
+        "pattern": lambda: f"{value!r} does not match {limit}",
+        "minLength": lambda: "must not be empty" if limit == 1 else f"must be at least {limit} characters",
+        "maxLength": lambda: f"must be at most {limit} characters",
+        "minItems": lambda: f"needs at least {limit} entr{plural}",
+        "minProperties": lambda: f"needs at least {limit} entr{plural}",
     }
-    return messages.get(error.validator, error.message)
+    return messages[error.validator]() if error.validator in messages else error.message
 
 
 _PATTERN_HINTS = {
@@ -397,29 +398,31 @@ def _locate(finding: Finding, name: str, positions: Positions) -> Finding:
 def check_inventory(path: str | os.PathLike) -> tuple[Inventory | None, list[Finding]]:
     """Every finding for the file at ``path`` (errors and warnings), and the inventory if it parsed
     and matched the schema."""
-    from llamafleet.config.checks import run_checks  # checks import the models, not the loader
+    # Imported here: checks -> llamafleet.config (the package) -> this module would be an import cycle.
+    from llamafleet.config.checks import run_checks
 
     path = Path(path)
     name = str(path)
-    findings = FindingList()
+    findings: list[Finding] = []
     text = _read_text(path, findings)
     raw = _parse(text, name, findings) if text is not None else None
-    if findings.items or not _check_size(raw, name, findings):
-        return None, findings.items
+    if findings or not _check_size(raw, name, findings):
+        return None, findings
 
     positions = Positions()
     tags: list[DataPath] = []
     data = _plain(raw, (), positions, tags)
     for tagged in tags:
-        findings.add(Finding("LF008", "YAML tags (!...) are not allowed in an inventory", "remove the tag", tagged))
+        findings.append(Finding("LF008", "YAML tags (!...) are not allowed in an inventory", "remove the tag", tagged))
     found = _validate_schema(data)
     inventory = None
     if not found:
         inventory, found = _validate_models(data)
     found += [] if inventory is None else run_checks(inventory)
-    located = [_locate(f, name, positions) for f in findings.items + found]
+    located = [_locate(f, name, positions) for f in findings + found]
     located.sort(key=lambda f: (f.line or 0, f.col or 0, f.code))
-    return (inventory if not [f for f in located if f.severity.value == "error"] else None), located
+    has_errors = any(f.severity is Severity.error for f in located)
+    return (None if has_errors else inventory), located
 
 
 def load_inventory(path: str | os.PathLike | None = None) -> Inventory:
@@ -435,6 +438,3 @@ def load_inventory_with_warnings(path: str | os.PathLike | None = None) -> Loade
         raise InventoryError(findings)
     return LoadedInventory(inventory, path, findings)
 
-
-__all__ = ["check_inventory", "load_inventory", "load_inventory_with_warnings", "default_inventory_path",
-           "LoadedInventory", "dotted"]
