@@ -82,8 +82,11 @@ def build_findings(plan: HostPlan, state: dict, changes: HostChanges) -> list[Fi
         findings.append(Finding(host, "install record", Severity.fail, f"{spec['build_id']}/install.json",
                                 "missing", hint=hint))
         return findings
-    findings.append(_compare(host, "install record", spec["artifact"]["file"] + " " + _short(spec["artifact"]["sha256"]),
-                             f"{record.get('artifact')} {_short(record.get('artifact_sha256'))}", hint))
+    wanted = ", ".join(f"{a['file']} {_short(a['sha256'])}" for a in spec["artifacts"])
+    recorded_files = record.get("artifacts") or []
+    recorded_shas = record.get("artifacts_sha256") or []
+    have = ", ".join(f"{f} {_short(sha)}" for f, sha in zip(recorded_files, recorded_shas)) or "no artifacts"
+    findings.append(_compare(host, "install record", wanted, have, hint))
     findings.append(_compare(host, "llama-server --version", str(record.get("version")),
                              str(installed.get("version")), hint))
     recorded, actual = record.get("binaries") or {}, installed.get("binaries") or {}
@@ -303,8 +306,10 @@ class _ConnectErrors(BaseStateCallback):
         self.errors[host.name] = str(error.args[0] if getattr(error, "args", None) else error)
 
 
-def pyinfra_state(inventory: Inventory, path: Path, hosts: list[str]) -> tuple[State, _ConnectErrors]:
-    """A pyinfra State over ``hosts`` with the same names and host data as inventory/cluster.py."""
+def pyinfra_state(inventory: Inventory, path: Path, hosts: list[str],
+                  override: dict[str, str]) -> tuple[State, _ConnectErrors]:
+    """A pyinfra State over ``hosts`` with the same names and host data as inventory/cluster.py
+    (``override`` as pyinfra's ``--data``: e.g. ssh_known_hosts_file)."""
     entries: dict[str, tuple[str, dict]] = {}
     member: dict[str, list[str]] = {}
     for group, group_entries in groups(inventory, path).items():
@@ -312,7 +317,8 @@ def pyinfra_state(inventory: Inventory, path: Path, hosts: list[str]) -> tuple[S
             if data["llamafleet_host"] in hosts:
                 entries[data["llamafleet_host"]] = (name, data)
                 member.setdefault(group, []).append(name)
-    py_inventory = PyinfraInventory(([entries[h] for h in hosts], {}), **{g: (names, {}) for g, names in member.items()})
+    py_inventory = PyinfraInventory(([entries[h] for h in hosts], {}), override_data=override,
+                                    **{g: (names, {}) for g, names in member.items()})
     state = State(py_inventory, Config())
     errors = _ConnectErrors()
     state.add_callback_handler(errors)
@@ -384,11 +390,12 @@ class WindowsSha256File(FactBase):
 _MISSING = "llamafleet-missing-file"
 
 
-def run_drift(inventory: Inventory, path: Path, hosts: list[str], *, deep: bool) -> Report:
+def run_drift(inventory: Inventory, path: Path, hosts: list[str], *, deep: bool,
+              override: dict[str, str] | None = None) -> Report:
     """Read every host in ``hosts`` and compare it with its plan; unreachable hosts are errors."""
     report = Report("drift")
     plans = {name: plan_host(inventory, name) for name in hosts}
-    state, connect_errors = pyinfra_state(inventory, path, hosts)
+    state, connect_errors = pyinfra_state(inventory, path, hosts, override or {})
     by_name = {host.data.llamafleet_host: host for host in state.inventory}
     commands: dict[str, int] = {}
     started = time.monotonic()

@@ -112,7 +112,8 @@ def render_table(report: Report, *, show_ok: bool = False) -> str:
         ]
         widths = [max(len(row[i]) for row in rows) for i in range(len(_TABLE_COLUMNS))]
         lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-        notes = [f for f in shown if f.hint or f.detail or len(f.expected) > _CELL_MAX or len(f.actual) > _CELL_MAX]
+        notes = [f for f in shown if f.severity is not Severity.ok
+                 and (f.hint or f.detail or len(f.expected) > _CELL_MAX or len(f.actual) > _CELL_MAX)]
         if notes:
             lines.append("")
         for f in notes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llamafleet.config.loader import DEFAULT_INVENTORY, INVENTORY_ENV, default_inventory_path, load_inventory
+from llamafleet.errors import UserError
 from llamafleet.report import add_output_options, emit, selected_hosts
 
 
@@ -23,6 +24,8 @@ def register(subparsers) -> None:
     add_output_options(parser)
     parser.add_argument("--deep", action="store_true",
                         help="re-hash every model file (catches a replacement with the same size and mtime)")
+    parser.add_argument("--data", metavar="KEY=VALUE", action="append", default=[],
+                        help="override pyinfra host data, as pyinfra's --data (e.g. ssh_known_hosts_file=PATH)")
     parser.set_defaults(func=run)
 
 
@@ -32,4 +35,14 @@ def run(args) -> int:
     path = args.inventory or default_inventory_path()
     inventory = load_inventory(path)
     hosts = selected_hosts(inventory, path, args.limit)
-    return emit(run_drift(inventory, path, hosts, deep=args.deep), args)
+    return emit(run_drift(inventory, path, hosts, deep=args.deep, override=parse_data(args.data)), args)
+
+
+def parse_data(items: list[str]) -> dict[str, str]:
+    data = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--data {item}: expected KEY=VALUE")
+        data[key] = value
+    return data

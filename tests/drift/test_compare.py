@@ -53,7 +53,7 @@ def plan(tmp_path_factory):
 def clean_state(plan) -> dict:
     """The HostState of a host exactly as the plan wants it."""
     build_id = plan.build.build_id
-    record = {"build": "b11434", "artifact": plan.build.artifact.file, "artifact_sha256": SHA_ARCHIVE,
+    record = {"build": "b11434", "artifacts": [a.file for a in plan.build.artifacts], "artifacts_sha256": [SHA_ARCHIVE],
               "version": VERSION, "binaries": dict(BINARIES)}
     files = {p: {"sha256": sha256_text(content), "mode": mode or "0755", "owner": "root"}
              for p, (content, mode) in owned_files(plan).items()}
