@@ -29,10 +29,11 @@ class BenchResult:
 
 
 def benchmark(setup: BenchSetup, args, log_dir: Path) -> BenchResult:
+    modes = _wanted_modes(setup, args)  # bad input fails before any request is sent
     prompts = _prompts(args)
     rendered = {p.key: cond.render_chat_prompt(setup.target_url, p.text) for p in prompts}
     with ExitStack() as stack:
-        conditions, notes = _conditions(setup, args, log_dir, stack)
+        conditions, notes = _conditions(setup, modes, args, log_dir, stack)
         draft_ms = draft_ms_per_token(setup.drafter_url, prompts, rendered, args.max_tokens)
         started = datetime.now(timezone.utc)
         samples = runner.run(
@@ -87,16 +88,21 @@ def _prompts(args) -> list[Prompt]:
     return prompts
 
 
-def _conditions(setup: BenchSetup, args, log_dir: Path, stack: ExitStack) -> tuple[list[cond.Condition], list[str]]:
-    """Baseline, each speculation path asked for and offered, then Tightwad where it can run."""
+def _wanted_modes(setup: BenchSetup, args) -> list[str]:
     wanted = args.modes or setup.modes
     missing = [m for m in wanted if m not in setup.modes]
     if missing:
         raise UserError(f"path(s) {', '.join(missing)} not offered by this cluster's proxy "
                         f"(offered: {', '.join(setup.modes) or 'none'})")
+    return wanted
+
+
+def _conditions(setup: BenchSetup, modes: list[str], args, log_dir: Path,
+                stack: ExitStack) -> tuple[list[cond.Condition], list[str]]:
+    """Baseline, each speculation path asked for, then Tightwad where it can run."""
     conditions = [cond.baseline(setup.target_url)]
-    conditions += [cond.llamafleet_path(m, setup.proxy_url, setup.token) for m in wanted]
-    notes = []
+    conditions += [cond.llamafleet_path(m, setup.proxy_url, setup.token) for m in modes]
+    notes = list(setup.notes)
     python = None if args.no_tightwad else tightwad.tightwad_python()
     if args.no_tightwad:
         notes.append("Tightwad left out (--no-tightwad).")

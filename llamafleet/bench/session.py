@@ -21,6 +21,7 @@ class BenchSetup:
     drafter_url: str | None  # a drafter llama-server: the draft cost probe, and Tightwad's draft
     modes: list[str]  # the speculation paths the proxy offers, in SPECULATION_MODES order
     about: dict = field(default_factory=dict)  # what was benchmarked, for the JSON file
+    notes: list[str] = field(default_factory=list)  # caveats printed under the tables
 
 
 def from_inventory(path: Path, proxy_service: str | None, token_file: Path | None) -> BenchSetup:
@@ -37,7 +38,17 @@ def from_inventory(path: Path, proxy_service: str | None, token_file: Path | Non
         modes=[m for m in SPECULATION_MODES if m in offered],
         about={"inventory": str(path), "cluster": inventory.cluster, "proxy_service": name,
                "target": config.target.name, "drafters": [d.name for d in config.drafters]},
+        notes=_caveats(config),
     )
+
+
+def _caveats(config: ProxyConfig) -> list[str]:
+    if config.native is not None and config.native.url == config.target.url:
+        # b11434 ignores per-request speculative.* fields, so such a server always speculates.
+        return [f"the target {config.target.name} loads its own draft (native_draft), so the baseline "
+                "already runs llama.cpp's native speculation: compare against a target without a draft "
+                "to see what native speculation gains."]
+    return []
 
 
 def _only_proxy(inventory, path: Path) -> str:

@@ -1,0 +1,66 @@
+"""`llamafleet bench INVENTORY`: what it derives from a real inventory file (the seed cluster and the
+local demo inventory), and its clear errors. No cluster is contacted here; the rig test covers runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llamafleet.bench.session import from_inventory
+from llamafleet.cli import main
+from llamafleet.errors import UserError
+
+REPO = Path(__file__).resolve().parents[2]
+SEED = REPO / "inventory" / "examples" / "seed-cluster.yaml"
+
+
+def test_seed_cluster_setup(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret\n")
+    setup = from_inventory(SEED, None, token_file)
+    assert setup.target_url == "http://192.168.86.29:8080"  # the target host's ssh address and port
+    assert setup.proxy_url == "http://192.168.86.40:8000"
+    assert setup.drafter_url == "http://192.168.86.36:8081"  # the first drafter
+    assert setup.token == "s3cret"
+    assert setup.modes == ["native", "auto"]  # no proxy path: the target has 1 slot (-np 1)
+    assert "already runs llama.cpp's native speculation" in setup.notes[0]
+
+
+def test_token_file_on_the_proxy_host_is_named_when_missing():
+    with pytest.raises(UserError, match="auth.token_file /usr/local/llamafleet/proxy.token"):
+        from_inventory(SEED, None, None)
+
+
+def test_unknown_proxy_service(tmp_path):
+    with pytest.raises(UserError, match="services.nope: no proxy service"):
+        from_inventory(SEED, "nope", None)
+
+
+def test_inventory_without_a_proxy(tmp_path):
+    text = SEED.read_text()
+    cut = text[: text.index("  proxy:\n    role: proxy")]
+    path = tmp_path / "no-proxy.yaml"
+    path.write_text(cut)
+    with pytest.raises(UserError, match=r"no-proxy.yaml: bench needs exactly one proxy service .*found: none"):
+        from_inventory(path, None, None)
+
+
+def test_cli_errors_are_one_line_not_tracebacks(tmp_path, capsys):
+    assert main(["bench", str(tmp_path / "missing.yaml")]) == 1
+    assert main(["bench", "--rig", str(SEED)]) == 1
+    assert main(["bench", str(SEED), "--token-file", str(tmp_path / "nope")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "not both" in err and "--token-file" in err and "missing.yaml" in err
+
+
+def test_mode_not_offered_is_named(tmp_path, capsys):
+    # The seed proxy offers native and auto only; asking for proxy fails before any request is sent.
+    # (Addresses moved to loopback all the same: a regression must not send traffic to a LAN.)
+    inventory = tmp_path / "seed-loopback.yaml"
+    inventory.write_text(SEED.read_text().replace("192.168.86.", "127.0.0."))
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret\n")
+    assert main(["bench", str(inventory), "--token-file", str(token_file), "--modes", "proxy"]) == 1
+    assert "path(s) proxy not offered" in capsys.readouterr().err
