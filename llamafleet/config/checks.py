@@ -386,7 +386,7 @@ def _host_archive(inventory: Inventory, name: str) -> Findings:
         archives = [pin.source] if pin.source is not None else []
         missing = "llama_cpp.source is not set"
     else:
-        archives = [r for r in pin.releases if (r.os, r.arch, r.backend) == (host.os, host.arch, host.backend)]
+        archives = pin.releases_for(host)
         missing = f"no llama_cpp.releases entry for {host.os.value}/{host.arch.value}/{host.backend.value}"
     if not archives:
         yield Finding("LF181", f"host installs llama.cpp from {host.install}, but {missing}",

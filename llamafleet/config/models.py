@@ -93,6 +93,10 @@ class LlamaCppPin(Strict):
     releases: list[ReleaseArchive] = Field(default_factory=list)
     source: SourceArchive | None = None
 
+    def releases_for(self, host: Host) -> list[ReleaseArchive]:
+        """The release archive(s) a host with ``install: release`` installs (match on os, arch, backend)."""
+        return [r for r in self.releases if (r.os, r.arch, r.backend) == (host.os, host.arch, host.backend)]
+
 
 # --- hosts ---------------------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import EXAMPLES, REPO, edit, line_of
+from inventory_testlib import EXAMPLES, REPO, edit, line_of
 
 from llamafleet.config import InventoryError, Severity, check_inventory, load_inventory
 from llamafleet.config.findings import dotted

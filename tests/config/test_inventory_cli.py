@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import edit, line_of, run_cli
+from inventory_testlib import edit, line_of, run_cli
 
 
 def _assert_clean_failure(result, *expected: str) -> str:
@@ -97,7 +97,7 @@ def test_self_referencing_alias(write):
 
 
 def test_absurd_nesting(write):
-    _assert_clean_failure(run_cli("validate", str(write("a: " + "[" * 5000 + "]" * 5000 + "\n"))), "LF007", "deep")
+    _assert_clean_failure(run_cli("validate", str(write("a: " + "[" * 400 + "]" * 400 + "\n"))), "LF007", "deep")
 
 
 def test_non_utf8(write, local_text):

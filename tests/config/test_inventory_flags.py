@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO
+from inventory_testlib import REPO
 
 from llamafleet.config import flags
 

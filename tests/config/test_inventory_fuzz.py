@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 
-from conftest import EXAMPLES
+from inventory_testlib import EXAMPLES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML

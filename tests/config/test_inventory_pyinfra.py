@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import EXAMPLES, REPO, edit, line_of
+from inventory_testlib import EXAMPLES, REPO, edit, line_of
 
 PYINFRA = Path(sys.executable).with_name("pyinfra")
 

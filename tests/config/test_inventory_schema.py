@@ -7,7 +7,7 @@ from argparse import Namespace
 
 import jsonschema
 import pytest
-from conftest import EXAMPLES, REPO, run_cli
+from inventory_testlib import EXAMPLES, REPO, run_cli
 from ruamel.yaml import YAML
 
 from llamafleet.commands import schema as schema_command

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import edit, line_of, run_cli
+from inventory_testlib import edit, line_of, run_cli
 
 M2 = "  m2-air:\n    connection: {type: ssh, address: 192.168.86.41, user: harold}\n"
 
