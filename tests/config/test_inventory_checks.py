@@ -70,6 +70,9 @@ CASES = [
      "LF190", "services.proxy.mode", "    mode: proxy"),
     ("open proxy without auth", SEED, [("    auth: {token_file: /usr/local/llamafleet/proxy.token}\n", "")],
      "LF191", "services.proxy.bind", "    bind: 192.168.86.40"),
+    ("path typed as a file name", LOCAL, [("      - name: SmolLM2-135M-Instruct.Q4_1.gguf\n",
+                                           "      - name: ~/models/SmolLM2-135M-Instruct.Q4_1.gguf\n")],
+     "LF013", "models.smollm2.files[0].name", "      - name: ~/models/"),
     ("rpc worker on a wildcard (model validator)", LOCAL, [("    bind: 127.0.0.1\n    port: 50052\n",
                                                             "    bind: 0.0.0.0\n    port: 50052\n")],
      "LF014", "services.rpc.bind", "    bind: 0.0.0.0"),
@@ -124,6 +127,16 @@ def test_unknown_kv_shape_is_a_warning(write):
     inventory, findings = check_inventory(write(text))
     assert inventory is not None
     assert [f.code for f in findings] == ["LF113"]
+
+
+def test_metal_working_set_default_and_override(write):
+    all_layers_on_m2 = [("    ctx_size: 2048\n    gpu_layers: 20\n", "    ctx_size: 2048\n")]
+    _, findings = check_inventory(write(_variant(SEED, all_layers_on_m2)))
+    (metal,) = [f for f in findings if f.code == "LF111"]
+    assert "needs 11.87 GiB" in metal.message and "holds 10.67 GiB" in metal.message
+    raised = all_layers_on_m2 + [("{vendor: apple, model: M2, vram_gb: 16}", "{vendor: apple, model: M2, vram_gb: 16, usable_gb: 12}")]
+    inventory, findings = check_inventory(write(_variant(SEED, raised)))
+    assert inventory is not None, "\n".join(map(str, findings))
 
 
 def test_load_inventory_raises_with_every_error(write):
