@@ -13,24 +13,28 @@ with ``--deep``, one ``sha256sum`` per model file.
 from __future__ import annotations
 
 import difflib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyinfra.api import Config, FactBase, State
+from pyinfra.api import Config, FactBase, OperationError, State
 from pyinfra.api import Inventory as PyinfraInventory
 from pyinfra.api.state import BaseStateCallback
+from pyinfra.context import ctx_host, ctx_state
 from pyinfra.facts.files import FileContents, Sha256File
 
 from llamafleet.config.models import OS, Backend, Inventory
 from llamafleet.config.pyinfra_groups import groups
-from llamafleet.deploys.deploy import HostChanges, build_spec, host_changes, service_states
-from llamafleet.deploys.facts.host_state import HostState, WindowsHostState, helper_source, state_spec
-from llamafleet.deploys.operations.common import ps_quote, sha256_text
+from llamafleet.deploys.deploy import INVENTORY_ENV, HostChanges, build_spec, deploy_host, host_changes, service_states
+from llamafleet.deploys.facts.host_state import HostState, WindowsHostState, helper_source
+from llamafleet.deploys.operations.common import file_matches, ps_quote, sha256_text
+from llamafleet.deploys.operations.proxy import record_text
 from llamafleet.deploys.facts.drivers import METAL_MIN_MACOS, metal_supported, parse_sw_vers
 from llamafleet.deploys.operations.drivers import running_version
 from llamafleet.deploys.plan import HostPlan, plan_host
 from llamafleet.deploys.render import rendered_files
+from llamafleet.errors import UserError
 from llamafleet.report import Finding, Report, Severity
 
 DEEP_NOTE = ("model files were checked by their verified stamp (size and mtime): a file replaced by other "
@@ -44,6 +48,7 @@ class HostReading:
     state: dict
     contents: dict[str, str | None] = field(default_factory=dict)  # owned files that differ -> their text
     hashes: dict[str, str | None] | None = None  # --deep: model path -> sha256 (None: unreadable)
+    would_change: list[str] = field(default_factory=list)  # the deploy's dry run: operations with changes
 
 
 def _short(sha: str | None) -> str:
@@ -57,13 +62,25 @@ def _would(changes_text: str) -> str:
 def compare_host(plan: HostPlan, reading: HostReading) -> list[Finding]:
     changes = host_changes(plan, reading.state)
     return [
+        plan_finding(plan, reading),
         *build_findings(plan, reading.state, changes),
         *driver_findings(plan, reading.state),
         *model_findings(plan, reading, changes),
-        *file_findings(plan, reading, changes),
+        *file_findings(plan, reading),
         *service_findings(plan, reading.state),
         *port_findings(plan, reading.state),
     ]
+
+
+def plan_finding(plan: HostPlan, reading: HostReading) -> Finding:
+    """The deploy's own dry run: the operations it would run on this host. Drift reports the same
+    differences in detail below; this line is what makes "drift" and "deploy" agree by construction."""
+    if not reading.would_change:
+        return Finding(plan.name, "deploy plan", Severity.ok, "no operation changes anything", "no changes")
+    return Finding(plan.name, "deploy plan", Severity.fail, "no operation changes anything",
+                   "would run: " + "; ".join(reading.would_change),
+                   hint=f"llamafleet's deploy (pyinfra inventory/cluster.py deploys/cluster.py --limit {plan.name}) "
+                        "makes the host match again")
 
 
 # --- llama.cpp: the build, its install record, the binaries ----------------------------------------
@@ -195,11 +212,18 @@ def _stamp_path(plan: HostPlan, path: str) -> str:
 
 
 def owned_files(plan: HostPlan) -> dict[str, tuple[str, str | None]]:
-    """path -> (expected content, expected mode or None): exactly what ``host_changes`` compares."""
+    """path -> (expected content, expected mode or None): the files the deploy writes and compares
+    with ``file_matches``: units and configs, the helper script, the proxy's project record."""
     mode_matters = not plan.windows
     files = {p: (content, mode if mode_matters else None) for p, (content, mode) in rendered_files(plan).items()}
     files[plan.helper_path] = (helper_source("lf_host.ps1" if plan.windows else "lf_host.py"), None)
+    if plan.proxy_services:
+        files[project_record_path(plan)] = (record_text(), None)
     return files
+
+
+def project_record_path(plan: HostPlan) -> str:
+    return plan.path("venv", "llamafleet-wheel.json")
 
 
 def file_label(plan: HostPlan, path: str) -> str:
@@ -208,16 +232,18 @@ def file_label(plan: HostPlan, path: str) -> str:
         return f"unit {units[path]}"
     if path == plan.helper_path:
         return "helper script"
+    if plan.proxy_services and path == project_record_path(plan):
+        return "proxy project (llamafleet wheel)"
     return f"config {path}"
 
 
-def file_findings(plan: HostPlan, reading: HostReading, changes: HostChanges) -> list[Finding]:
+def file_findings(plan: HostPlan, reading: HostReading) -> list[Finding]:
     seen = reading.state.get("files") or {}
     findings = []
     for path, (content, mode) in owned_files(plan).items():
         check = file_label(plan, path)
         expected = f"{_short(sha256_text(content))}" + (f", mode {mode}" if mode else "")
-        if path not in changes.files:
+        if file_matches(seen, path, content, mode):
             findings.append(Finding(plan.name, check, Severity.ok, expected, expected))
             continue
         state = seen.get(path)
@@ -226,8 +252,7 @@ def file_findings(plan: HostPlan, reading: HostReading, changes: HostChanges) ->
                                     hint=_would(f"write {path}")))
             continue
         actual = f"{_short(state.get('sha256'))}" + (f", mode {state.get('mode')}" if mode else "")
-        findings.append(Finding(plan.name, check, Severity.fail, expected, actual,
-                                hint=_would(f"rewrite {path}" + (" and restart the service" if check.startswith("unit") else "")),
+        findings.append(Finding(plan.name, check, Severity.fail, expected, actual, hint=_file_hint(check, path),
                                 detail=_diff(path, content, reading.contents.get(path))))
     for secret in plan.secrets:
         state = seen.get(secret.path) or {}
@@ -235,6 +260,14 @@ def file_findings(plan: HostPlan, reading: HostReading, changes: HostChanges) ->
         findings.append(_compare(plan.name, f"secret {secret.path}", f"mode 0600, owner {secret.user}", actual,
                                  _would("create the token file or fix its mode and owner")))
     return findings
+
+
+def _file_hint(check: str, path: str) -> str:
+    if check.startswith("unit"):
+        return _would(f"rewrite {path} and restart the service")
+    if check.startswith("proxy project"):
+        return _would("build this checkout's llamafleet wheel and install it into the proxy's venv")
+    return _would(f"rewrite {path}")
 
 
 def _diff(path: str, expected: str, actual: str | None) -> str:
@@ -325,18 +358,58 @@ def pyinfra_state(inventory: Inventory, path: Path, hosts: list[str],
     return state, errors
 
 
-def read_host(host, plan: HostPlan, deep: bool) -> tuple[HostReading | Unreadable, int]:
-    """Read one connected host; returns the reading and how many remote commands it took."""
-    fact = WindowsHostState if plan.windows else HostState
-    state = host.get_fact(fact, spec=state_spec(plan))
+class _ObservedHost:
+    """The pyinfra host as the deploy sees it, recording the facts the deploy reads (its one HostState),
+    so drift compares exactly the state the deploy's plan was made from, without reading it twice."""
+
+    def __init__(self, host) -> None:
+        self._host = host
+        self.facts: dict[type, object] = {}
+
+    def __getattr__(self, name: str):
+        return getattr(self._host, name)
+
+    def get_fact(self, cls, *args, **kwargs):
+        value = self._host.get_fact(cls, *args, **kwargs)
+        self.facts[cls] = value
+        return value
+
+
+def dry_run(state: State, host, inventory_path: Path) -> tuple[dict | None, list[str]]:
+    """Run the deploy for ``host`` without executing anything, as ``pyinfra --dry`` does: returns the
+    state it read and the names of the operations that would change the host."""
+    observed = _ObservedHost(host)
+    previous = os.environ.get(INVENTORY_ENV)
+    os.environ[INVENTORY_ENV] = str(inventory_path)  # deploys/cluster.py reads the inventory from here
+    try:
+        with ctx_state.use(state), ctx_host.use(host):
+            deploy_host(observed)
+            would_change = [", ".join(sorted(state.op_meta[op].names)) for op in host.op_hash_order
+                            if state.ops[host][op].operation_meta.will_change]
+    finally:
+        if previous is None:
+            os.environ.pop(INVENTORY_ENV, None)
+        else:
+            os.environ[INVENTORY_ENV] = previous
+    fact = observed.facts.get(WindowsHostState) or observed.facts.get(HostState)
+    return (fact if isinstance(fact, dict) else None), would_change
+
+
+def read_host(state: State, host, plan: HostPlan, inventory_path: Path, deep: bool) -> tuple[HostReading | Unreadable, int]:
+    """Dry-run the deploy on one connected host, then read what the findings need; returns the
+    reading and how many remote commands it took."""
+    try:
+        host_state, would_change = dry_run(state, host, inventory_path)
+    except (UserError, OperationError) as err:
+        return Unreadable(f"the deploy's dry run failed: {err}"), 1
     commands = 1
-    if not isinstance(state, dict):
+    if host_state is None:
         needs = "PowerShell" if plan.windows else "python3"
         return Unreadable(f"the state fact returned nothing ({needs} is required on the host)"), commands
-    reading = HostReading(state)
-    changes = host_changes(plan, state)
-    for path in changes.files:
-        if path in (state.get("files") or {}) and (state["files"][path] or {}).get("sha256"):
+    reading = HostReading(host_state, would_change=would_change)
+    seen = host_state.get("files") or {}
+    for path, (content, mode) in owned_files(plan).items():
+        if (seen.get(path) or {}).get("sha256") not in (None, sha256_text(content)):
             reading.contents[path] = _file_text(host, plan, path)
             commands += 1
     if deep:
@@ -408,7 +481,7 @@ def run_drift(inventory: Inventory, path: Path, hosts: list[str], *, deep: bool,
                 report.add(Finding(name, "connect", Severity.error, f"reachable as {_address(inventory, name)}",
                                    reason, hint="check the host is up and the SSH key, user and port in the inventory"))
                 continue
-            reading, commands[name] = read_host(host, plans[name], deep)
+            reading, commands[name] = read_host(state, host, plans[name], path, deep)
             if isinstance(reading, Unreadable):
                 report.add(Finding(name, "host state", Severity.error, "the HostState fact", reading.reason))
                 continue
