@@ -152,9 +152,7 @@ async def _read_body(request: web.Request, model: type[api._Body]) -> api._Body:
 
 async def _vocab_size(state: ProxyState) -> int:
     if state.n_vocab is None:
-        async with state.session.get(state.target.url + "/v1/models") as resp:
-            data = await resp.json(content_type=None)
-        state.n_vocab = int(data["data"][0]["meta"]["n_vocab"])
+        state.n_vocab = await state.target.n_vocab()
     return state.n_vocab
 
 
@@ -244,7 +242,9 @@ class _Run:
         async with contextlib.aclosing(self.state.engine.generate(self.job, self.mode, self.report)) as pieces:
             async for piece in pieces:
                 final = piece.finish is not None
+                t0 = time.perf_counter()
                 new = await self.text.add(piece, final)
+                self.report.own_ms += (time.perf_counter() - t0) * 1000
                 if self.text.stopped or piece.finish in ("eos", "stop"):
                     self.finish = "stop"
                 yield new

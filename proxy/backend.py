@@ -69,7 +69,8 @@ class Piece:
 class Verification:
     """The target's own next token after each of several contexts (one forward pass per context)."""
 
-    tokens: list[int | None]  # None: the target ended generation (EOS) at that position
+    tokens: list[int]
+    eos: list[bool]  # True where the token is end-of-generation (it is counted, never shown as text)
     evaluated: int  # prompt tokens the target actually processed for this round (after cache reuse)
 
 

@@ -112,11 +112,14 @@ class Controller:
 
     # --- observations -----------------------------------------------------------------------------
 
-    def observe_segment(self, path: str, greedy: bool, tokens: int, seconds: float, probe: bool = False) -> None:
+    def observe_segment(self, path: str, greedy: bool, tokens: int, seconds: float, probe: bool = False,
+                        decode_seconds: float | None = None) -> None:
+        """``seconds`` is wall time; ``decode_seconds`` the server's own decode time, used for the speed
+        when known (prompt processing differs by where the prompt is cached, not by path)."""
         if tokens <= 0 or seconds <= 0:
             return
         if path != "proxy":  # the proxy path's speed comes from its round model
-            self.speeds.setdefault((path, greedy), _Speed()).add(seconds, tokens)
+            self.speeds.setdefault((path, greedy), _Speed()).add(decode_seconds or seconds, tokens)
         self.generation_seconds += seconds
         if probe:
             self.probe_seconds += seconds

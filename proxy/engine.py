@@ -72,7 +72,10 @@ class Engine:
                 yield piece
                 if finished:
                     break
-            self.controller.observe_segment(path, greedy, produced, self.clock() - started, probe)
+            seconds = self.clock() - started
+            last = report.segments[-1] if report.segments else {}
+            decode = last.get("decode_seconds") if last.get("path") == path else None
+            self.controller.observe_segment(path, greedy, produced, seconds, probe, decode_seconds=decode)
             if probe:
                 self.controller.probe_finished(path, greedy, self.max_width)
             if finished or remaining <= 0:

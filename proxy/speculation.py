@@ -44,6 +44,7 @@ class Report:
     target_tokens_evaluated: int = 0
     draft_ms: float = 0.0
     verify_ms: float = 0.0
+    own_ms: float = 0.0  # the proxy's own time between upstream calls (rounds' bookkeeping, text assembly)
     draft_lengths: list[int] = field(default_factory=list)
     drafter: str | None = None
     segments: list[dict] = field(default_factory=list)
@@ -59,6 +60,8 @@ class Report:
         out["acceptance_rate"] = self.acceptance_rate
         out["draft_ms"] = round(self.draft_ms, 3)
         out["verify_ms"] = round(self.verify_ms, 3)
+        out["own_ms"] = round(self.own_ms, 3)
+        out["own_ms_per_round"] = round(self.own_ms / self.rounds, 4) if self.rounds else None
         return out
 
 
@@ -72,16 +75,17 @@ class RoundResult:
     ended: bool
 
 
-def accept(draft: list[int], target_tokens: list[int | None]) -> RoundResult:
+def accept(draft: list[int], target_tokens: list[int], eos: list[bool] | None = None) -> RoundResult:
     """The longest prefix of ``draft`` the target agrees with, then the target's own next token.
 
-    ``target_tokens[i]`` is the target's token after the context plus ``draft[:i]`` (None: EOS there).
+    ``target_tokens[i]`` is the target's token after the context plus ``draft[:i]``; ``eos[i]`` marks
+    an end-of-generation token there, which is emitted (llama-server counts it too) and ends the job.
     """
     emitted: list[int] = []
     for i, target_token in enumerate(target_tokens):
-        if target_token is None:
-            return RoundResult(emitted, len(draft), i, ended=True)
         emitted.append(target_token)
+        if eos is not None and eos[i]:
+            return RoundResult(emitted, len(draft), i, ended=True)
         if i >= len(draft) or draft[i] != target_token:
             return RoundResult(emitted, len(draft), i, ended=False)
     # The target's list is one longer than the draft, so the loop always returns.
@@ -147,14 +151,19 @@ class Paths:
         """direct and native: the backend generates; the proxy only relays its tokens."""
         started = self.clock()
         produced = 0
+        segment: dict = {"path": label}
+        report.segments.append(segment)
         pieces = [await backend.complete(context, budget, job.sampling, list(job.stop))] if not job.stream else None
         source = _iterate(pieces) if pieces is not None else backend.stream(context, budget, job.sampling, list(job.stop))
         async for piece in source:
             produced += len(piece.tokens)
             if piece.finish:
                 _account_passthrough(report, piece.timings)
+                if piece.timings.get("predicted_ms"):
+                    # The server's own decode time: what the controller compares (prompt time excluded).
+                    segment["decode_seconds"] = float(piece.timings["predicted_ms"]) / 1000
+            segment.update(tokens=produced, seconds=self.clock() - started)
             yield piece
-        report.segments.append({"path": label, "tokens": produced, "seconds": self.clock() - started})
 
     async def speculate(self, job: Job, context: list[int], budget: int, draft_len: int, report: Report,
                         on_round: Callable[[int, float, int, bool], None] | None = None) -> AsyncIterator[Piece]:
@@ -173,12 +182,15 @@ class Paths:
             draft = await self._draft(context, n, report) if n > 0 else []
             if draft is None:
                 break  # no healthy drafter: the caller continues on the target
+            t_build = self.clock()
             contexts = [context + draft[:i] for i in range(len(draft) + 1)]
             seeds = [position_seed(job.sampling.seed, len(context) - len(job.prompt) + i) for i in range(len(contexts))]
+            report.own_ms += (self.clock() - t_build) * 1000
             t0 = self.clock()
             verification = await self.target.next_tokens(contexts, job.sampling, seeds)
-            report.verify_ms += (self.clock() - t0) * 1000
-            result = accept(draft, verification.tokens)
+            t1 = self.clock()
+            report.verify_ms += (t1 - t0) * 1000
+            result = accept(draft, verification.tokens, verification.eos)
             report.rounds += 1
             rounds += 1
             report.drafted += result.drafted
@@ -191,6 +203,7 @@ class Paths:
             context = context + emitted
             produced += len(emitted)
             finish = "eos" if result.ended else ("limit" if produced >= budget else None)
+            report.own_ms += (self.clock() - t1) * 1000
             yield Piece(tokens=emitted, finish=finish)
             if finish:
                 break

@@ -33,7 +33,9 @@ class TextAssembler:
             self.text += piece.text
         else:
             self.own_text = True
-            self.text = await self.detokenize(self.tokens)
+            # An end-of-generation token ends the list; the target never shows it as text.
+            shown = self.tokens[:-1] if piece.finish == "eos" else self.tokens
+            self.text = await self.detokenize(shown) if shown else ""
         cut = self._earliest_stop(self.text)
         if cut is not None:
             self.text = self.text[:cut]

@@ -28,10 +28,12 @@ class LlamaServer:
 
     # --- plumbing ---------------------------------------------------------------------------------
 
-    async def _post(self, path: str, body: dict, timeout: float | None = None) -> Any:
+    async def _post(self, path: str, body: dict | None, timeout: float | None = None) -> Any:
+        """POST ``body`` (GET when None) and return the decoded JSON answer."""
+        method = "GET" if body is None else "POST"
         try:
-            async with self.session.post(
-                self.url + path, json=body, timeout=aiohttp.ClientTimeout(total=timeout or self.timeout)
+            async with self.session.request(
+                method, self.url + path, json=body, timeout=aiohttp.ClientTimeout(total=timeout or self.timeout)
             ) as resp:
                 payload = await resp.read()
                 if resp.status != 200:
@@ -70,13 +72,25 @@ class LlamaServer:
             ) as resp:
                 if resp.status != 200:
                     raise BackendError(self.name, f"/completion answered {resp.status}: {_error_text(await resp.read())}", resp.status)
+                held: Piece | None = None
                 async for line in resp.content:
                     if not line.startswith(b"data: "):
                         continue
                     data = json.loads(line[6:])
                     if "error" in data:
                         raise BackendError(self.name, f"/completion stream error: {_error_text(line[6:])}")
-                    yield _piece(data, final=bool(data.get("stop")))
+                    piece = _piece(data, final=bool(data.get("stop")))
+                    if held is not None:  # join a held textless chunk to the next one
+                        piece = Piece(held.tokens + piece.tokens, held.text + piece.text, piece.finish, piece.timings)
+                        held = None
+                    if piece.finish is None and piece.tokens and not piece.text:
+                        # No text yet: an end-of-generation token (the final chunk follows) or bytes of
+                        # a character still incomplete. Held, so the EOS token arrives with "eos".
+                        held = piece
+                        continue
+                    yield piece
+                if held is not None:
+                    yield held
         except asyncio.TimeoutError:
             raise BackendError(self.name, f"/completion timed out after {self.timeout:.1f}s", timeout=True) from None
         except (aiohttp.ClientError, ValueError) as err:
@@ -99,12 +113,15 @@ class LlamaServer:
             results = sorted(results, key=lambda r: r.get("index", 0))
         if len(results) != len(contexts):
             raise BackendError(self.name, f"asked for {len(contexts)} verifications, got {len(results)}")
-        tokens: list[int | None] = []
+        tokens, eos = [], []
         for result in results:
             got = result.get("tokens") or []
-            tokens.append(None if result.get("stop_type") == "eos" or not got else got[0])
+            if not got:
+                raise BackendError(self.name, "a verification result carried no token (is return_tokens supported?)")
+            tokens.append(got[0])
+            eos.append(result.get("stop_type") == "eos")
         evaluated = sum(int(r.get("timings", {}).get("prompt_n", 0)) + 1 for r in results)
-        return Verification(tokens=tokens, evaluated=evaluated)
+        return Verification(tokens=tokens, eos=eos, evaluated=evaluated)
 
     @staticmethod
     def _one_token_body(prompt: Any, sampling: Sampling, seed: int | None) -> dict:
@@ -120,6 +137,13 @@ class LlamaServer:
     async def detokenize(self, tokens: list[int]) -> str:
         data = await self._post("/detokenize", {"tokens": tokens})
         return data["content"]
+
+    async def n_vocab(self) -> int:
+        data = await self._post("/v1/models", None)
+        try:
+            return int(data["data"][0]["meta"]["n_vocab"])
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise BackendError(self.name, "/v1/models did not report n_vocab") from None
 
     async def apply_template(self, messages: list[dict]) -> str:
         data = await self._post("/apply-template", {"messages": messages})

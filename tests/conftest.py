@@ -54,7 +54,9 @@ def rig_partial_target() -> Path:
 @pytest.fixture(scope="session")
 def slow_target_server(llama_build, rig_slow_target, log_dir):
     """The 230-block slow target (same greedy outputs as SmolLM2), with slots for verification."""
-    args = ["-c", str(512 * RIG_TARGET_SLOTS), "-np", str(RIG_TARGET_SLOTS)]
+    # -nr (no weight repacking): batched and one-token evaluation then give bit-identical logits, which
+    # exact verification of draft tokens relies on (see docs/proxy.md, "Exactness and repacking").
+    args = ["-c", str(512 * RIG_TARGET_SLOTS), "-np", str(RIG_TARGET_SLOTS), "-nr"]
     with servers.running(servers.start_llama_server(llama_build, rig_slow_target, log_dir=log_dir, args=args,
                                                     name="slow-target")) as s:
         yield s

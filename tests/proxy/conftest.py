@@ -47,13 +47,13 @@ def proxy_config(target: RunningProcess, drafters: list[RunningProcess], native:
 
 
 def _native_server(llama_build, model, draft, rpc, log_dir, name):
-    args = ["-c", "1024", "-np", "2", *models.native_target_args(draft, f"127.0.0.1:{rpc.port}", DRAFT_MAX)]
+    args = ["-c", "1024", "-np", "2", "-nr", *models.native_target_args(draft, f"127.0.0.1:{rpc.port}", DRAFT_MAX)]
     return servers.start_llama_server(llama_build, model, log_dir=log_dir, args=args, name=name)
 
 
 @pytest.fixture(scope="session")
 def partial_target_server(llama_build, rig_partial_target, log_dir):
-    args = ["-c", str(512 * SLOTS), "-np", str(SLOTS)]
+    args = ["-c", str(512 * SLOTS), "-np", str(SLOTS), "-nr"]  # -nr: see slow_target_server
     with servers.running(servers.start_llama_server(llama_build, rig_partial_target, log_dir=log_dir, args=args,
                                                     name="partial-target")) as s:
         yield s

@@ -9,6 +9,7 @@ from __future__ import annotations
 from llamafleet.proxy.backend import BackendError, Piece, Sampling, Verification
 
 EOS_AFTER = 10_000
+EOS = 2
 
 
 def rule(context: list[int], salt: int = 0) -> int | None:
@@ -41,7 +42,7 @@ class FakeModel:
         for _ in range(n):
             token = self.next(context)
             if token is None:
-                return Piece(tokens=out, finish="eos", timings={"predicted_n": len(out), "prompt_n": len(tokens)})
+                return Piece(tokens=out + [EOS], finish="eos", timings={"predicted_n": len(out), "prompt_n": len(tokens)})
             out.append(token)
             context.append(token)
         return Piece(tokens=out, finish="limit", timings={"predicted_n": len(out), "prompt_n": len(tokens)})
@@ -64,7 +65,9 @@ class FakeModel:
     async def next_tokens(self, contexts, sampling: Sampling, seeds) -> Verification:
         self.calls.append(("next_tokens", len(contexts)))
         self._check()
-        return Verification(tokens=[self.next(c) for c in contexts], evaluated=sum(len(c) for c in contexts))
+        nexts = [self.next(c) for c in contexts]
+        return Verification(tokens=[EOS if t is None else t for t in nexts], eos=[t is None for t in nexts],
+                            evaluated=sum(len(c) for c in contexts))
 
 
 def greedy_reference(target: FakeModel, prompt: list[int], n: int) -> list[int]:

@@ -44,8 +44,8 @@ def test_accept_takes_agreeing_prefix_then_the_targets_token():
     assert accept([1, 2, 3], [1, 2, 3, 4]).emitted == [1, 2, 3, 4]
     assert accept([1, 2, 3], [8, 2, 3, 4]).emitted == [8]
     assert accept([], [6]).emitted == [6]
-    ended = accept([1, 2], [1, None, 5])
-    assert ended.emitted == [1] and ended.ended and ended.accepted == 1
+    ended = accept([1, 2], [1, 2, 5], eos=[False, True, False])
+    assert ended.emitted == [1, 2] and ended.ended and ended.accepted == 1
 
 
 @pytest.mark.parametrize("salt_every", [0, 3, 2])
@@ -66,7 +66,7 @@ def test_proxy_path_equals_target_and_verifies_once_per_round(salt_every):
 def test_max_tokens_exact_and_eos_ends_generation():
     target, drafter = FakeModel("target", eos_at=len(PROMPT) + 7), FakeModel("drafter")
     tokens, _, finish = collect(make_engine(target, [drafter]), Job(prompt=PROMPT, max_tokens=40), "proxy")
-    assert len(tokens) == 7 and finish == "eos"
+    assert tokens == greedy_reference(target, PROMPT, 40) and len(tokens) == 8 and finish == "eos"  # 7 + EOS
     for n in (1, 2, 9, 10, 17):
         tokens, _, _ = collect(make_engine(FakeModel("t"), [FakeModel("d")]), Job(prompt=PROMPT, max_tokens=n), "proxy")
         assert len(tokens) == n
