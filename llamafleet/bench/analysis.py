@@ -14,7 +14,10 @@ ALL = "all"  # the pooled row, the seed report's "Average"
 
 
 def summarize(samples: Sequence[Sample], conditions: Sequence[str], *, max_tokens: int,
-              draft_ms_per_token: float | None) -> dict:
+              draft_ms_per_token: float | None, prompt_eval: dict[str, dict] | None = None) -> dict:
+    """``prompt_eval`` maps a prompt key to the target's timings for evaluating that prompt from an
+    empty cache: the baseline's prompt tok/s (timed requests mostly find the prompt cached, because
+    the conditions take turns on one prompt)."""
     baseline = [s for s in samples if s.condition == "baseline"]
     target_ms = _ms_per_generated_token(baseline)
     cost_ratio = draft_ms_per_token / target_ms if draft_ms_per_token and target_ms else None
@@ -28,8 +31,9 @@ def summarize(samples: Sequence[Sample], conditions: Sequence[str], *, max_token
     }
     for name in conditions:
         mine = [s for s in samples if s.condition == name]
-        rows = {cat: speed_row([s for s in mine if s.category == cat], baseline) for cat in categories}
-        rows[ALL] = speed_row(mine, baseline)
+        evals = prompt_eval if name == "baseline" else None
+        rows = {cat: speed_row([s for s in mine if s.category == cat], baseline, evals) for cat in categories}
+        rows[ALL] = speed_row(mine, baseline, evals)
         summary["conditions"][name] = {
             "rows": rows,
             "outputs": output_checks(mine, max_tokens),
@@ -38,17 +42,18 @@ def summarize(samples: Sequence[Sample], conditions: Sequence[str], *, max_token
     return summary
 
 
-def speed_row(samples: Sequence[Sample], baseline: Sequence[Sample]) -> dict:
+def speed_row(samples: Sequence[Sample], baseline: Sequence[Sample], prompt_eval: dict[str, dict] | None = None) -> dict:
     """One table row: mean time and tokens per request, tok/s, and the paired speedup."""
     timings = [s.timings for s in samples if s.timings]
+    evals = [prompt_eval[k] for k in dict.fromkeys(s.prompt for s in samples) if k in prompt_eval] if prompt_eval else []
     return {
         "requests": len(samples),
         "time_s": statistics.fmean(s.wall_s for s in samples),
         "tokens": statistics.fmean(s.text_tokens for s in samples),
         "effective_tps": _rate(sum(s.text_tokens for s in samples), sum(s.wall_s for s in samples)),
-        # The server's own decode and prompt rates, where the answer carries llama-server timings.
+        # The server's own decode rate, where the answer carries llama-server timings.
         "generation_tps": _timing_rate(timings, "predicted_n", "predicted_ms"),
-        "prompt_tps": _timing_rate(timings, "prompt_n", "prompt_ms"),
+        "prompt_tps": _timing_rate(evals, "prompt_n", "prompt_ms"),
         "speedup": None if samples and samples[0].condition == "baseline" else paired_speedup(samples, baseline),
         "identical": sum(1 for s in samples if s.identical),
         "compared": sum(1 for s in samples if s.identical is not None),

@@ -37,11 +37,16 @@ def write_chart(summary: dict, conditions: Sequence[str], path: Path, title: str
         plt.close(fig)
 
 
+# One colour per condition in both panels (the speedup panel has no baseline bar).
+COLOURS = {"baseline": "#6b7280", "direct": "#9ca3af", "native": "#2563eb", "proxy": "#d97706",
+           "auto": "#059669", "tightwad": "#9333ea"}
+
+
 def _bars(ax, labels: Sequence[str], series: dict[str, list[float | None]]) -> None:
     width = 0.8 / max(len(series), 1)
     for i, (name, values) in enumerate(series.items()):
         xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(labels))]
-        ax.bar(xs, [v or 0.0 for v in values], width, label=name)
+        ax.bar(xs, [v or 0.0 for v in values], width, label=name, color=COLOURS.get(name))
     ax.set_xticks(range(len(labels)), labels)
     ax.legend(fontsize="small", ncols=min(len(series), 5))
 

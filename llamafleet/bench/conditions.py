@@ -125,3 +125,9 @@ def render_chat_prompt(target_url: str, user_text: str) -> str:
     """The raw prompt the target's own chat template makes of one user message."""
     answer = post_json(f"{target_url}/apply-template", {"messages": [{"role": "user", "content": user_text}]}, {}, 60.0)
     return answer["prompt"]
+
+
+def prompt_eval(target_url: str, prompt: str) -> dict:
+    """The target's timings for evaluating ``prompt`` from an empty cache (no generation)."""
+    answer = post_json(f"{target_url}/completion", {"prompt": prompt, "n_predict": 0, "cache_prompt": False}, {}, 300.0)
+    return answer["timings"]

@@ -35,6 +35,7 @@ def benchmark(setup: BenchSetup, args, log_dir: Path) -> BenchResult:
     with ExitStack() as stack:
         conditions, notes = _conditions(setup, modes, args, log_dir, stack)
         draft_ms = draft_ms_per_token(setup.drafter_url, prompts, rendered, args.max_tokens)
+        evals = {p.key: cond.prompt_eval(setup.target_url, rendered[p.key]) for p in prompts}
         started = datetime.now(timezone.utc)
         samples = runner.run(
             conditions, prompts, rendered, max_tokens=args.max_tokens, repeats=args.repeats,
@@ -42,7 +43,7 @@ def benchmark(setup: BenchSetup, args, log_dir: Path) -> BenchResult:
             progress=args.progress,
         )
     names = [c.name for c in conditions]
-    summary = summarize(samples, names, max_tokens=args.max_tokens, draft_ms_per_token=draft_ms)
+    summary = summarize(samples, names, max_tokens=args.max_tokens, draft_ms_per_token=draft_ms, prompt_eval=evals)
     props = cond.get_json(f"{setup.target_url}/props")
     record = {
         "started_utc": started.isoformat(timespec="seconds"),
@@ -56,8 +57,8 @@ def benchmark(setup: BenchSetup, args, log_dir: Path) -> BenchResult:
                   **setup.about},
         "conditions": {c.name: {"url": c.url, "mode_header": c.headers.get(cond.MODE_HEADER)} for c in conditions},
         "notes": notes,
-        "prompts": [{"key": p.key, "category": p.category, "text": p.text, "rendered": rendered[p.key]}
-                    for p in prompts],
+        "prompts": [{"key": p.key, "category": p.category, "text": p.text, "rendered": rendered[p.key],
+                     "prompt_eval": evals[p.key]} for p in prompts],
         "samples": [s.to_json() for s in samples],
         "summary": summary,
     }

@@ -24,6 +24,15 @@ def spec(rounds, drafted, accepted, evaluated):
             "target_tokens_evaluated": evaluated, "draft_ms": 100.0, "verify_ms": 400.0}
 
 
+# Prompt evaluation from an empty cache, measured once per prompt: the baseline's prompt tok/s.
+PROMPT_EVAL = {"code-0": {"prompt_n": 20, "prompt_ms": 50.0}, "list-0": {"prompt_n": 30, "prompt_ms": 100.0}}
+
+
+def summary_of(samples, draft_ms_per_token=1.0):
+    return summarize(samples, ["baseline", "proxy"], max_tokens=10, draft_ms_per_token=draft_ms_per_token,
+                     prompt_eval=PROMPT_EVAL)
+
+
 @pytest.fixture
 def samples():
     base_timing = {"predicted_n": 10, "predicted_ms": 100.0, "prompt_n": 20, "prompt_ms": 50.0}
@@ -42,7 +51,7 @@ def samples():
 
 
 def test_speedup_is_paired_per_repeat_and_summarised_over_repeats(samples):
-    summary = summarize(samples, ["baseline", "proxy"], max_tokens=10, draft_ms_per_token=1.0)
+    summary = summary_of(samples)
     overall = summary["conditions"]["proxy"]["rows"][ALL]["speedup"]
     # repeat 0: (1 + 2) / (0.5 + 1) = 2.0; repeat 1: (1 + 2) / (1 + 2) = 1.0
     assert overall["per_repeat"] == [2.0, 1.0]
@@ -52,10 +61,11 @@ def test_speedup_is_paired_per_repeat_and_summarised_over_repeats(samples):
 
 
 def test_rows_pool_rates_and_count_identical_outputs(samples):
-    summary = summarize(samples, ["baseline", "proxy"], max_tokens=10, draft_ms_per_token=1.0)
+    summary = summary_of(samples)
     base = summary["conditions"]["baseline"]["rows"][ALL]
     assert base["generation_tps"] == pytest.approx(100.0)  # 40 tokens in 400 ms
-    assert base["prompt_tps"] == pytest.approx(400.0)  # 80 tokens in 200 ms
+    assert base["prompt_tps"] == pytest.approx(50 / 0.150)  # each prompt once: 50 tokens in 150 ms
+    assert summary["conditions"]["baseline"]["rows"]["code"]["prompt_tps"] == pytest.approx(400.0)
     assert base["effective_tps"] == pytest.approx(40 / 6)
     proxy = summary["conditions"]["proxy"]
     assert (proxy["rows"][ALL]["identical"], proxy["rows"][ALL]["compared"]) == (3, 4)
@@ -65,7 +75,7 @@ def test_rows_pool_rates_and_count_identical_outputs(samples):
 
 
 def test_speculation_statistics_and_bound(samples):
-    summary = summarize(samples, ["baseline", "proxy"], max_tokens=10, draft_ms_per_token=1.0)
+    summary = summary_of(samples)
     assert summary["cost_ratio"] == pytest.approx(0.1)  # 1 ms draft / 10 ms target per token
     stats = summary["conditions"]["proxy"]["speculation"]
     assert (stats["rounds"], stats["drafted"], stats["accepted"]) == (8, 32, 24)
@@ -80,25 +90,25 @@ def test_speculation_statistics_and_bound(samples):
 
 def test_unknown_parts_make_totals_unknown_not_small(samples):
     samples[-1].spec["target_tokens_evaluated"] = None
-    summary = summarize(samples, ["baseline", "proxy"], max_tokens=10, draft_ms_per_token=None)
+    summary = summary_of(samples, draft_ms_per_token=None)
     stats = summary["conditions"]["proxy"]["speculation"]
     assert stats["target_tokens_evaluated"] is None and stats["target_tokens_per_accepted"] is None
     assert stats["bound"] is None  # no drafter measured, so no cost ratio
 
 
 def test_tables_follow_the_seed_layout(samples):
-    summary = summarize(samples, ["baseline", "proxy"], max_tokens=10, draft_ms_per_token=1.0)
+    summary = summary_of(samples)
     text = render(summary, ["baseline", "proxy"])
     assert "| Prompt | Time | Tokens | Generation tok/s | Prompt tok/s |" in text
     assert "| Code | 1.00s | 10 | 100.0 | 400.0 | 10.0 | — | — |" in text
-    assert "| **Average** | 1.50s | 10 | 100.0 | 400.0 | 6.7 | — | — |" in text  # baseline: mean of 1, 2, 1, 2 s
+    assert "| **Average** | 1.50s | 10 | 100.0 | 333.3 | 6.7 | — | — |" in text  # baseline: mean of 1, 2, 1, 2 s
     assert "| Acceptance rate | **75.0%** |" in text
     assert "| Wall-clock speedup | **1.50x** [1.00–2.00] |" in text
     assert "| Outputs identical to baseline | 3/4 |" in text
 
 
 def test_chart_is_a_png(samples, tmp_path):
-    summary = summarize(samples, ["baseline", "proxy"], max_tokens=10, draft_ms_per_token=1.0)
+    summary = summary_of(samples)
     path = tmp_path / "chart.png"
     write_chart(summary, ["baseline", "proxy"], path, "test")
     head = path.read_bytes()[:24]
