@@ -18,6 +18,11 @@ def services(conf: str, programs: list[str], changed: list[str], restart: list[s
     """``state`` is HostState ``services.supervisord``; ``changed`` programs had their config rewritten;
     ``restart`` programs had their binary reinstalled under an unchanged config."""
     ctl = f"supervisorctl -c {shlex.quote(conf)}"
+    running = state.get("programs", {})
+    # Programs no longer in the inventory: loaded ones, and configs left in conf.d.
+    stale = sorted((set(running) | set(state.get("configs", []))) - set(programs))
+    for name in stale:
+        yield f"rm -f {shlex.quote(posixpath.join(posixpath.dirname(conf), 'conf.d', name + '.conf'))}"
     if not state.get("running"):
         yield f"mkdir -p {shlex.quote(posixpath.join(posixpath.dirname(conf), 'logs'))}"
         yield f"supervisord -c {shlex.quote(conf)}"  # starts every program (autostart)
@@ -25,10 +30,6 @@ def services(conf: str, programs: list[str], changed: list[str], restart: list[s
     if conf_changed:
         yield f"{ctl} reload"
         return
-    running = state.get("programs", {})
-    stale = sorted(set(running) - set(programs))
-    for name in stale:
-        yield f"rm -f {shlex.quote(posixpath.join(posixpath.dirname(conf), 'conf.d', name + '.conf'))}"
     if changed or stale:
         yield f"{ctl} update"
     to_restart = [p for p in restart if p not in changed]

@@ -439,7 +439,9 @@ def supervisor_state(conf):
             parts = line.split()
             if len(parts) >= 2:
                 programs[parts[0]] = parts[1]
-    return {"running": pid is not None, "pid": pid, "programs": programs}
+    conf_d = os.path.join(os.path.dirname(conf), "conf.d")
+    configs = sorted(n[:-5] for n in os.listdir(conf_d) if n.endswith(".conf")) if os.path.isdir(conf_d) else []
+    return {"running": pid is not None, "pid": pid, "programs": programs, "configs": configs}
 
 
 def unit_states(kind, names):
