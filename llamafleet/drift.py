@@ -146,7 +146,7 @@ def driver_findings(plan: HostPlan, state: dict) -> list[Finding]:
 def macos_findings(plan: HostPlan, drivers: dict) -> list[Finding]:
     """macOS has no driver to pin: Metal needs a minimum OS, and the inventory may name the version."""
     host = plan.host
-    parsed = parse_sw_vers(drivers.get("sw_vers") or drivers.get("macos") or "")
+    parsed = parse_sw_vers(drivers.get("sw_vers") or "")
     if parsed is None:
         return [Finding(plan.name, "macOS version", Severity.error, "sw_vers output", "unreadable")]
     findings = []
