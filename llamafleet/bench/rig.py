@@ -44,11 +44,14 @@ def running_rig(log_dir: Path, *, pair: str = "slow", threads: int = 1, build: c
             return stack.enter_context(servers.running(server))
 
         slots = DRAFT_MAX + 1  # the proxy path verifies draft length + 1 prefixes in one batch
-        target = start(target_model, "target", ["-c", str(CONTEXT_PER_SLOT * slots), "-np", str(slots), *placement])
+        # -nr (no weight repacking) on the targets: batched and one-token evaluation then give the
+        # bit-identical logits exact verification relies on (docs/proxy.md).
+        target = start(target_model, "target",
+                       ["-c", str(CONTEXT_PER_SLOT * slots), "-np", str(slots), "-nr", *placement])
         drafter = start(draft, "drafter", ["-c", str(CONTEXT_PER_SLOT), *placement])
         rpc = stack.enter_context(servers.running(servers.start_rpc_server(build, log_dir=log_dir, threads=threads)))
         native = start(target_model, "native", [
-            "-c", str(CONTEXT_PER_SLOT),
+            "-c", str(CONTEXT_PER_SLOT), "-nr",
             *models.native_target_args(draft, f"127.0.0.1:{rpc.port}", DRAFT_MAX, device=device or "none"),
         ])
         token = secrets.token_urlsafe(24)
