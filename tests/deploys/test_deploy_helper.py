@@ -1,0 +1,125 @@
+"""The host helper (deploys/scripts/lf_host.py) run as the deploy runs it: ``python3 lf_host.py VERB JSON``,
+against a real local HTTP mirror. Fast checks of what the end-to-end test also shows over ssh."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llamafleet.rig.mirror import MirrorHandler, MirrorServer
+
+HELPER = Path(__file__).resolve().parents[2] / "deploys" / "scripts" / "lf_host.py"
+sys.path.insert(0, str(HELPER.parent))
+import lf_host  # noqa: E402  (the helper is a stdlib-only script, importable for its pure parts)
+
+SIZE = 3 * 1024 * 1024
+
+
+class Cut(MirrorHandler):
+    def body_limit(self, name, start, length):
+        if name == "cut.bin" and start == 0:
+            return 1024 * 1024  # the first full request stops after 1 MiB
+        return length
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mirror")
+    data = os.urandom(SIZE)
+    for name in ("good.bin", "cut.bin"):
+        (root / name).write_bytes(data)
+    server = MirrorServer(root, handler=Cut).start()
+    yield server, hashlib.sha256(data).hexdigest()
+    server.stop()
+
+
+def helper(verb: str, spec: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(HELPER), verb, json.dumps(spec)], capture_output=True, text=True)
+
+
+def test_fetch_verifies_stamps_and_does_not_rehash(served, tmp_path):
+    server, digest = served
+    dest = tmp_path / "models" / "good.bin"
+    spec = {"url": f"{server.url}/good.bin", "dest": str(dest), "sha256": digest, "size": SIZE}
+    first = helper("fetch", spec)
+    assert first.returncode == 0 and "llamafleet: downloaded" in first.stdout
+    assert "good.bin 3.0 MiB / 3.0 MiB (100%)" in first.stderr  # progress
+    stamp = json.loads((dest.parent / ".good.bin.verified").read_text())
+    assert stamp == {"size": SIZE, "mtime_ns": dest.stat().st_mtime_ns, "sha256": digest}
+    assert helper("fetch", spec).stdout.strip() == "llamafleet: verified"
+    os.utime(dest, ns=(0, 0))  # a changed mtime invalidates the stamp: hash again, re-stamp
+    assert helper("fetch", spec).stdout.strip() == "llamafleet: verified (stamped)"
+
+
+def test_a_cut_download_resumes_with_a_range_request(served, tmp_path):
+    server, digest = served
+    server.requests.clear()
+    dest = tmp_path / "cut.bin"
+    result = helper("fetch", {"url": f"{server.url}/cut.bin", "dest": str(dest), "sha256": digest, "size": SIZE})
+    assert result.returncode == 0, result.stderr
+    assert [r for (_, p, r) in server.requests if p == "/cut.bin"] == [None, f"bytes={1024 * 1024}-"]
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == digest
+
+
+def test_a_corrupt_download_never_replaces_the_good_file(served, tmp_path):
+    server, _ = served
+    dest = tmp_path / "good.bin"
+    dest.write_bytes(b"the good old model")
+    result = helper("fetch", {"url": f"{server.url}/good.bin", "dest": str(dest), "sha256": "f" * 64, "size": SIZE})
+    assert result.returncode == 3
+    last = result.stderr.splitlines()[-1]  # after the progress lines
+    assert last.startswith(f"llamafleet: sha256 mismatch for {server.url}/good.bin: expected {'f' * 64}, got ")
+    assert last.endswith("; the existing file was left in place") and "Traceback" not in result.stderr
+    assert dest.read_bytes() == b"the good old model"
+    assert not (tmp_path / ".good.bin.partial").exists()
+
+
+def test_free_disk_is_checked_before_downloading(served, tmp_path):
+    server, digest = served
+    result = helper("fetch", {"url": f"{server.url}/good.bin", "dest": str(tmp_path / "huge.bin"),
+                              "sha256": digest, "size": 1 << 60})
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"llamafleet: not enough free disk in {tmp_path} for huge.bin: need 1048576.0 TiB, ")
+    assert not list(tmp_path.iterdir())
+
+
+def test_missing_file_on_the_mirror_is_a_clear_error(served, tmp_path):
+    server, digest = served
+    result = helper("fetch", {"url": f"{server.url}/nope.bin", "dest": str(tmp_path / "n.bin"), "sha256": digest,
+                              "size": 10})
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"llamafleet: download of {server.url}/nope.bin failed: HTTP 404 not on the mirror"
+
+
+def test_state_of_a_fresh_host(tmp_path):
+    spec = {"install_dir": str(tmp_path / "lf"), "models_dir": str(tmp_path / "lf" / "models"),
+            "models": [{"path": str(tmp_path / "lf" / "models" / "m.gguf"), "sha256": "a" * 64}],
+            "files": [str(tmp_path / "lf" / "x.conf")], "drivers": []}
+    result = helper("state", spec)
+    state = json.loads(result.stdout)
+    assert state["install"] == {"current": None, "builds": [], "record": None, "version": None, "binaries": {}}
+    assert state["models"] == {spec["models"][0]["path"]: {"present": None, "verified": False, "partial_size": 0}}
+    assert state["files"] == {spec["files"][0]: None}
+    assert state["disk_free"] > 0 and isinstance(state["listening"], list)
+
+
+@pytest.mark.parametrize("line,build", [
+    ("version: 0.6.0-dev (build 11434, commit unknown)", 11434),  # source tree, number set by cmake
+    ("version: 0.6.0-dev (build 0, commit unknown)", 0),  # source tree without git metadata (FACTS)
+    ("version: 8111 (5f6a8c4e1)", 8111),  # upstream release archives
+    ("error: no version line (exit 127)", None),
+])
+def test_reported_build(line, build):
+    assert lf_host.reported_build(line) == build
+
+
+def test_bad_input_is_one_line_not_a_traceback():
+    result = subprocess.run([sys.executable, str(HELPER), "explode"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.startswith("llamafleet: usage: lf_host.py state|fetch|install|wait SPEC_JSON")
