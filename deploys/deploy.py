@@ -76,7 +76,8 @@ def service_states(plan: HostPlan, state: dict) -> dict[str, str]:
         return {u: "running" if raw.get(f"{u}.service") == "active" else raw.get(f"{u}.service", "absent")
                 for u in unit_names(plan)}
     raw = services.get("launchd" if manager is ServiceManager.launchd else "winsw", {})
-    return {u: raw.get(u, "absent") for u in unit_names(plan)}
+    # launchd reports "running"; Windows service states are "Running", "Stopped", ...
+    return {u: "running" if raw.get(u) in ("running", "Running") else raw.get(u, "absent") for u in unit_names(plan)}
 
 
 def unit_names(plan: HostPlan) -> list[str]:

@@ -12,7 +12,8 @@
 #      PowerShell commands, and its inventory sets _shell_executable: null for Windows hosts);
 #   3. authorizes the deployer's public key (administrators_authorized_keys for admin accounts);
 #   4. opens TCP 22 in Windows Firewall for the private profile only;
-#   5. places WinSW, the service wrapper llamafleet's Windows services use, at <InstallDir>\bin\winsw.exe.
+#   5. sets the execution policy to RemoteSigned so the deploy's helper script (lf_host.ps1) may run;
+#   6. places WinSW, the service wrapper llamafleet's Windows services use, at <InstallDir>\bin\winsw.exe.
 #      Download WinSW-x64.exe (v2.12.0) from the WinSW releases page yourself and pass its path: the
 #      script prints its SHA256 so you can compare it with the published one.
 [CmdletBinding()]
@@ -62,7 +63,12 @@ if (-not (Get-NetFirewallRule -Name 'llamafleet-sshd' -ErrorAction SilentlyConti
         -Direction Inbound -Protocol TCP -LocalPort 22 -Action Allow -Profile Private | Out-Null
 }
 
-# 5. WinSW for llamafleet's services
+# 5. Let the deploy run its own helper script (uploaded over SFTP, so it carries no download mark)
+if ((Get-ExecutionPolicy -Scope LocalMachine) -in @('Restricted', 'AllSigned', 'Undefined')) {
+    Set-ExecutionPolicy -Scope LocalMachine RemoteSigned -Force
+}
+
+# 6. WinSW for llamafleet's services
 $bin = Join-Path $InstallDir 'bin'
 New-Item -ItemType Directory -Force -Path $bin | Out-Null
 Copy-Item -Force -Path $WinSWExe -Destination (Join-Path $bin 'winsw.exe')

@@ -123,3 +123,35 @@ def test_bad_input_is_one_line_not_a_traceback():
     result = subprocess.run([sys.executable, str(HELPER), "explode"], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.startswith("llamafleet: usage: lf_host.py state|fetch|install|wait SPEC_JSON")
+
+
+@pytest.mark.slow
+def test_install_records_the_build_and_rollback_is_a_switch(tmp_path, llama_build):
+    """A release-style archive of the real pinned build: installed into its own folder with a record
+    that matches the binary's --version; going back to an installed build downloads nothing."""
+    from llamafleet.rig import mirror
+
+    archive = mirror.pack_release_archive(llama_build, tmp_path / "mirror")
+    server = MirrorServer(archive.parent).start()
+    try:
+        def install(build_id):
+            spec = {"install_dir": str(tmp_path / "lf"), "build": "b11434", "build_id": build_id, "backend": "cpu",
+                    "method": "release", "binaries": ["llama-server", "ggml-rpc-server"], "cmake_options": [],
+                    "artifacts": [{"file": archive.name, "url": f"{server.url}/{archive.name}",
+                                   "sha256": mirror.sha256_of(archive), "size": None}]}
+            result = helper("install", spec)
+            assert result.returncode == 0, result.stderr
+            return json.loads(helper("state", {"install_dir": spec["install_dir"], "models_dir": str(tmp_path),
+                                               "drivers": []}).stdout)["install"]
+
+        first = install("b11434-cpu")
+        assert first["current"] == "b11434-cpu" and first["version"] == first["record"]["version"]
+        assert first["binaries"] == first["record"]["binaries"]
+        assert first["record"]["artifacts_sha256"] == [mirror.sha256_of(archive)]
+        assert install("b11434-cpu-next")["current"] == "b11434-cpu-next"
+        server.requests.clear()
+        back = install("b11434-cpu")
+        assert back["current"] == "b11434-cpu" and back["builds"] == ["b11434-cpu", "b11434-cpu-next"]
+        assert server.requests == []  # a rollback is a switch of `current`, nothing is fetched
+    finally:
+        server.stop()

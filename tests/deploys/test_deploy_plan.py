@@ -171,3 +171,20 @@ def test_proxy_config_names_the_token_file_never_a_token(seed):
     config = files["/usr/local/llamafleet/etc/proxy.json"][0]
     assert '"token_file"' in config or '"token_env"' in config
     assert plan.services[0].argv[1:] == ("proxy", "--config", "/usr/local/llamafleet/etc/proxy.json")
+
+
+def test_host_changes_for_a_windows_host_from_its_state(seed):
+    """The Windows desktop after a deploy (state as lf_host.ps1 reports it): only the stopped drafter
+    and the files that differ are changes."""
+    import yaml
+
+    from llamafleet.deploys.deploy import host_changes
+
+    spec = Path(__file__).parent / "specs" / "facts" / "host_state.WindowsHostState" / "desktop_cuda.yaml"
+    state = yaml.safe_load(spec.read_text())["fact"]
+    plan = plan_host(seed, "desktop")
+    state["services"]["winsw"] = {"llamafleet-desktop-rpc": "Running", "llamafleet-desktop-drafter": "Stopped"}
+    changes = host_changes(plan, state)
+    assert changes.stopped == ["llamafleet-desktop-drafter"]
+    assert changes.build is not None  # the recorded binaries do not match the recorded hashes here
+    assert plan.helper_path == "C:\\llamafleet\\lib\\lf_host.ps1" and plan.helper_path in changes.files
