@@ -12,4 +12,4 @@ DEPLOY_TESTS = Path(__file__).resolve().parents[1] / "deploys"
 if str(DEPLOY_TESTS) not in sys.path:  # the deploy tests import their helpers as top-level modules
     sys.path.insert(0, str(DEPLOY_TESTS))
 
-from test_deploy_e2e import deployed, mirror, run_pyinfra, sshd  # noqa: E402,F401 - fixtures and helper reused
+from test_deploy_e2e import deployed, mirror, sshd  # noqa: E402,F401 - the fixtures, reused
