@@ -24,7 +24,7 @@ from pyinfra.api.state import BaseStateCallback
 from pyinfra.context import ctx_host, ctx_state
 from pyinfra.facts.files import FileContents, Sha256File
 
-from llamafleet.config.models import OS, Backend, Inventory
+from llamafleet.config.models import OS, Backend, Inventory, ServiceManager
 from llamafleet.config.pyinfra_groups import groups
 from llamafleet.deploys.deploy import INVENTORY_ENV, HostChanges, build_spec, deploy_host, host_changes, service_states
 from llamafleet.deploys.facts.host_state import HostState, WindowsHostState, helper_source
@@ -284,17 +284,33 @@ def _diff(path: str, expected: str, actual: str | None) -> str:
 def service_findings(plan: HostPlan, state: dict) -> list[Finding]:
     findings = []
     manager = plan.host.service_manager
+    supervisor = (state.get("services") or {}).get("supervisord") or {}
+    supervisor_down = manager is ServiceManager.supervisord and not supervisor.get("running")
     for unit, status in service_states(plan, state).items():
         if status == "running":
             findings.append(Finding(plan.name, f"service {unit}", Severity.ok, "enabled, running", "enabled, running"))
             continue
-        if status == "absent":
+        if supervisor_down:
+            actual = "supervisord itself is not running"
+        elif status == "absent":
             actual = f"not known to {manager.value} (not enabled)"
         else:
             actual = f"{status} ({manager.value})"
         findings.append(Finding(plan.name, f"service {unit}", Severity.fail, "enabled, running", actual,
                                 hint=_would(f"enable and start {unit}")))
+    if manager is ServiceManager.supervisord:
+        findings += _stale_programs(plan, supervisor)
     return findings
+
+
+def _stale_programs(plan: HostPlan, supervisor: dict) -> list[Finding]:
+    """Programs supervisord runs or has a config for that the inventory no longer names (the same
+    rule the deploy's supervisord operation removes them by)."""
+    programs = supervisor.get("programs") or {}
+    stale = sorted((set(programs) | set(supervisor.get("configs") or [])) - {s.unit_name for s in plan.services})
+    return [Finding(plan.name, f"service {name}", Severity.fail, "not configured (not in the inventory)",
+                    f"{programs.get(name, 'configured')} ({ServiceManager.supervisord.value})",
+                    hint=_would(f"remove {name} from supervisord")) for name in stale]
 
 
 def port_findings(plan: HostPlan, state: dict) -> list[Finding]:

@@ -178,3 +178,22 @@ def test_deep_rehash_catches_same_size_same_mtime_replacement(plan):
     assert "/srv/lf/models/.smol.gguf.verified" in finding.hint
     ok = compare_host(plan, HostReading(copy.deepcopy(state), hashes={MODEL: SHA_MODEL}))
     assert next(f for f in ok if f.check == "model smol.gguf").actual.endswith("(re-hashed)")
+
+
+def test_a_program_the_inventory_no_longer_names_is_drift(plan):
+    state = clean_state(plan)
+    supervisor = state["services"]["supervisord"]
+    supervisor["programs"]["llamafleet-old-drafter"] = "RUNNING"
+    supervisor["configs"] = ["llamafleet-old-drafter", "llamafleet-rpc", "llamafleet-target", "llamafleet-gone"]
+    found = problems(plan, state)
+    assert found["service llamafleet-old-drafter"].actual == "RUNNING (supervisord)"
+    assert found["service llamafleet-gone"].actual == "configured (supervisord)"
+    assert found["service llamafleet-gone"].hint == "a deploy would remove llamafleet-gone from supervisord"
+
+
+def test_a_stopped_supervisord_is_named_as_such(plan):
+    state = clean_state(plan)
+    state["services"]["supervisord"] = {"running": False, "pid": None, "programs": {}, "configs": []}
+    found = problems(plan, state)
+    assert found["service llamafleet-target"].actual == "supervisord itself is not running"
+    assert not host_changes(plan, state).empty()
