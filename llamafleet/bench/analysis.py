@@ -82,6 +82,7 @@ def output_checks(samples: Sequence[Sample], max_tokens: int) -> dict:
         "requests": len(samples),
         "identical": sum(1 for s in samples if s.identical),
         "compared": sum(1 for s in samples if s.identical is not None),
+        "agree": sum(1 for s in samples if s.agrees),
         "tokens_requested": max_tokens * len(samples),
         "tokens_returned": sum(s.text_tokens for s in samples),
         "tokens_reported": None if None in reported else sum(reported),

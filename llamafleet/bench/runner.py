@@ -31,6 +31,7 @@ class Sample:
     reported_tokens: int | None
     finish_reason: str | None
     identical: bool | None  # same text as the baseline's answer to this prompt in this repeat
+    agrees: bool | None  # one text starts with the other: same tokens, only the length differs
     timings: dict | None
     spec: dict | None
     text: str
@@ -89,6 +90,7 @@ def run(
             reported_tokens=outcome.reported_tokens,
             finish_reason=outcome.finish_reason,
             identical=None,
+            agrees=None,
             timings=outcome.timings,
             spec=outcome.spec,
             text=outcome.text,
@@ -98,10 +100,15 @@ def run(
 
 
 def mark_identical(samples: list[Sample]) -> None:
-    """Compare every answer with the baseline's answer to the same prompt in the same repeat."""
+    """Compare every answer with the baseline's answer to the same prompt in the same repeat.
+
+    ``agrees`` tells an answer that only runs longer or stops sooner (a max_tokens bug) from one
+    whose tokens differ (a verification bug)."""
     reference = {(s.prompt, s.repeat): s.text for s in samples if s.condition == "baseline"}
     for s in samples:
-        s.identical = s.text == reference[(s.prompt, s.repeat)] if (s.prompt, s.repeat) in reference else None
+        base = reference.get((s.prompt, s.repeat))
+        s.identical = None if base is None else s.text == base
+        s.agrees = None if base is None else s.text.startswith(base) or base.startswith(s.text)
 
 
 def _hide(progress: bool | None) -> bool | None:

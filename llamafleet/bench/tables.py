@@ -63,6 +63,7 @@ def statistics_table(summary: dict, names: Sequence[str]) -> str:
         ("Target tokens evaluated per accepted token", lambda s, o: _num(s["target_tokens_per_accepted"], "{:.2f}")),
         ("Draft / verify time", lambda s, o: f"{_num(_s(s['draft_ms']), '{:.1f}s')} / {_num(_s(s['verify_ms']), '{:.1f}s')}"),
         ("Outputs identical to baseline", lambda s, o: f"{o['identical']}/{o['compared']}"),
+        ("Same text as baseline up to the shorter one", lambda s, o: f"{o['agree']}/{o['compared']}"),
         ("Tokens returned / requested", lambda s, o: f"{o['tokens_returned']:,} / {o['tokens_requested']:,}"),
         ("Tokens the server reported", lambda s, o: _num(o["tokens_reported"], "{:,.0f}")),
         ("Answers longer than max_tokens", lambda s, o: str(o["over_max_tokens"])),

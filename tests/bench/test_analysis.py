@@ -16,7 +16,7 @@ from llamafleet.bench.chart import write_chart
 def sample(condition, prompt, repeat, wall, *, tokens=10, text="same", spec=None, timings=None, category=None):
     return Sample(condition=condition, prompt=prompt, category=category or prompt.split("-")[0], repeat=repeat,
                   wall_s=wall, text_tokens=tokens, reported_tokens=tokens, finish_reason="length",
-                  identical=None, timings=timings, spec=spec, text=text)
+                  identical=None, agrees=None, timings=timings, spec=spec, text=text)
 
 
 def spec(rounds, drafted, accepted, evaluated):
@@ -44,7 +44,7 @@ def samples():
         sample("proxy", "code-0", 0, 0.5, spec=spec(2, 8, 6, 20)),
         sample("proxy", "list-0", 0, 1.0, spec=spec(2, 8, 6, 20)),
         sample("proxy", "code-0", 1, 1.0, spec=spec(2, 8, 6, 20)),
-        sample("proxy", "list-0", 1, 2.0, spec=spec(2, 8, 6, 20), text="different", tokens=12),
+        sample("proxy", "list-0", 1, 2.0, spec=spec(2, 8, 6, 20), text="same and more", tokens=12),
     ]
     mark_identical(out)
     return out
@@ -105,6 +105,7 @@ def test_tables_follow_the_seed_layout(samples):
     assert "| Acceptance rate | **75.0%** |" in text
     assert "| Wall-clock speedup | **1.50x** [1.00–2.00] |" in text
     assert "| Outputs identical to baseline | 3/4 |" in text
+    assert "| Same text as baseline up to the shorter one | 4/4 |" in text  # the 4th only runs longer
 
 
 def test_chart_is_a_png(samples, tmp_path):

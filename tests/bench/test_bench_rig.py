@@ -70,7 +70,7 @@ def check_every_figure(record: dict) -> None:
     assert len(record["samples"]) == 5 * 5  # five categories x five conditions, one repeat
     for s in record["samples"]:
         assert s["wall_s"] > 0 and s["text_tokens"] > 0 and s["text"], s
-        assert isinstance(s["identical"], bool)
+        assert isinstance(s["identical"], bool) and isinstance(s["agrees"], bool)
         if s["condition"] in OURS:
             missing = [k for k in ("path", *SPEC_FIELDS) if s["spec"].get(k) is None]
             assert not missing, f"{s['condition']} {s['prompt']}: no {missing} in the llamafleet object"
