@@ -19,7 +19,7 @@ def summarize(samples: Sequence[Sample], conditions: Sequence[str], *, max_token
     empty cache: the baseline's prompt tok/s (timed requests mostly find the prompt cached, because
     the conditions take turns on one prompt)."""
     baseline = [s for s in samples if s.condition == "baseline"]
-    target_ms = _ms_per_generated_token(baseline)
+    target_ms = ms_per_token([s.timings for s in baseline if s.timings])
     cost_ratio = draft_ms_per_token / target_ms if draft_ms_per_token and target_ms else None
     categories = list(dict.fromkeys(s.category for s in samples))
     summary = {
@@ -115,8 +115,8 @@ def speculation_stats(samples: Sequence[Sample], speedup: dict | None, cost_rati
     }
 
 
-def _ms_per_generated_token(samples: Iterable[Sample]) -> float | None:
-    timings = [s.timings for s in samples if s.timings]
+def ms_per_token(timings: Sequence[dict]) -> float | None:
+    """Decode cost per generated token from llama-server timings."""
     rate = _timing_rate(timings, "predicted_n", "predicted_ms")
     return 1000 / rate if rate else None
 

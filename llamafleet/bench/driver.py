@@ -12,7 +12,7 @@ from pathlib import Path
 
 from llamafleet.bench import conditions as cond
 from llamafleet.bench import runner, tightwad
-from llamafleet.bench.analysis import summarize
+from llamafleet.bench.analysis import ms_per_token, summarize
 from llamafleet.bench.prompts import Prompt, built_in_prompts, load_prompts
 from llamafleet.bench.session import BenchSetup
 from llamafleet.bench.tables import render
@@ -34,7 +34,7 @@ def benchmark(setup: BenchSetup, args, log_dir: Path) -> BenchResult:
     rendered = {p.key: cond.render_chat_prompt(setup.target_url, p.text) for p in prompts}
     with ExitStack() as stack:
         conditions, notes = _conditions(setup, modes, args, log_dir, stack)
-        draft_ms = draft_ms_per_token(setup.drafter_url, prompts, rendered, args.max_tokens)
+        draft_timings = draft_probe(setup.drafter_url, prompts, rendered, args.max_tokens)
         evals = {p.key: cond.prompt_eval(setup.target_url, rendered[p.key]) for p in prompts}
         started = datetime.now(timezone.utc)
         samples = runner.run(
@@ -43,7 +43,8 @@ def benchmark(setup: BenchSetup, args, log_dir: Path) -> BenchResult:
             progress=args.progress,
         )
     names = [c.name for c in conditions]
-    summary = summarize(samples, names, max_tokens=args.max_tokens, draft_ms_per_token=draft_ms, prompt_eval=evals)
+    summary = summarize(samples, names, max_tokens=args.max_tokens, draft_ms_per_token=ms_per_token(draft_timings),
+                        prompt_eval=evals)
     props = cond.get_json(f"{setup.target_url}/props")
     record = {
         "started_utc": started.isoformat(timespec="seconds"),
@@ -57,6 +58,7 @@ def benchmark(setup: BenchSetup, args, log_dir: Path) -> BenchResult:
                   **setup.about},
         "conditions": {c.name: {"url": c.url, "mode_header": c.headers.get(cond.MODE_HEADER)} for c in conditions},
         "notes": notes,
+        "draft_probe": {"url": setup.drafter_url, "timings": draft_timings},
         "prompts": [{"key": p.key, "category": p.category, "text": p.text, "rendered": rendered[p.key],
                      "prompt_eval": evals[p.key]} for p in prompts],
         "samples": [s.to_json() for s in samples],
@@ -69,17 +71,15 @@ def benchmark(setup: BenchSetup, args, log_dir: Path) -> BenchResult:
     return BenchResult(names, summary, tables, record, title)
 
 
-def draft_ms_per_token(drafter_url: str | None, prompts: list[Prompt], rendered: dict[str, str],
-                       max_tokens: int) -> float | None:
-    """The draft model's own decode cost, from its llama-server timings on the benchmark's prompts:
-    the numerator of the cost ratio c in the bound."""
+def draft_probe(drafter_url: str | None, prompts: list[Prompt], rendered: dict[str, str],
+                max_tokens: int) -> list[dict]:
+    """The drafter's llama-server timings on the benchmark's prompts: the draft model's own decode
+    cost, the numerator of the cost ratio c in the bound."""
     if drafter_url is None:
-        return None
+        return []
     drafter = cond.Condition("draft", drafter_url)
-    timings = [drafter.complete(rendered[p.key], max_tokens).timings or {} for p in prompts]
-    tokens = sum(t.get("predicted_n") or 0 for t in timings)
-    ms = sum(t.get("predicted_ms") or 0 for t in timings)
-    return ms / tokens if tokens and ms else None
+    return [drafter.complete(rendered[p.key], max_tokens).timings or {} for p in prompts]
+
 
 
 def _prompts(args) -> list[Prompt]:
