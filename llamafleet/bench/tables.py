@@ -23,7 +23,19 @@ def render(summary: dict, conditions: Sequence[str]) -> str:
     spec_names = [n for n in conditions if summary["conditions"][n]["speculation"] is not None]
     if spec_names:
         parts.append(statistics_table(summary, spec_names))
+        parts.append(verdict(summary, spec_names))
     return "\n\n".join(parts) + "\n"
+
+
+def verdict(summary: dict, names: Sequence[str]) -> str:
+    """One line to quote: each condition's median speedup and how many answers were exact."""
+    cells = []
+    for name in names:
+        data = summary["conditions"][name]
+        speedup = data["rows"][ALL]["speedup"]
+        ratio = f"{speedup['median']:.2f}x" if speedup else DASH
+        cells.append(f"{name} {ratio} ({data['outputs']['identical']}/{data['outputs']['compared']} identical)")
+    return "Speedup over baseline (median): " + ", ".join(cells)
 
 
 def condition_table(name: str, summary: dict) -> str:
@@ -62,6 +74,7 @@ def statistics_table(summary: dict, names: Sequence[str]) -> str:
         ("Per-token acceptance α (fitted)", lambda s, o: _num(s["alpha"], "{:.3f}")),
         ("Target tokens evaluated per accepted token", lambda s, o: _num(s["target_tokens_per_accepted"], "{:.2f}")),
         ("Draft / verify time", lambda s, o: f"{_num(_s(s['draft_ms']), '{:.1f}s')} / {_num(_s(s['verify_ms']), '{:.1f}s')}"),
+        ("Draft + verify ms per round", lambda s, o: _num(_per_round(s), "{:.1f}")),
         ("Outputs identical to baseline", lambda s, o: f"{o['identical']}/{o['compared']}"),
         ("Same text as baseline up to the shorter one", lambda s, o: f"{o['agree']}/{o['compared']}"),
         ("Tokens returned / requested", lambda s, o: f"{o['tokens_returned']:,} / {o['tokens_requested']:,}"),
@@ -108,6 +121,12 @@ def _pct(value: float | None) -> float | None:
 
 def _s(ms: float | None) -> float | None:
     return None if ms is None else ms / 1000
+
+
+def _per_round(stats: dict) -> float | None:
+    if not stats["rounds"] or stats["draft_ms"] is None or stats["verify_ms"] is None:
+        return None
+    return (stats["draft_ms"] + stats["verify_ms"]) / stats["rounds"]
 
 
 def _row(cells: Sequence[str]) -> str:

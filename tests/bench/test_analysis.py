@@ -106,6 +106,8 @@ def test_tables_follow_the_seed_layout(samples):
     assert "| Wall-clock speedup | **1.50x** [1.00–2.00] |" in text
     assert "| Outputs identical to baseline | 3/4 |" in text
     assert "| Same text as baseline up to the shorter one | 4/4 |" in text  # the 4th only runs longer
+    assert "| Draft + verify ms per round | 250.0 |" in text  # (4 x 100 + 4 x 400) ms / 8 rounds
+    assert "Speedup over baseline (median): proxy 1.50x (3/4 identical)" in text
 
 
 def test_chart_is_a_png(samples, tmp_path):
