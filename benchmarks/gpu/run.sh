@@ -69,9 +69,13 @@ log "writing the padded target ($BLOCKS added F16 zero blocks)"
 target=$WORK/smollm2-pad$BLOCKS-f16.gguf
 [ -f "$target" ] || "$py" "$here/make_target.py" "$smollm2" "$target" --blocks "$BLOCKS"
 
+# The whole script must fit in 10 minutes: if the build ate most of it, measure less rather than
+# be cut off with nothing written.
+if [ $(( $(date +%s) - started )) -gt 360 ]; then REPEATS=1; PER_CATEGORY=1; log "late: 1 repeat, 1 prompt per category"; fi
+cmd=(bench --rig --rig-build "$build_root" --rig-device CUDA0 --rig-target "$target"
+     --rig-threads "$THREADS" --max-tokens "$MAX_TOKENS" --repeats "$REPEATS" --per-category "$PER_CATEGORY"
+     --json "$OUT/bench-gpu.json" --chart "$OUT/bench-gpu.png" --log-dir "$OUT/logs" --progress)
+echo "llamafleet ${cmd[*]}" > "$OUT/command.txt"
 log "llamafleet bench --rig on CUDA0"
-"$py" -m llamafleet.cli bench --rig --rig-build "$build_root" --rig-device CUDA0 --rig-target "$target" \
-  --rig-threads "$THREADS" --max-tokens "$MAX_TOKENS" --repeats "$REPEATS" --per-category "$PER_CATEGORY" \
-  --json "$OUT/bench-gpu.json" --chart "$OUT/bench-gpu.png" --log-dir "$OUT/logs" --progress \
-  | tee "$OUT/bench-gpu.md"
+"$py" -m llamafleet.cli "${cmd[@]}" | tee "$OUT/bench-gpu.md"
 log "done: figures in $OUT/bench-gpu.md, raw in bench-gpu.json, chart bench-gpu.png"
