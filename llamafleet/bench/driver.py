@@ -81,7 +81,6 @@ def draft_probe(drafter_url: str | None, prompts: list[Prompt], rendered: dict[s
     return [drafter.complete(rendered[p.key], max_tokens).timings or {} for p in prompts]
 
 
-
 def _prompts(args) -> list[Prompt]:
     prompts = load_prompts(args.prompts) if args.prompts else built_in_prompts()
     if args.per_category:
@@ -112,7 +111,10 @@ def _conditions(setup: BenchSetup, modes: list[str], args, log_dir: Path,
     elif setup.drafter_url is None:
         notes.append("Tightwad left out: it needs a drafter llama-server and this cluster has none.")
     else:
-        proxy = stack.enter_context(tightwad.running_tightwad(python, setup.target_url, setup.drafter_url, log_dir))
+        try:
+            proxy = stack.enter_context(tightwad.running_tightwad(python, setup.target_url, setup.drafter_url, log_dir))
+        except (RuntimeError, TimeoutError) as err:  # its log tail is in the message
+            raise UserError(f"could not start Tightwad for the comparison (or pass --no-tightwad): {err}") from None
         conditions.append(cond.TightwadCondition("tightwad", proxy.url))
         notes.append(f"Tightwad {tightwad.tightwad_version(python)}, max_draft_tokens {tightwad.DRAFT_TOKENS}, "
                      f"on the same target and drafter.")

@@ -58,6 +58,8 @@ def run(args) -> int:
 
     if args.rig and args.inventory is not None:
         raise UserError("give an INVENTORY of a deployed cluster or --rig for the local rig, not both")
+    for path, option in ((args.json, "--json"), (args.chart, "--chart")):
+        _check_output(path, option)  # before a run of many minutes, not after it
     with ExitStack() as stack:
         log_dir = args.log_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="llamafleet-bench-")))
         if args.rig:
@@ -94,6 +96,11 @@ def _existing(path: Path | None, option: str) -> Path | None:
     if path is not None and not path.is_file():
         raise UserError(f"{option} {path}: no such file")
     return path
+
+
+def _check_output(path: Path | None, option: str) -> None:
+    if path is not None and not path.absolute().parent.is_dir():
+        raise UserError(f"{option} {path}: folder {path.absolute().parent} does not exist")
 
 
 def _write(path: Path, text: str) -> None:

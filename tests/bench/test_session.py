@@ -64,3 +64,17 @@ def test_mode_not_offered_is_named(tmp_path, capsys):
     token_file.write_text("s3cret\n")
     assert main(["bench", str(inventory), "--token-file", str(token_file), "--modes", "proxy"]) == 1
     assert "path(s) proxy not offered" in capsys.readouterr().err
+
+
+def test_output_folder_is_checked_before_the_run(tmp_path, capsys):
+    assert main(["bench", "--rig", "--json", str(tmp_path / "no" / "such" / "dir" / "b.json")]) == 1
+    assert "--json" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_rig_server_that_will_not_start_is_one_clear_error(tmp_path, capsys, llama_build, smollm2):
+    not_a_model = tmp_path / "broken.gguf"
+    not_a_model.write_bytes(b"this is not a GGUF file")
+    assert main(["bench", "--rig", "--rig-target", str(not_a_model), "--log-dir", str(tmp_path / "logs")]) == 1
+    err = capsys.readouterr().err
+    assert "could not start the rig" in err and "target exited" in err and "Traceback" not in err
