@@ -487,31 +487,39 @@ def run_drift(inventory: Inventory, path: Path, hosts: list[str], *, deep: bool,
     state, connect_errors = pyinfra_state(inventory, path, hosts, override or {})
     by_name = {host.data.llamafleet_host: host for host in state.inventory}
     commands: dict[str, int] = {}
+    seconds: dict[str, float] = {}
     started = time.monotonic()
     try:
-        for name in hosts:
-            host = by_name[name]
-            host.connect(show_errors=False)
-            if not host.connected:
-                reason = connect_errors.errors.get(host.name, "could not connect")
-                report.add(Finding(name, "connect", Severity.error, f"reachable as {_address(inventory, name)}",
-                                   reason, hint="check the host is up and the SSH key, user and port in the inventory"))
-                continue
-            reading, commands[name] = read_host(state, host, plans[name], path, deep)
-            if isinstance(reading, Unreadable):
-                report.add(Finding(name, "host state", Severity.error, "the HostState fact", reading.reason))
-                continue
-            report.extend(compare_host(plans[name], reading))
+        for name in hosts:  # one after another: a pyinfra state generates one host's plan at a time
+            host_started = time.monotonic()
+            findings, commands[name] = check_host(state, by_name[name], plans[name], path, deep, connect_errors)
+            seconds[name] = round(time.monotonic() - host_started, 3)
+            report.extend(findings)
     finally:
         for host in state.inventory:
             if host.connected:
                 host.disconnect()
     if not deep and any(p.models for p in plans.values()):
         report.notes.append(DEEP_NOTE)
-    report.stats = {"seconds": round(time.monotonic() - started, 3), "remote_commands": commands, "deep": deep}
+    report.stats = {"seconds": round(time.monotonic() - started, 3), "host_seconds": seconds,
+                    "remote_commands": commands, "deep": deep}
     return report
 
 
-def _address(inventory: Inventory, name: str) -> str:
-    conn = inventory.hosts[name].connection
+def check_host(state: State, host, plan: HostPlan, path: Path, deep: bool,
+               connect_errors: _ConnectErrors) -> tuple[list[Finding], int]:
+    """Connect, dry-run, compare: the findings for one host and the remote commands it took."""
+    host.connect(show_errors=False)
+    if not host.connected:
+        reason = connect_errors.errors.get(host.name, "could not connect")
+        return [Finding(plan.name, "connect", Severity.error, f"reachable as {_address(plan.host)}", reason,
+                        hint="check the host is up and the SSH key, user and port in the inventory")], 0
+    reading, commands = read_host(state, host, plan, path, deep)
+    if isinstance(reading, Unreadable):
+        return [Finding(plan.name, "host state", Severity.error, "the HostState fact", reading.reason)], commands
+    return compare_host(plan, reading), commands
+
+
+def _address(host) -> str:
+    conn = host.connection
     return "local" if conn.type == "local" else f"{conn.user}@{conn.address}:{conn.port}"
