@@ -1,13 +1,16 @@
 """``llamafleet drift``: every difference between each host and what the deploy would make of it.
 
-Built on the deploy's own pieces so the two cannot disagree: the same plan (``plan_host``), the same
-one-command state fact (``HostState``), and the same comparison (``host_changes``), which decides
-what a deploy would change. Drift adds the evidence: expected and actual values, unit diffs, and a
-few things a deploy cannot fix by itself (a driver waiting for a reboot, a model whose bytes changed
-under an intact stamp, a port that nobody listens on).
+Built on the deploy itself so the two cannot disagree: drift runs the deploy's own entry point
+(``deploy_host``, what ``deploys/cluster.py`` runs) per host in a pyinfra state that never executes,
+exactly as ``pyinfra --dry`` does, and keeps two things from it: the operations that would change the
+host (the "deploy plan" line) and the one ``HostState`` document the deploy read. The detailed
+findings compare that same document with the same plan (``plan_host``) through the deploy's own
+comparisons (``host_changes``, ``file_matches``, ``running_version``), adding the evidence: expected
+and actual values, unit diffs, and what a deploy cannot fix by itself (a driver waiting for a reboot,
+a model whose bytes changed under an intact stamp, a port nobody listens on).
 
-Remote commands per host: one state fact; one ``cat`` per owned file that differs (for its diff);
-with ``--deep``, one ``sha256sum`` per model file.
+Remote commands per host: one (the state fact); one ``cat`` per owned file that differs (for its
+diff); with ``--deep``, one ``sha256sum`` per model file.
 """
 
 from __future__ import annotations
@@ -27,11 +30,11 @@ from pyinfra.facts.files import FileContents, Sha256File
 from llamafleet.config.models import OS, Backend, Inventory, ServiceManager
 from llamafleet.config.pyinfra_groups import groups
 from llamafleet.deploys.deploy import INVENTORY_ENV, HostChanges, build_spec, deploy_host, host_changes, service_states
+from llamafleet.deploys.facts.drivers import METAL_MIN_MACOS, metal_supported, parse_sw_vers
 from llamafleet.deploys.facts.host_state import HostState, WindowsHostState, helper_source
 from llamafleet.deploys.operations.common import file_matches, ps_quote, sha256_text
-from llamafleet.deploys.operations.proxy import record_text
-from llamafleet.deploys.facts.drivers import METAL_MIN_MACOS, metal_supported, parse_sw_vers
 from llamafleet.deploys.operations.drivers import running_version
+from llamafleet.deploys.operations.proxy import record_text
 from llamafleet.deploys.plan import HostPlan, plan_host
 from llamafleet.deploys.render import rendered_files
 from llamafleet.errors import UserError
@@ -131,7 +134,9 @@ def driver_findings(plan: HostPlan, state: dict) -> list[Finding]:
     if host.driver is not None:
         running = running_version(host.driver.kind, host.os, drivers)
         pending = state.get("driver_pending") == {"kind": host.driver.kind, "version": host.driver.version}
-        if pending:
+        if pending and host.allow_reboot:
+            hint = _would("reboot the host into the installed driver")
+        elif pending:
             hint = "installed, waiting for a reboot (allow_reboot is false): reboot the host"
         else:
             hint = _would(f"install the {host.driver.kind} driver {host.driver.version}"
