@@ -57,7 +57,8 @@ class ProxyState:
     async def start(self) -> None:
         cfg = self.config
         # Backends are only those in the config; the session never follows redirects elsewhere.
-        connector = aiohttp.TCPConnector(limit=0, force_close=False)
+        # llama-server (cpp-httplib) drops idle keep-alive connections after 5 s: give ours up sooner.
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=3.0)
         self.session = aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(sock_connect=cfg.timeouts.connect_s),
             auto_decompress=False,

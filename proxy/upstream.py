@@ -28,19 +28,34 @@ class LlamaServer:
 
     # --- plumbing ---------------------------------------------------------------------------------
 
+    async def _open(self, path: str, body: dict | None, timeout: float) -> aiohttp.ClientResponse:
+        """Send the request and return the response once its headers arrived (GET when body is None).
+
+        A pooled keep-alive connection the server had already closed fails before any answer; every
+        call here is idempotent, so it is retried once on a fresh connection.
+        """
+        method = "GET" if body is None else "POST"
+
+        def send():
+            return self.session.request(method, self.url + path, json=body, timeout=aiohttp.ClientTimeout(total=timeout))
+
+        try:
+            return await send()
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            return await send()
+
     async def _post(self, path: str, body: dict | None, timeout: float | None = None) -> Any:
         """POST ``body`` (GET when None) and return the decoded JSON answer."""
-        method = "GET" if body is None else "POST"
+        timeout = timeout or self.timeout
         try:
-            async with self.session.request(
-                method, self.url + path, json=body, timeout=aiohttp.ClientTimeout(total=timeout or self.timeout)
-            ) as resp:
+            resp = await self._open(path, body, timeout)
+            async with resp:
                 payload = await resp.read()
-                if resp.status != 200:
-                    raise BackendError(self.name, f"{path} answered {resp.status}: {_error_text(payload)}", resp.status)
-                return json.loads(payload)
+            if resp.status != 200:
+                raise BackendError(self.name, f"{path} answered {resp.status}: {_error_text(payload)}", resp.status)
+            return json.loads(payload)
         except asyncio.TimeoutError:
-            raise BackendError(self.name, f"{path} timed out after {timeout or self.timeout:.1f}s", timeout=True) from None
+            raise BackendError(self.name, f"{path} timed out after {timeout:.1f}s", timeout=True) from None
         except (aiohttp.ClientError, ValueError) as err:
             raise BackendError(self.name, f"{path} failed: {err or type(err).__name__}") from None
 
@@ -67,9 +82,8 @@ class LlamaServer:
     async def stream(self, tokens: list[int], n_predict: int, sampling: Sampling, stop: list[str] = ()) -> AsyncIterator[Piece]:
         body = {**self._generation_body(tokens, n_predict, sampling, list(stop)), "stream": True}
         try:
-            async with self.session.post(
-                self.url + "/completion", json=body, timeout=aiohttp.ClientTimeout(total=self.timeout)
-            ) as resp:
+            resp = await self._open("/completion", body, self.timeout)
+            async with resp:
                 if resp.status != 200:
                     raise BackendError(self.name, f"/completion answered {resp.status}: {_error_text(await resp.read())}", resp.status)
                 held: Piece | None = None

@@ -35,30 +35,39 @@ def smollm2_server(llama_build, smollm2, log_dir):
 # --- the proxy rig (llamafleet/rig/models.py): derived models and their servers ------------------
 
 RIG_TARGET_SLOTS = 5  # proxy-path verification of a 4-token draft needs 5 slots
+# -nr (no weight repacking): batched and one-token evaluation then give bit-identical logits, which
+# exact verification of draft tokens relies on (docs/proxy.md, "Exactness and weight repacking").
+RIG_TARGET_ARGS = ["-c", str(512 * RIG_TARGET_SLOTS), "-np", str(RIG_TARGET_SLOTS), "-nr"]
 
 
 @pytest.fixture(scope="session")
-def rig_slow_target() -> Path:
+def rig_agreeing_target() -> Path:
+    """SmolLM2 padded with zero-output blocks: SmolLM2's greedy outputs, slower (the benchmarks use
+    the 230-block ``models.ensure_slow_target()``; tests a 40-block one to stay short on 2 cores)."""
     from llamafleet.rig import models
 
-    return models.ensure_slow_target()
+    return models.ensure_agreeing_target()
 
 
 @pytest.fixture(scope="session")
 def rig_partial_target() -> Path:
+    """SmolLM2 plus one perturbing block: SmolLM2 drafts for it with partial acceptance."""
     from llamafleet.rig import models
 
     return models.ensure_partial_target()
 
 
 @pytest.fixture(scope="session")
-def slow_target_server(llama_build, rig_slow_target, log_dir):
-    """The 230-block slow target (same greedy outputs as SmolLM2), with slots for verification."""
-    # -nr (no weight repacking): batched and one-token evaluation then give bit-identical logits, which
-    # exact verification of draft tokens relies on (see docs/proxy.md, "Exactness and repacking").
-    args = ["-c", str(512 * RIG_TARGET_SLOTS), "-np", str(RIG_TARGET_SLOTS), "-nr"]
-    with servers.running(servers.start_llama_server(llama_build, rig_slow_target, log_dir=log_dir, args=args,
-                                                    name="slow-target")) as s:
+def agreeing_target_server(llama_build, rig_agreeing_target, log_dir):
+    with servers.running(servers.start_llama_server(llama_build, rig_agreeing_target, log_dir=log_dir,
+                                                    args=RIG_TARGET_ARGS, name="agreeing-target")) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def partial_target_server(llama_build, rig_partial_target, log_dir):
+    with servers.running(servers.start_llama_server(llama_build, rig_partial_target, log_dir=log_dir,
+                                                    args=RIG_TARGET_ARGS, name="partial-target")) as s:
         yield s
 
 

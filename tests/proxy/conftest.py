@@ -1,6 +1,7 @@
 """Real llama.cpp servers and a proxy in front of them, shared by the proxy tests of a session.
 
-Two pairs: "agreeing" (the 230-block slow target, SmolLM2 drafting: identical greedy outputs) and
+Two pairs: "agreeing" (a padded target, made like the 230-block slow target but with 10 zero-output
+blocks so the suite stays short on 2 cores; SmolLM2 drafting: identical greedy outputs) and
 "partial" (SmolLM2 plus one perturbing block, SmolLM2 drafting: rejections really happen). Each pair
 also has a native-speculation target that runs the draft on its own ggml-rpc-server.
 """
@@ -52,16 +53,9 @@ def _native_server(llama_build, model, draft, rpc, log_dir, name):
 
 
 @pytest.fixture(scope="session")
-def partial_target_server(llama_build, rig_partial_target, log_dir):
-    args = ["-c", str(512 * SLOTS), "-np", str(SLOTS), "-nr"]  # -nr: see slow_target_server
-    with servers.running(servers.start_llama_server(llama_build, rig_partial_target, log_dir=log_dir, args=args,
-                                                    name="partial-target")) as s:
-        yield s
-
-
-@pytest.fixture(scope="session")
-def slow_native_server(llama_build, rig_slow_target, smollm2, rpc_worker, log_dir):
-    with servers.running(_native_server(llama_build, rig_slow_target, smollm2, rpc_worker, log_dir, "slow-native")) as s:
+def agreeing_native_server(llama_build, rig_agreeing_target, smollm2, rpc_worker, log_dir):
+    with servers.running(_native_server(llama_build, rig_agreeing_target, smollm2, rpc_worker, log_dir,
+                                        "agreeing-native")) as s:
         yield s
 
 
@@ -78,8 +72,8 @@ def _rig(name, target, native, drafter):
 
 
 @pytest.fixture(scope="session")
-def agreeing_rig(slow_target_server, slow_native_server, smollm2_server):
-    yield from _rig("agreeing", slow_target_server, slow_native_server, smollm2_server)
+def agreeing_rig(agreeing_target_server, agreeing_native_server, smollm2_server):
+    yield from _rig("agreeing", agreeing_target_server, agreeing_native_server, smollm2_server)
 
 
 @pytest.fixture(scope="session")

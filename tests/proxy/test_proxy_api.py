@@ -101,7 +101,7 @@ def test_concurrency_limit_answers_429(limited_proxy):
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=False) | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=8,
 )
@@ -137,7 +137,7 @@ def test_metrics_parse_and_stats_shape(partial_rig):
 
 # --- temperature > 0 -----------------------------------------------------------------------------
 
-SAMPLES = 120
+SAMPLES = 100
 ALPHA_Z = 3.09  # one-sided normal quantile for alpha = 0.001: about one false failure in 1000 runs
 
 
@@ -170,7 +170,7 @@ def two_sample_chi2(a: Counter, b: Counter) -> tuple[float, int]:
 
 def test_sampled_distribution_matches_the_targets(partial_rig):
     """Two tokens at temperature 1 (top_k 4): the joint distribution through the proxy path equals the
-    target's own sampling (two-sample chi-square, alpha 0.001, 120 samples each)."""
+    target's own sampling (two-sample chi-square, alpha 0.001, 100 samples each)."""
     body = {"prompt": "My favourite animal is the", "max_tokens": 2, "temperature": 1.0, "top_k": 4}
 
     def sample(url, headers):

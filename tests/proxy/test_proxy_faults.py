@@ -23,10 +23,10 @@ def reference(target) -> str:
     return r.json()["choices"][0]["text"]
 
 
-def test_drafter_killed_mid_stream_output_unchanged(llama_build, smollm2, log_dir, slow_target_server):
+def test_drafter_killed_mid_stream_output_unchanged(llama_build, smollm2, log_dir, agreeing_target_server):
     drafter = servers.start_llama_server(llama_build, smollm2, log_dir=log_dir, args=["-c", "1024"], name="doomed-drafter")
     try:
-        config = proxy_config(slow_target_server, [drafter], None, timeouts={"drafter_s": 2.0})
+        config = proxy_config(agreeing_target_server, [drafter], None, timeouts={"drafter_s": 2.0})
         with BackgroundProxy(config, token=TOKEN) as proxy:
             text, report, killed = "", None, False
             with httpx.stream("POST", proxy.url + "/v1/completions", json={**BODY, "stream": True},
@@ -42,20 +42,20 @@ def test_drafter_killed_mid_stream_output_unchanged(llama_build, smollm2, log_di
                         drafter.process.kill()  # abrupt: connections reset, no goodbye
                         killed = True
             assert killed
-            assert text == reference(slow_target_server)
+            assert text == reference(agreeing_target_server)
             assert any(f.startswith("drafter drafter0 failed") for f in report["fallbacks"]), report
             assert "no healthy drafter: continued on the target" in report["fallbacks"]
     finally:
         drafter.stop()
 
 
-def test_dead_drafter_among_several_is_skipped(slow_target_server, smollm2_server):
+def test_dead_drafter_among_several_is_skipped(agreeing_target_server, smollm2_server):
     dead = servers.RunningProcess("dead", process=None, port=servers.free_port(), log_path=None)  # nothing listens
-    config = proxy_config(slow_target_server, [dead, smollm2_server], None)
+    config = proxy_config(agreeing_target_server, [dead, smollm2_server], None)
     with BackgroundProxy(config, token=TOKEN) as proxy:
         r = httpx.post(proxy.url + "/v1/completions", json=BODY, headers=HEADERS, timeout=120)
         assert r.status_code == 200, r.text
-        assert r.json()["choices"][0]["text"] == reference(slow_target_server)
+        assert r.json()["choices"][0]["text"] == reference(agreeing_target_server)
         report = r.json()["llamafleet"]
         assert report["drafter"] == "drafter1" and report["drafted"] > 0
         drafters = httpx.get(proxy.url + "/stats", headers=HEADERS).json()["drafters"]
