@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from llamafleet.config.models import Inventory, OS, ServiceManager
+from llamafleet.config.models import Inventory, ServiceManager
 from llamafleet.deploys.facts.host_state import HostState, WindowsHostState, helper_source, state_spec
 from llamafleet.deploys.operations import drivers as driver_ops
 from llamafleet.deploys.operations import files as file_ops
@@ -115,6 +115,53 @@ def wait_spec(plan: HostPlan) -> dict:
     return {"http": http, "tcp": tcp, "timeout": 300, "logs": plan.path("supervisor", "logs")}
 
 
+# The deploy's steps, in order. pyinfra identifies an operation by its call site, and every planned
+# operation is called from the same line, so each step's fixed position here is what tells pyinfra
+# that calls on different hosts (with different sets of steps) are the same operation.
+STEPS = ("helper", "driver", "build", "models", "secrets", "proxy", "units", "services", "wait")
+
+
+@dataclass(frozen=True)
+class PlannedOperation:
+    """One pyinfra operation call: the deploy runs them in order; tests and drift can inspect them."""
+
+    step: str
+    name: str
+    operation: object  # a pyinfra @operation; ``operation._inner(**kwargs)`` yields its commands
+    kwargs: dict
+
+
+def planned_operations(plan: HostPlan, state: dict) -> list[PlannedOperation]:
+    """The operations (with their arguments) that bring the host from ``state`` to ``plan``."""
+    changes = host_changes(plan, state)
+    windows = plan.windows
+    seen = state.get("files", {})
+    helper = plan.helper_path
+    ops = [PlannedOperation("helper", "llamafleet helper script", file_ops.text_files, {
+        "files": {helper: (helper_source(_helper_name(plan)), "0755")}, "state_files": seen, "windows": windows})]
+    ops += [PlannedOperation("driver", name, op, kwargs) for name, op, kwargs in driver_ops.planned(plan, state)]
+    ops.append(PlannedOperation("build", f"llama.cpp {plan.build.build_id} ({plan.build.method})", llama_cpp.build, {
+        "helper": helper, "spec": build_spec(plan), "installed": state.get("install", {}), "windows": windows}))
+    ops.append(PlannedOperation("models", "model files", models.model_files, {
+        "helper": helper, "files": model_specs(plan), "models_state": state.get("models", {}),
+        "disk_free": state.get("disk_free", 0), "windows": windows}))
+    if plan.secrets and not windows:
+        ops.append(PlannedOperation("secrets", "secret files", secrets.token_files, {
+            "helper": helper, "secrets": [vars(s) for s in plan.secrets], "state_files": seen}))
+    if plan.proxy_services:
+        from llamafleet.deploys.operations import proxy
+
+        ops.append(PlannedOperation("proxy", "llamafleet proxy (wheel)", proxy.project, proxy.project_kwargs(plan, state)))
+    ops.append(PlannedOperation("units", "service units and configs", file_ops.text_files, {
+        "files": rendered_files(plan), "state_files": seen, "windows": windows}))
+    restart = unit_names(plan) if changes.build and changes.build.startswith("reinstall") else []
+    ops.append(_services(plan, state, changes, restart))
+    if changes.build or changes.units or changes.stopped or changes.models:
+        ops.append(PlannedOperation("wait", "services answer", readiness.wait_for_services, {
+            "helper": helper, "spec": wait_spec(plan), "windows": windows}))
+    return ops
+
+
 def deploy_host(host) -> HostChanges:
     """Queue the operations for ``host`` (the pyinfra host object of the running deploy)."""
     inventory = inventory_for(host)
@@ -124,51 +171,31 @@ def deploy_host(host) -> HostChanges:
     if state is None:
         raise UserError(f"hosts.{plan.name}: could not read the host's state "
                         f"({'PowerShell' if plan.windows else 'python3'} is required on the host)")
-    changes = host_changes(plan, state)
-    windows = plan.windows
-    seen = state.get("files", {})
-    helper = plan.helper_path
-
-    file_ops.text_files(name="llamafleet helper script", files={helper: (helper_source(_helper_name(plan)), "0755")},
-                        state_files=seen, windows=windows)
-    driver_ops.apply(plan, state)
-    llama_cpp.build(name=f"llama.cpp {plan.build.build_id} ({plan.build.method})", helper=helper,
-                    spec=build_spec(plan), installed=state.get("install", {}), windows=windows)
-    models.model_files(name="model files", helper=helper, files=model_specs(plan), models_state=state.get("models", {}),
-                       disk_free=state.get("disk_free", 0), windows=windows)
-    if plan.secrets and not windows:
-        secrets.token_files(name="secret files", helper=helper, secrets=[vars(s) for s in plan.secrets],
-                            state_files=seen)
-    if plan.proxy_services:
-        from llamafleet.deploys.operations import proxy
-
-        proxy.install_project(plan, state)
-    owned = rendered_files(plan)
-    file_ops.text_files(name="service units and configs", files=owned, state_files=seen, windows=windows)
-    restart = unit_names(plan) if changes.build and changes.build.startswith("reinstall") else []
-    _services(plan, state, changes, restart)
-    if changes.build or changes.units or changes.stopped or changes.models:
-        readiness.wait_for_services(name="services answer", helper=helper, spec=wait_spec(plan), windows=windows)
-    return changes
+    for planned in planned_operations(plan, state):
+        host.loop_position.append(STEPS.index(planned.step))
+        try:
+            planned.operation(name=planned.name, **planned.kwargs)
+        finally:
+            host.loop_position.pop()
+    return host_changes(plan, state)
 
 
-def _services(plan: HostPlan, state: dict, changes: HostChanges, restart: list[str]) -> None:
+def _services(plan: HostPlan, state: dict, changes: HostChanges, restart: list[str]) -> PlannedOperation:
     manager = plan.host.service_manager
     services = state.get("services", {})
     units = unit_names(plan)
     if manager is ServiceManager.supervisord:
-        supervisord.services(name="supervisord programs", conf=plan.supervisor_conf, programs=units,
-                             changed=changes.units, restart=restart,
-                             conf_changed=plan.supervisor_conf in changes.files,
-                             state=services.get("supervisord", {}))
-    elif manager is ServiceManager.systemd:
-        systemd.services(name="systemd units", units=[f"{u}.service" for u in units],
-                         changed=[f"{u}.service" for u in changes.units], restart=[f"{u}.service" for u in restart],
-                         state=services.get("systemd", {}))
-    elif manager is ServiceManager.launchd:
-        launchd.services(name="launchd daemons", plists={s.unit_name: plan.unit_path(s) for s in plan.services},
-                         changed=changes.units, restart=restart, state=services.get("launchd", {}))
-    else:
-        winsw.services(name="Windows services (WinSW)", install_dir=plan.host.install_dir,
-                       xml={s.unit_name: plan.unit_path(s) for s in plan.services},
-                       changed=changes.units, restart=restart, state=services.get("winsw", {}))
+        return PlannedOperation("services", "supervisord programs", supervisord.services, {
+            "conf": plan.supervisor_conf, "programs": units, "changed": changes.units, "restart": restart,
+            "conf_changed": plan.supervisor_conf in changes.files, "state": services.get("supervisord", {})})
+    if manager is ServiceManager.systemd:
+        return PlannedOperation("services", "systemd units", systemd.services, {
+            "units": [f"{u}.service" for u in units], "changed": [f"{u}.service" for u in changes.units],
+            "restart": [f"{u}.service" for u in restart], "state": services.get("systemd", {})})
+    if manager is ServiceManager.launchd:
+        return PlannedOperation("services", "launchd daemons", launchd.services, {
+            "plists": {s.unit_name: plan.unit_path(s) for s in plan.services}, "changed": changes.units,
+            "restart": restart, "state": services.get("launchd", {})})
+    return PlannedOperation("services", "Windows services (WinSW)", winsw.services, {
+        "install_dir": plan.host.install_dir, "xml": {s.unit_name: plan.unit_path(s) for s in plan.services},
+        "changed": changes.units, "restart": restart, "state": services.get("winsw", {})})

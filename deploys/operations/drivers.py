@@ -128,14 +128,15 @@ def check_macos(host_name: str, backend: Backend, declared: str | None, drivers:
         logger.warning(f"{host_name}: inventory says macOS {declared}, the host runs {parsed['version']}")
 
 
-def apply(plan, state: dict) -> None:
+def planned(plan, state: dict) -> list[tuple[str, object, dict]]:
+    """The driver operation for this host, if it pins one (macOS hosts are checked, not changed)."""
     host = plan.host
     drivers = state.get("drivers", {})
     if host.os is OS.macos:
         check_macos(plan.name, host.backend, host.macos_version, drivers)
     if host.driver is None:
-        return
-    driver(name=f"{host.driver.kind} driver {host.driver.version}", host_name=plan.name, kind=host.driver.kind,
-           version=host.driver.version, os_name=host.os.value, drivers=drivers, pending=state.get("driver_pending"),
-           os_release=state.get("os_release", {}), allow_reboot=host.allow_reboot, install_dir=host.install_dir,
-           mirror=plan.inventory.llama_cpp.mirror)
+        return []
+    return [(f"{host.driver.kind} driver {host.driver.version}", driver, {
+        "host_name": plan.name, "kind": host.driver.kind, "version": host.driver.version, "os_name": host.os.value,
+        "drivers": drivers, "pending": state.get("driver_pending"), "os_release": state.get("os_release", {}),
+        "allow_reboot": host.allow_reboot, "install_dir": host.install_dir, "mirror": plan.inventory.llama_cpp.mirror})]

@@ -86,8 +86,8 @@ def project(venv: str, downloads: str, record_path: str, state_files: dict):
     yield f"printf %s {shlex.quote(record)} > {shlex.quote(record_path)}"
 
 
-def install_project(plan, state: dict) -> None:
+def project_kwargs(plan, state: dict) -> dict:
     if plan.windows:
         raise UserError(f"hosts.{plan.name}: the proxy runs on Linux or macOS hosts")
-    project(name="llamafleet proxy (wheel)", venv=plan.venv, downloads=plan.path("downloads"),
-            record_path=plan.path("venv", "llamafleet-wheel.json"), state_files=state.get("files", {}))
+    return {"venv": plan.venv, "downloads": plan.path("downloads"),
+            "record_path": plan.path("venv", "llamafleet-wheel.json"), "state_files": state.get("files", {})}

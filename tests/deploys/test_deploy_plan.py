@@ -188,3 +188,54 @@ def test_host_changes_for_a_windows_host_from_its_state(seed):
     assert changes.stopped == ["llamafleet-desktop-drafter"]
     assert changes.build is not None  # the recorded binaries do not match the recorded hashes here
     assert plan.helper_path == "C:\\llamafleet\\lib\\lf_host.ps1" and plan.helper_path in changes.files
+
+
+def _fresh_state(plan) -> dict:
+    """A host with nothing installed (what the state script reports on first contact)."""
+    from llamafleet.deploys.operations import proxy
+    from llamafleet.deploys.operations.common import sha256_text
+
+    files = {}
+    if plan.proxy_services:  # an up-to-date venv, so the test does not build a wheel
+        files[plan.path("venv", "llamafleet-wheel.json")] = {"sha256": sha256_text(proxy.record_text())}
+    return {"install": {"current": None, "builds": [], "record": None, "version": None, "binaries": {}},
+            "models": {}, "files": files, "services": {}, "disk_free": 1 << 50, "driver_pending": None,
+            "drivers": {"sw_vers": "ProductName:\tmacOS\nProductVersion:\t15.3\nBuildVersion:\t24D60\n"},
+            "os_release": {"ID": "ubuntu", "ID_LIKE": "debian", "VERSION_CODENAME": "noble"}}
+
+
+def _commands(plan, state) -> list[str]:
+    from deploy_spec_runner import command_json
+    from llamafleet.deploys.deploy import planned_operations
+
+    out = []
+    for planned in planned_operations(plan, state):
+        out += [c if isinstance(c, str) else f"upload {c[2]}" for c in map(command_json, planned.operation._inner(**planned.kwargs))]
+    return out
+
+
+def test_first_deploy_of_the_seed_cluster_per_os(seed):
+    """Every seed host from nothing: the whole operation sequence renders, in its own OS's shell."""
+    windows = _commands(plan_host(seed, "desktop"), _fresh_state(plan_host(seed, "desktop")))
+    assert not any(c.startswith(("mkdir -p", "python3", "chmod", "supervisorctl", "systemctl")) for c in windows)
+    assert any(c.startswith("& 'C:\\llamafleet\\lib\\lf_host.ps1' install ") for c in windows)
+    assert "& 'C:\\llamafleet\\services\\llamafleet-desktop-rpc\\llamafleet-desktop-rpc.exe' install" in windows
+    assert any("Get-AuthenticodeSignature" in c for c in windows)  # the pinned NVIDIA driver
+
+    akiva = _commands(plan_host(seed, "akiva"), _fresh_state(plan_host(seed, "akiva")))
+    assert "DEBIAN_FRONTEND=noninteractive apt-get install -y -q amdgpu-dkms rocm" in akiva
+    assert any('"method": "source"' in c and "-DGGML_HIP=ON" in c for c in akiva)
+    assert akiva[-3:-1] == ["systemctl enable llamafleet-target.service", "systemctl restart llamafleet-target.service"]
+
+    mini = _commands(plan_host(seed, "mac-mini"), _fresh_state(plan_host(seed, "mac-mini")))
+    assert "launchctl bootstrap system /Library/LaunchDaemons/org.llamafleet.proxy.plist" in mini
+    assert "upload /usr/local/llamafleet/etc/proxy.json" in mini
+
+
+def test_macos_older_than_metals_minimum_is_refused(seed):
+    from llamafleet.deploys.deploy import planned_operations
+
+    state = _fresh_state(plan_host(seed, "m2-air"))
+    state["drivers"]["sw_vers"] = "ProductName:\tmacOS\nProductVersion:\t12.7.4\nBuildVersion:\t21H1123\n"
+    with pytest.raises(UserError, match=r"hosts.m2-air: macOS 12.7.4 is older than 13.3"):
+        planned_operations(plan_host(seed, "m2-air"), state)
