@@ -96,8 +96,9 @@ class WindowsHostState(FactBase):
         return None
 
     def command(self, spec: str) -> str:
-        quoted = "'" + spec.replace("'", "''") + "'"
-        return f"{inline_powershell(helper_source('lf_host.ps1'))} state {quoted}"
+        from llamafleet.deploys.operations.common import ps_b64
+
+        return f"{inline_powershell(helper_source('lf_host.ps1'))} state {ps_b64(json.loads(spec))}"
 
     def process(self, output):
         return json.loads("\n".join(output))

@@ -6,6 +6,7 @@ Operations never read the host themselves: they get the slice of the one :mod:`H
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import ntpath
@@ -50,5 +51,11 @@ def helper_command(helper: str, verb: str, spec: dict) -> str:
     return f"python3 {shlex.quote(helper)} {verb} {shlex.quote(json.dumps(spec, sort_keys=True))}"
 
 
+def ps_b64(spec: dict) -> str:
+    """JSON as base64: Windows OpenSSH hands the command to ``powershell -c``, whose command-line
+    parsing strips double quotes, so Windows commands carry no double quotes at all."""
+    return base64.b64encode(json.dumps(spec, sort_keys=True).encode()).decode()
+
+
 def ps_helper_command(helper: str, verb: str, spec: dict) -> str:
-    return f"& {ps_quote(helper)} {verb} {ps_quote(json.dumps(spec, sort_keys=True))}"
+    return f"& {ps_quote(helper)} {verb} {ps_b64(spec)}"

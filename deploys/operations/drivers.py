@@ -78,15 +78,16 @@ def windows_install_commands(version: str, mirror: str | None, install_dir: str)
             f"$s = Get-AuthenticodeSignature {ps_quote(path)}; if ($s.Status -ne 'Valid' -or "
             f"$s.SignerCertificate.Subject -notmatch 'NVIDIA Corporation') {{ throw 'llamafleet: {installer} is not signed by NVIDIA' }}",
             f"$p = Start-Process -Wait -PassThru -FilePath {ps_quote(path)} -ArgumentList '-s','-noreboot','-noeula'; "
-            f"if ($p.ExitCode -ne 0) {{ throw \"llamafleet: NVIDIA installer exited with $($p.ExitCode)\" }}"]
+            "if ($p.ExitCode -ne 0) { throw ('llamafleet: NVIDIA installer exited with ' + $p.ExitCode) }"]
 
 
 def marker_commands(windows: bool, install_dir: str, kind: str, version: str) -> list[str]:
     body = json.dumps({"kind": kind, "version": version})
-    if windows:
+    if windows:  # no double quotes in Windows commands (see common.ps_b64)
         folder = install_dir + "\\state"
         return [f"New-Item -ItemType Directory -Force -Path {ps_quote(folder)} | Out-Null",
-                f"Set-Content -Path {ps_quote(folder + chr(92) + 'driver-pending.json')} -Value {ps_quote(body)}"]
+                f"@{{kind={ps_quote(kind)}; version={ps_quote(version)}}} | ConvertTo-Json -Compress | "
+                f"Set-Content -Path {ps_quote(folder + chr(92) + 'driver-pending.json')}"]
     return [f"mkdir -p {shlex.quote(install_dir + '/state')}",
             f"printf %s {shlex.quote(body)} > {shlex.quote(install_dir + '/state/driver-pending.json')}"]
 

@@ -1,5 +1,5 @@
 # llamafleet's helper on Windows hosts (Windows PowerShell 5.1 or PowerShell 7), driven over OpenSSH.
-# The same verbs and JSON as lf_host.py on POSIX hosts:
+# The same verbs and JSON (here base64-encoded) as lf_host.py on POSIX hosts:
 #   state SPEC_JSON     the host's whole state as one JSON document (run inline by WindowsHostState)
 #   fetch SPEC_JSON     resumable download (HTTP Range), sha256 check, atomic rename, verified stamp
 #   install SPEC_JSON   install a llama.cpp release .zip (or source build) and switch `current`
@@ -231,7 +231,11 @@ function Get-State($Spec) {
     } | ConvertTo-Json -Depth 6 -Compress
 }
 
-try { $spec = $SpecJson | ConvertFrom-Json } catch { Fail "bad JSON argument: $_" }
+# The deploy sends the JSON base64-encoded (Windows OpenSSH's `powershell -c` strips double quotes).
+try {
+    $json = if ($SpecJson.TrimStart().StartsWith('{')) { $SpecJson } else { [Text.Encoding]::UTF8.GetString([Convert]::FromBase64String($SpecJson)) }
+    $spec = $json | ConvertFrom-Json
+} catch { Fail "bad JSON argument: $_" }
 switch ($Verb) {
     'state' { Get-State $spec }
     'fetch' { "llamafleet: $(Invoke-Fetch $spec)" }

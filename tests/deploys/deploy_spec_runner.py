@@ -4,11 +4,16 @@ pyinfra-testing itself imports ``pyinfra_cli``, which monkey-patches the whole t
 gevent; that would change every other test in the session, so the same format is run here directly.
 Operation spec: ``args``/``kwargs`` in, ``commands`` out (or ``exception: {name, message}``).
 Fact spec: ``arg`` in, ``command`` (optional) and ``output`` -> ``fact``.
+In expected commands, ``B64(<json>)`` stands for that JSON as the deploy base64-encodes it for
+Windows (compact, sorted keys), so the specs stay readable.
 """
 
 from __future__ import annotations
 
+import base64
 import importlib
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -42,6 +47,13 @@ def resolve(kind: str, dotted: str):
     return getattr(importlib.import_module(f"llamafleet.deploys.{kind}.{module}"), attr)
 
 
+def expand_b64(command):
+    if not isinstance(command, str):
+        return command
+    return re.sub(r"B64\((\{.*\})\)", lambda m: base64.b64encode(
+        json.dumps(json.loads(m.group(1)), sort_keys=True).encode()).decode(), command)
+
+
 def run_operation_spec(dotted: str, spec: dict) -> None:
     op = resolve("operations", dotted)
     args, kwargs = spec.get("args", []), spec.get("kwargs", {})
@@ -52,7 +64,7 @@ def run_operation_spec(dotted: str, spec: dict) -> None:
         assert spec["exception"]["message"] in str(info.value)
         return
     got = [command_json(c) for c in op._inner(*args, **kwargs)]
-    assert got == spec["commands"]
+    assert got == [expand_b64(c) for c in spec["commands"]]
 
 
 def run_fact_spec(dotted: str, spec: dict) -> None:

@@ -218,6 +218,7 @@ def test_first_deploy_of_the_seed_cluster_per_os(seed):
     """Every seed host from nothing: the whole operation sequence renders, in its own OS's shell."""
     windows = _commands(plan_host(seed, "desktop"), _fresh_state(plan_host(seed, "desktop")))
     assert not any(c.startswith(("mkdir -p", "python3", "chmod", "supervisorctl", "systemctl")) for c in windows)
+    assert not any('"' in c for c in windows)  # Windows OpenSSH's powershell -c strips double quotes
     assert any(c.startswith("& 'C:\\llamafleet\\lib\\lf_host.ps1' install ") for c in windows)
     assert "& 'C:\\llamafleet\\services\\llamafleet-desktop-rpc\\llamafleet-desktop-rpc.exe' install" in windows
     assert any("Get-AuthenticodeSignature" in c for c in windows)  # the pinned NVIDIA driver
