@@ -10,6 +10,7 @@ import json
 import os
 from importlib import metadata
 import shlex
+import shutil
 import subprocess
 import sys
 from functools import lru_cache
@@ -51,6 +52,8 @@ def build_wheel() -> Path:
     out = cache_root() / "wheels" / source_hash()[:16]
     wheels = sorted(out.glob("llamafleet-*.whl"))
     if not wheels:
+        for old in out.parent.glob("*") if out.parent.exists() else []:  # keep one wheel, not one per edit
+            shutil.rmtree(old, ignore_errors=True)
         out.mkdir(parents=True, exist_ok=True)
         proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(root)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
