@@ -13,6 +13,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -52,8 +53,10 @@ def build_wheel() -> Path:
     out = cache_root() / "wheels" / source_hash()[:16]
     wheels = sorted(out.glob("llamafleet-*.whl"))
     if not wheels:
-        for old in out.parent.glob("*") if out.parent.exists() else []:  # keep one wheel, not one per edit
-            shutil.rmtree(old, ignore_errors=True)
+        # Keep the cache from growing by one wheel per edit; an hour's grace for concurrent deploys.
+        for old in out.parent.glob("*") if out.parent.exists() else []:
+            if time.time() - old.stat().st_mtime > 3600:
+                shutil.rmtree(old, ignore_errors=True)
         out.mkdir(parents=True, exist_ok=True)
         proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(root)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
