@@ -4,8 +4,16 @@ Per host: one state fact, then only the operations whose commands differ from th
 run changes nothing. See docs/deploys.md.
 """
 
+import sys
+
 from pyinfra import host
 
 from llamafleet.deploys.deploy import deploy_host
+from llamafleet.errors import UserError
 
-deploy_host(host)
+try:
+    deploy_host(host)
+except UserError as err:
+    # SystemExit passes through pyinfra's exec wrapper: one clear line and exit 1, no traceback.
+    print(f"llamafleet deploy: {err}", file=sys.stderr)
+    raise SystemExit(1)

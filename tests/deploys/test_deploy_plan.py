@@ -240,3 +240,17 @@ def test_macos_older_than_metals_minimum_is_refused(seed):
     state["drivers"]["sw_vers"] = "ProductName:\tmacOS\nProductVersion:\t12.7.4\nBuildVersion:\t21H1123\n"
     with pytest.raises(UserError, match=r"hosts.m2-air: macOS 12.7.4 is older than 13.3"):
         planned_operations(plan_host(seed, "m2-air"), state)
+
+
+def test_a_deploy_time_error_is_one_clear_line_not_a_traceback():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LLAMAFLEET_INVENTORY": str(SEED)}
+    result = subprocess.run([str(Path(sys.executable).with_name("pyinfra")), "@local", "deploys/cluster.py", "--dry",
+                             "--data", "llamafleet_host=nosuch"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "llamafleet deploy: host 'nosuch' is not in the inventory (hosts: akiva, desktop, mac-mini, m2-air)" \
+        in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
