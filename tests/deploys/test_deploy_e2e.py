@@ -188,6 +188,14 @@ def test_services_run_under_supervisord_and_answer(deployed):
     status = subprocess.run(["supervisorctl", "-c", str(deployed["roots"]["beta"] / "supervisor" / "supervisord.conf"),
                              "status"], capture_output=True, text=True)
     assert "llamafleet-rpc" in status.stdout and "RUNNING" in status.stdout
+    # ggml-rpc-server listens on its declared address only, never on a wildcard.
+    rpc = inventory.services["rpc"]
+    listening = json.loads(subprocess.run(
+        [sys.executable, str(ROOT / "deploys" / "scripts" / "lf_host.py"), "state",
+         json.dumps({"install_dir": str(deployed["roots"]["beta"]), "models_dir": str(deployed["roots"]["beta"])})],
+        capture_output=True, text=True).stdout)["listening"]
+    assert f"{rpc.bind}:{rpc.port}" in listening
+    assert not {f"0.0.0.0:{rpc.port}", f":::{rpc.port}"} & set(listening)
     # The target really speculates with the draft on beta's RPC worker.
     body = json.dumps({"prompt": "The capital of France is", "n_predict": 16, "temperature": 0}).encode()
     request = urllib.request.Request(f"{service_url(inventory, 'target')}/completion", data=body,
