@@ -134,10 +134,6 @@ class HostPlan:
         return (ntpath if self.windows else posixpath).join(self.host.install_dir, *parts)
 
     @property
-    def bin_dir(self) -> str:
-        return self.path("builds", self.build.build_id)
-
-    @property
     def helper_path(self) -> str:
         return self.path("lib", "lf_host.ps1" if self.windows else "lf_host.py")
 
@@ -165,10 +161,6 @@ class HostPlan:
 
     def proxy_config_path(self, service: str) -> str:
         return self.path("etc", f"{service}.json")
-
-    @property
-    def needs_rpc_server(self) -> bool:
-        return any(s.role == "rpc-worker" for s in self.services)
 
 
 def _artifact_url(inventory: Inventory, url: str | None, file: str, what: str) -> str:
