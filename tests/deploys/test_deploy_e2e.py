@@ -229,7 +229,7 @@ def test_systemd_units_for_these_hosts_pass_systemd_analyze(deployed, tmp_path):
     binaries and models the deploy installed."""
     inventory = deployed["inventory"]
     units = []
-    for name in ("alpha", "beta"):
+    for name in ("alpha", "beta", "gamma"):
         plan = plan_host(inventory, name)
         for svc in plan.services:
             unit = tmp_path / f"{svc.unit_name}.service"
