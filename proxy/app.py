@@ -230,11 +230,18 @@ class _Run:
     def __init__(self, state: ProxyState, job: Job, mode: str, chat: bool, body: api._Body):
         self.state, self.job, self.mode, self.chat, self.body = state, job, mode, chat, body
         self.report = Report(path=mode)
-        self.text = TextAssembler(list(job.stop), state.target.detokenize)
+        self.text = TextAssembler(list(job.stop), self._detokenize)
         self.rid = api.new_id("chatcmpl" if chat else "cmpl")
         self.model = state.config.model_name
         self.finish = "length"
         self.started = time.perf_counter()
+
+    async def _detokenize(self, tokens: list[int]) -> str:
+        t0 = time.perf_counter()
+        try:
+            return await self.state.target.detokenize(tokens)
+        finally:
+            self.report.detokenize_ms += (time.perf_counter() - t0) * 1000
 
     async def _pieces(self):
         """(text to send, done) per engine piece; stops the engine as soon as the text is finished."""
@@ -243,9 +250,10 @@ class _Run:
         async with contextlib.aclosing(self.state.engine.generate(self.job, self.mode, self.report)) as pieces:
             async for piece in pieces:
                 final = piece.finish is not None
-                t0 = time.perf_counter()
+                t0, detokenizing = time.perf_counter(), self.report.detokenize_ms
                 new = await self.text.add(piece, final)
-                self.report.own_ms += (time.perf_counter() - t0) * 1000
+                spent = (time.perf_counter() - t0) * 1000 - (self.report.detokenize_ms - detokenizing)
+                self.report.own_ms += spent
                 if self.text.stopped or piece.finish in ("eos", "stop"):
                     self.finish = "stop"
                 yield new

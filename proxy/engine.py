@@ -8,6 +8,7 @@ tokens emitted so far.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import AsyncIterator, Callable
 
@@ -63,27 +64,34 @@ class Engine:
         for path, limit, probe in segments:
             budget = remaining if limit is None else min(limit, remaining)
             started, produced, finished = self.clock(), 0, False
-            async for piece in self._run(path, job, context, budget, report, greedy):
-                context += piece.tokens
-                produced += len(piece.tokens)
-                remaining -= len(piece.tokens)
-                finished = piece.finish in ("eos", "stop") or remaining <= 0
-                piece.finish = piece.finish if finished else None  # a probe's budget is not the job's
-                yield piece
-                if finished:
-                    break
-            seconds = self.clock() - started
-            last = report.segments[-1] if report.segments else {}
-            decode = last.get("decode_seconds") if last.get("path") == path else None
-            self.controller.observe_segment(path, greedy, produced, seconds, probe, decode_seconds=decode)
-            if probe:
-                self.controller.probe_finished(path, greedy, self.max_width)
+            try:
+                async with contextlib.aclosing(self._run(path, job, context, budget, report, greedy)) as pieces:
+                    async for piece in pieces:
+                        context += piece.tokens
+                        produced += len(piece.tokens)
+                        remaining -= len(piece.tokens)
+                        finished = piece.finish in ("eos", "stop") or remaining <= 0
+                        piece.finish = piece.finish if finished else None  # a probe's budget is not the job's
+                        yield piece
+                        if finished:
+                            break
+            finally:
+                # Also when the consumer stops early (a stop sequence, a client gone): the time still counts.
+                self._observe(path, greedy, produced, self.clock() - started, probe, report)
             if finished or remaining <= 0:
                 return
         # A proxy segment stops early only when no drafter is left: the target finishes the job.
         report.fallbacks.append("no healthy drafter: continued on the target")
-        async for piece in self._run("direct", job, context, remaining, report, greedy):
-            yield piece
+        async with contextlib.aclosing(self._run("direct", job, context, remaining, report, greedy)) as pieces:
+            async for piece in pieces:
+                yield piece
+
+    def _observe(self, path: str, greedy: bool, tokens: int, seconds: float, probe: bool, report: Report) -> None:
+        last = report.segments[-1] if report.segments else {}
+        decode = last.get("decode_seconds") if last.get("path") == path else None
+        self.controller.observe_segment(path, greedy, tokens, seconds, probe, decode_seconds=decode)
+        if probe:
+            self.controller.probe_finished(path, greedy, self.max_width)
 
     def _run(self, path: str, job: Job, context: list[int], budget: int, report: Report, greedy: bool) -> AsyncIterator[Piece]:
         if path == "proxy":

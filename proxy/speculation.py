@@ -44,7 +44,8 @@ class Report:
     target_tokens_evaluated: int = 0
     draft_ms: float = 0.0
     verify_ms: float = 0.0
-    own_ms: float = 0.0  # the proxy's own time between upstream calls (rounds' bookkeeping, text assembly)
+    own_ms: float = 0.0  # the proxy's own code between upstream calls (round bookkeeping, text assembly)
+    detokenize_ms: float = 0.0  # the target's /detokenize calls for proxy-path text
     draft_lengths: list[int] = field(default_factory=list)
     drafter: str | None = None
     segments: list[dict] = field(default_factory=list)
@@ -62,6 +63,7 @@ class Report:
         out["verify_ms"] = round(self.verify_ms, 3)
         out["own_ms"] = round(self.own_ms, 3)
         out["own_ms_per_round"] = round(self.own_ms / self.rounds, 4) if self.rounds else None
+        out["detokenize_ms"] = round(self.detokenize_ms, 3)
         return out
 
 

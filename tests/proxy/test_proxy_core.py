@@ -5,6 +5,7 @@ the real-server tests are in test_proxy_exactness.py and friends."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -162,3 +163,19 @@ def test_sampled_requests_report_the_exact_method():
     _, report, _ = collect(make_engine(target, [drafter]), Job(prompt=PROMPT, max_tokens=8,
                            sampling=Sampling(temperature=0.7, seed=3)), "proxy")
     assert "exact" in report.sampling_method
+
+
+def test_controller_learns_from_requests_the_consumer_stops_early():
+    """A client that stops reading (stop sequence, disconnect) still leaves its timing with the controller."""
+    target, drafter = FakeModel("target"), FakeModel("drafter")
+    engine = make_engine(target, [drafter])
+
+    async def first_piece_only():
+        async with contextlib.aclosing(engine.generate(Job(prompt=PROMPT, max_tokens=30, stream=True), "direct",
+                                                       Report(path="direct"))) as pieces:
+            async for _ in pieces:
+                return
+
+    asyncio.run(first_piece_only())
+    assert engine.controller.generation_seconds > 0
+    assert engine.controller.speeds[("direct", True)].samples == 1
