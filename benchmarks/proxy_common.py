@@ -76,6 +76,17 @@ def timed(client: httpx.Client, url: str, body: dict, headers: dict | None = Non
             "report": data.get("llamafleet")}
 
 
+def wait_idle(client: httpx.Client, *urls: str, timeout: float = 60.0) -> None:
+    """Wait until no slot of these llama-servers is busy, so one system's leftover work (Tightwad
+    keeps generating past max_tokens) is never billed to the next measurement."""
+    deadline = time.monotonic() + timeout
+    for url in urls:
+        while time.monotonic() < deadline:
+            if not any(slot.get("is_processing") for slot in client.get(url + "/slots").json()):
+                break
+            time.sleep(0.05)
+
+
 def rate(results: list[dict]) -> float:
     return sum(r["tokens"] for r in results) / sum(r["seconds"] for r in results)
 

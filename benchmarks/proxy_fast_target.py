@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from proxy_common import PROMPTS, dump, log_dir, rate, start, start_llamafleet, start_native, timed, write_section
+from proxy_common import PROMPTS, dump, log_dir, rate, start, start_llamafleet, start_native, timed, wait_idle, write_section
 from llamafleet.bench.tightwad import running_tightwad, tightwad_python, tightwad_version
 from llamafleet.rig import cache
 
@@ -40,10 +40,14 @@ def main() -> None:
         with httpx.Client(timeout=600) as client:
             for p in PROMPTS:  # warm the target's cache for every prompt (auto's own learning is NOT pre-warmed)
                 timed(client, target.url, body(p))
+            idle = lambda: wait_idle(client, target.url, drafter.url, native.url)  # noqa: E731
             for _ in range(REPS):
                 for p in PROMPTS:
+                    idle()
                     runs["direct"].append(timed(client, target.url, body(p)))
+                    idle()
                     runs["auto"].append(timed(client, proxy.url, body(p), auth))
+                    idle()
                     t = timed(client, tightwad.url, body(p))
                     # Tightwad reports completion_tokens as asked; count what it really returned.
                     real = len(client.post(target.url + "/tokenize", json={"content": t["text"]}).json()["tokens"])
@@ -53,20 +57,21 @@ def main() -> None:
         version = tightwad_version(python)
     exact = sum(a["text"] == d["text"] for a, d in zip(runs["auto"], runs["direct"]))
     tw_exact = sum(t["text"] == d["text"] for t, d in zip(runs["tightwad"], runs["direct"]))
+    tw_prefix = sum(t["text"].startswith(d["text"]) for t, d in zip(runs["tightwad"], runs["direct"]))
     figures = {
         "auto_ratio": rate(runs["auto"]) / rate(runs["direct"]),
         "tightwad_ratio": rate(runs["tightwad"]) / rate(runs["direct"]),
         "direct_tok_s": rate(runs["direct"]), "auto_tok_s": rate(runs["auto"]), "tightwad_tok_s": rate(runs["tightwad"]),
         "auto_identical": f"{exact}/{len(runs['auto'])}", "tightwad_identical": f"{tw_exact}/{len(runs['tightwad'])}",
-        "tightwad_over_max_tokens": over_limit, "tightwad_version": version,
+        "tightwad_over_max_tokens": over_limit, "tightwad_starts_with_direct": f"{tw_prefix}/{len(runs['tightwad'])}", "tightwad_version": version,
         "auto_paths": stats["requests"], "controller": stats["controller"],
     }
     print(dump(figures))
     write_section("proxy_fast_target", "python benchmarks/proxy_fast_target.py", f"""
 Target and drafter: SmolLM2-135M Q4_1, one thread each (target `-np {DRAFT_MAX + 1}`); native: the same target
 with the draft on a ggml-rpc-server. {len(PROMPTS)} prompts x {REPS}, {MAX_TOKENS} tokens, temperature 0, interleaved
-direct / llamafleet auto / Tightwad {version} (`max_draft_tokens` {DRAFT_MAX}). auto starts cold: its probes of native and
-proxy are inside the measurement.
+direct / llamafleet auto / Tightwad {version} (`max_draft_tokens` {DRAFT_MAX}), each request started only when every
+server's slots are idle. auto starts cold: its probes of native and proxy are inside the measurement.
 
 | | tok/s | ratio to direct | output identical to direct |
 |---|---|---|---|
@@ -75,7 +80,8 @@ proxy are inside the measurement.
 | Tightwad {version} proxy | {figures['tightwad_tok_s']:.1f} | **{figures['tightwad_ratio']:.3f}x** | {figures['tightwad_identical']} |
 
 Tightwad returned more than `max_tokens` on {over_limit} of {len(runs['tightwad'])} requests (only the `max_tokens` the client
-asked for are counted; the text beyond them is a bug, not output). auto's paths: `{stats['requests']}`; probe time fraction
+asked for are counted; the text beyond them is a bug, not output); its text began with direct's on
+{figures['tightwad_starts_with_direct']}. auto's paths: `{stats['requests']}`; probe time fraction
 {stats['controller']['probe_time_fraction']}; measured seconds per token:
 `{stats['controller']['seconds_per_token']['greedy']}`.
 """)

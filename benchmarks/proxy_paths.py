@@ -12,7 +12,7 @@ from contextlib import ExitStack
 
 import httpx
 
-from proxy_common import PROMPTS, dump, rate, start, start_llamafleet, start_native, timed, write_section
+from proxy_common import PROMPTS, dump, rate, start, start_llamafleet, start_native, timed, wait_idle, write_section
 from llamafleet.rig import cache, models
 
 MAX_TOKENS = 48
@@ -34,8 +34,10 @@ def measure(pair: str, target_model, smol) -> dict:
                 timed(client, target.url, body(p))
                 timed(client, native.url, body(p))
             for p in PROMPTS:  # interleaved per prompt
+                wait_idle(client, target.url, drafter.url, native.url)
                 runs["llama-server"].append(timed(client, target.url, body(p)))
                 for mode in MODES:
+                    wait_idle(client, target.url, drafter.url, native.url)
                     runs[mode].append(timed(client, proxy.url, body(p), {**auth, "X-Llamafleet-Mode": mode}))
     base = rate(runs["llama-server"])
     out = {}

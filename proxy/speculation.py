@@ -12,6 +12,7 @@ the tokens before it: the output distribution is the target's, by construction.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass, field
 from typing import AsyncIterator, Callable
@@ -157,15 +158,16 @@ class Paths:
         report.segments.append(segment)
         pieces = [await backend.complete(context, budget, job.sampling, list(job.stop))] if not job.stream else None
         source = _iterate(pieces) if pieces is not None else backend.stream(context, budget, job.sampling, list(job.stop))
-        async for piece in source:
-            produced += len(piece.tokens)
-            if piece.finish:
-                _account_passthrough(report, piece.timings)
-                if piece.timings.get("predicted_ms"):
-                    # The server's own decode time: what the controller compares (prompt time excluded).
-                    segment["decode_seconds"] = float(piece.timings["predicted_ms"]) / 1000
-            segment.update(tokens=produced, seconds=self.clock() - started)
-            yield piece
+        async with contextlib.aclosing(source):  # a client that stops reading ends the upstream call now
+            async for piece in source:
+                produced += len(piece.tokens)
+                if piece.finish:
+                    _account_passthrough(report, piece.timings)
+                    if piece.timings.get("predicted_ms"):
+                        # The server's own decode time: what the controller compares (prompt time excluded).
+                        segment["decode_seconds"] = float(piece.timings["predicted_ms"]) / 1000
+                segment.update(tokens=produced, seconds=self.clock() - started)
+                yield piece
 
     async def speculate(self, job: Job, context: list[int], budget: int, draft_len: int, report: Report,
                         on_round: Callable[[int, float, int, bool], None] | None = None) -> AsyncIterator[Piece]:
