@@ -185,11 +185,15 @@ class Doctor:
             return [Finding(svc.host, f"health {name}", Severity.error, "answers /health", f"no answer: {err}",
                             hint=f"start the service (llamafleet drift shows whether {name} runs on {svc.host})")]
         if health.status != 200:
-            status = (health.body or {}).get("error", {}).get("message", "") if isinstance(health.body, dict) else ""
-            return [Finding(svc.host, f"health {name}", Severity.fail, "200 ok", f"HTTP {health.status} {status}".strip(),
+            return [Finding(svc.host, f"health {name}", Severity.fail, "200 ok",
+                            f"HTTP {health.status} {_error_message(health.body)}".strip(),
                             hint="a 503 means the model is still loading; otherwise read the service's log")]
         findings = [Finding(svc.host, f"health {name}", Severity.ok, "200 ok", "200 ok")]
-        props = self.http.request(base + "/props")
+        try:
+            props = self.http.request(base + "/props")
+        except Unreachable as err:  # it answered /health a moment ago: it stopped or hung since
+            findings.append(Finding(svc.host, f"props {name}", Severity.error, "/props as JSON", f"no answer: {err}"))
+            return findings
         if props.status != 200 or not isinstance(props.body, dict):
             findings.append(Finding(svc.host, f"props {name}", Severity.fail, "/props as JSON", f"HTTP {props.status}",
                                     hint="is this port really llama-server at the pinned build?"))
@@ -331,30 +335,57 @@ class Doctor:
     # rpc workers: declared address only
 
     def check_rpc_worker(self, name: str, svc: RpcWorkerService) -> list[Finding]:
+        """ggml-rpc-server serves one client at a time and queues at most two more, so a worker
+        whose target holds it accepts no new connection at all: "no answer" then means busy."""
         address = service_address(self.inv, svc.bind, svc.host)
         if address is None:
             return [_not_from_here(svc.host, f"rpc listens {name}", svc.bind)]
-        timeout = self.http.timeout
-        works = _tcp_connects(address, svc.port, timeout)
-        findings = [Finding(svc.host, f"rpc listens {name}", Severity.ok if works is True else Severity.error,
-                            f"accepts on {address}:{svc.port}", "accepts" if works is True else str(works),
-                            hint="" if works is True else f"start {name} on {svc.host}")]
-        others = other_addresses(self.inv.hosts[svc.host], svc.bind)
+        return [self._rpc_listens(name, svc, address), self._rpc_exposure(name, svc)]
+
+    def _rpc_listens(self, name: str, svc: RpcWorkerService, address: str) -> Finding:
+        check, expected = f"rpc listens {name}", f"accepts on {address}:{svc.port}"
+        probe = tcp_probe(address, svc.port, self.http.timeout)
+        if probe == ACCEPTS:
+            return Finding(svc.host, check, Severity.ok, expected, probe)
+        holders = [t for t in self.targets_using(name) if t in self.props]
+        if probe == NO_ANSWER and holders:
+            return Finding(svc.host, check, Severity.ok, expected,
+                           f"busy: held by {', '.join(holders)}, which answers (one client at a time)")
+        return Finding(svc.host, check, Severity.error, expected, probe,
+                       hint=f"start the rpc-worker {name} on {svc.host}, listening on {svc.bind}")
+
+    def _rpc_exposure(self, name: str, svc: RpcWorkerService) -> Finding:
+        check = f"rpc exposure {name}"
+        host = self.inv.hosts[svc.host]
+        others = other_addresses(host, svc.bind)
         if not others:
-            findings.append(Finding(svc.host, f"rpc exposure {name}", Severity.skipped, actual="no other address known",
-                                    hint=f"list the host's other addresses under hosts.{svc.host}.addresses"))
-            return findings
-        open_elsewhere = [a for a in others if _tcp_connects(a, svc.port, timeout) is True]
-        findings.append(Finding(
-            svc.host, f"rpc exposure {name}", Severity.fail if open_elsewhere else Severity.ok,
-            f"refused on {', '.join(others)}", f"accepts on {', '.join(open_elsewhere)}" if open_elsewhere else "refused",
-            hint=f"ggml-rpc-server must run with -H {svc.bind}; anyone who reaches it can run code on its device"
-            if open_elsewhere else "",
-        ))
-        return findings
+            return Finding(svc.host, check, Severity.skipped, actual="no other address known",
+                           hint=f"list the host's other addresses under hosts.{svc.host}.addresses")
+        probes = {a: tcp_probe(a, svc.port, self.http.timeout) for a in others}
+        # Nothing listening on a local address refuses at once; silence there is a busy listener.
+        # A remote address that stays silent is filtered on the way, which is not exposure from here.
+        busy_counts = host_is_this_machine(host)
+        exposed = [a for a, p in probes.items() if p == ACCEPTS or (p == NO_ANSWER and busy_counts)]
+        if exposed:
+            return Finding(svc.host, check, Severity.fail, f"refused on {', '.join(others)}",
+                           "; ".join(f"{probes[a]} on {a}" for a in exposed),
+                           hint=f"ggml-rpc-server must run with -H {svc.bind}; anyone who reaches it can run code "
+                                "on its device")
+        return Finding(svc.host, check, Severity.ok, f"refused on {', '.join(others)}",
+                       "; ".join(f"{p} on {a}" for a, p in probes.items()))
+
+    def targets_using(self, worker: str) -> list[str]:
+        return [n for n, s in self.inv.services.items() if isinstance(s, TargetService)
+                and (worker in s.rpc_workers or (s.native_draft and s.native_draft.rpc_worker == worker))]
 
 
 _VOCAB_HINT = "the draft must use the target's tokenizer: place a draft model of the same family and vocabulary"
+
+
+def _error_message(body: Any) -> str:
+    """llama-server's error envelope is {"error": {"message": ...}}; anything else says nothing."""
+    error = body.get("error") if isinstance(body, dict) else None
+    return str(error.get("message", "")) if isinstance(error, dict) else ""
 
 
 def _ids(ids: list[int]) -> str:
@@ -382,11 +413,18 @@ def _token_from_auth(svc: ProxyService) -> str | None:
     return None
 
 
-def _tcp_connects(address: str, port: int, timeout: float) -> bool | str:
-    """True when a TCP connection opens; otherwise why not."""
+ACCEPTS, REFUSED, NO_ANSWER = "accepts", "refused", "no answer"
+
+
+def tcp_probe(address: str, port: int, timeout: float) -> str:
+    """Whether a TCP connection opens: ACCEPTS, REFUSED, NO_ANSWER (timed out), or the error."""
     try:
         with socket.create_connection((address, port), timeout=timeout):
-            return True
+            return ACCEPTS
+    except TimeoutError:
+        return NO_ANSWER
+    except ConnectionRefusedError:
+        return REFUSED
     except OSError as err:
         return err.strerror or type(err).__name__
 

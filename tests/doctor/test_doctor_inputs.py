@@ -38,3 +38,16 @@ def test_limit_to_a_group_checks_only_its_hosts(tmp_path, capsys):
     assert main(["doctor", str(inventory), "--limit", "targets", "--json"]) == 1
     out = capsys.readouterr().out
     assert '"host": "box"' in out and '"check": "health target"' in out
+
+
+def test_a_build_without_git_metadata_gets_an_explaining_hint(tmp_path):
+    """What a llama.cpp source tree without git metadata reports (FACTS: b0-unknown) against the pin."""
+    from llamafleet.config import load_inventory
+    from llamafleet.doctor import Doctor, Http, expectation
+
+    inventory = load_inventory(write_inventory(tmp_path, SERVICES))
+    doctor = Doctor(inventory, http=Http(1), expect=expectation(inventory, None), proxy_token=None)
+    finding = doctor._build_finding("target", inventory.services["target"], "b0-unknown")
+    assert (finding.severity.value, finding.expected, finding.actual) == ("fail", "b11434-* (pin b11434)", "b0-unknown")
+    assert "-DLLAMA_BUILD_NUMBER=11434" in finding.hint and "--expect-build-info" in finding.hint
+    assert doctor._build_finding("target", inventory.services["target"], "b11434-3f2a1c9").severity.value == "ok"
