@@ -270,9 +270,9 @@ def check_binaries(bin_dir, spec):
     line = version_output(bin_dir)
     number = reported_build(line)
     pinned = int(spec["build"].lstrip("b"))
-    # Build 0 is what a tree without git metadata reports; the record keeps that line, so later
-    # checks compare the binary against the record rather than trusting the number.
-    if number not in (pinned, 0):
+    # Source builds pass -DLLAMA_BUILD_NUMBER and release archives carry their tag, so anything
+    # else (including "build 0", a tree built without git metadata) is not the pinned build.
+    if number != pinned:
         raise Failure("%s reports %r but the pin is %s" % (spec["artifacts"][0]["file"], line, spec["build"]), code=3)
     return line, number
 
