@@ -76,7 +76,7 @@ def timed(client: httpx.Client, url: str, body: dict, headers: dict | None = Non
             "report": data.get("llamafleet")}
 
 
-def wait_idle(client: httpx.Client, *urls: str, timeout: float = 60.0) -> None:
+def wait_idle(client: httpx.Client, *urls: str, timeout: float = 10.0) -> None:
     """Wait until no slot of these llama-servers is busy, so one system's leftover work (Tightwad
     keeps generating past max_tokens) is never billed to the next measurement."""
     deadline = time.monotonic() + timeout
@@ -96,12 +96,17 @@ def p50(values: list[float]) -> float:
 
 
 def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} cores, llama.cpp {cache.LLAMA_CPP_BUILD} CPU, every server -t 1"
+    # The load average says how much else shared the cores: absolute tok/s move with it, ratios much less.
+    load = os.getloadavg()[0]
+    return (f"{platform.machine()}, {os.cpu_count()} cores, load average {load:.1f} at the end, "
+            f"llama.cpp {cache.LLAMA_CPP_BUILD} CPU, every server -t 1")
 
 
 def write_section(name: str, command: str, body: str) -> None:
     """Replace (or append) this benchmark's section of docs/benchmarks-proxy.md."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Proxy benchmarks\n\nEach section is written by its script.\n"
+    text = RESULTS.read_text() if RESULTS.exists() else (
+        "# Proxy benchmarks\n\nEach section is written by its script (docs/proxy.md explains the paths). Ratios are\n"
+        "measured side by side, interleaved in one run; absolute tok/s depend on what else shares the cores.\n")
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     section = (f"<!-- {name} -->\n## {name}\n\nCommand: `{command}` ({stamp}; {machine()})\n\n{body.strip()}\n"
                f"<!-- /{name} -->")

@@ -40,7 +40,7 @@ def main() -> None:
         with httpx.Client(timeout=600) as client:
             for p in PROMPTS:  # warm the target's cache for every prompt (auto's own learning is NOT pre-warmed)
                 timed(client, target.url, body(p))
-            idle = lambda: wait_idle(client, target.url, drafter.url, native.url)  # noqa: E731
+            idle = lambda: wait_idle(client, target.url, native.url)  # noqa: E731
             for _ in range(REPS):
                 for p in PROMPTS:
                     idle()

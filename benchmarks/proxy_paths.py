@@ -34,10 +34,10 @@ def measure(pair: str, target_model, smol) -> dict:
                 timed(client, target.url, body(p))
                 timed(client, native.url, body(p))
             for p in PROMPTS:  # interleaved per prompt
-                wait_idle(client, target.url, drafter.url, native.url)
+                wait_idle(client, target.url, native.url)
                 runs["llama-server"].append(timed(client, target.url, body(p)))
                 for mode in MODES:
-                    wait_idle(client, target.url, drafter.url, native.url)
+                    wait_idle(client, target.url, native.url)
                     runs[mode].append(timed(client, proxy.url, body(p), {**auth, "X-Llamafleet-Mode": mode}))
     base = rate(runs["llama-server"])
     out = {}
