@@ -36,7 +36,7 @@ def benchmark(setup: BenchSetup, args, log_dir: Path) -> BenchResult:
         conditions, notes = _conditions(setup, modes, args, log_dir, stack)
         draft_timings = draft_probe(setup.drafter_url, prompts, rendered, args.max_tokens)
         evals = {p.key: cond.prompt_eval(setup.target_url, rendered[p.key]) for p in prompts}
-        started = datetime.now(timezone.utc)
+        started, load_before = datetime.now(timezone.utc), os.getloadavg()
         samples = runner.run(
             conditions, prompts, rendered, max_tokens=args.max_tokens, repeats=args.repeats,
             warmup=args.warmup, count_tokens=lambda text: cond.count_tokens(setup.target_url, text),
@@ -51,7 +51,9 @@ def benchmark(setup: BenchSetup, args, log_dir: Path) -> BenchResult:
         "settings": {"max_tokens": args.max_tokens, "repeats": args.repeats, "warmup": args.warmup,
                      "temperature": 0, "endpoint": "/v1/completions"},
         "machine": {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
-                    "python": platform.python_version()},
+                    "python": platform.python_version(),
+                    # other work on the machine shows up here, and in every condition alike
+                    "load_average_1_5_15": {"before": load_before, "after": os.getloadavg()}},
         "target": {"url": setup.target_url, "build_info": props.get("build_info"),
                    "model": props.get("model_path"), "slots": props.get("total_slots")},
         "setup": {"proxy_url": setup.proxy_url, "drafter_url": setup.drafter_url, "modes": setup.modes,
