@@ -1,10 +1,10 @@
 """``llamafleet drift``: every difference between each host and what the deploy would make of it.
 
-Built on the deploy itself so the two cannot disagree: drift runs the deploy's own entry point
-(``deploy_host``, what ``deploys/cluster.py`` runs) per host in a pyinfra state that never executes,
-exactly as ``pyinfra --dry`` does, and keeps two things from it: the operations that would change the
-host (the "deploy plan" line) and the one ``HostState`` document the deploy read. The detailed
-findings compare that same document with the same plan (``plan_host``) through the deploy's own
+Built on the deploy itself so the two cannot disagree: per host drift reads the deploy's own
+one-command state fact (``HostState``) and dry-runs the deploy's own operation list on it
+(``planned_operations``, what ``deploys/cluster.py`` executes; an operation would change the host
+when it yields a command, as pyinfra decides it). That gives the "deploy plan" line. The detailed
+findings compare the same document with the same plan (``plan_host``) through the deploy's own
 comparisons (``host_changes``, ``file_matches``, ``running_version``), adding the evidence: expected
 and actual values, unit diffs, and what a deploy cannot fix by itself (a driver waiting for a reboot,
 a model whose bytes changed under an intact stamp, a port nobody listens on).
@@ -16,7 +16,6 @@ diff); with ``--deep``, one ``sha256sum`` per model file.
 from __future__ import annotations
 
 import difflib
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +23,13 @@ from pathlib import Path
 from pyinfra.api import Config, FactBase, OperationError, State
 from pyinfra.api import Inventory as PyinfraInventory
 from pyinfra.api.state import BaseStateCallback
-from pyinfra.context import ctx_host, ctx_state
 from pyinfra.facts.files import FileContents, Sha256File
 
 from llamafleet.config.models import OS, Backend, Inventory, ServiceManager
 from llamafleet.config.pyinfra_groups import groups
-from llamafleet.deploys.deploy import INVENTORY_ENV, HostChanges, build_spec, deploy_host, host_changes, service_states
+from llamafleet.deploys.deploy import HostChanges, build_spec, host_changes, planned_operations, service_states
 from llamafleet.deploys.facts.drivers import METAL_MIN_MACOS, metal_supported, parse_sw_vers
-from llamafleet.deploys.facts.host_state import HostState, WindowsHostState, helper_source
+from llamafleet.deploys.facts.host_state import HostState, WindowsHostState, helper_source, state_spec
 from llamafleet.deploys.operations.common import file_matches, ps_quote, sha256_text
 from llamafleet.deploys.operations.drivers import running_version
 from llamafleet.deploys.operations.proxy import record_text
@@ -379,54 +377,26 @@ def pyinfra_state(inventory: Inventory, path: Path, hosts: list[str],
     return state, errors
 
 
-class _ObservedHost:
-    """The pyinfra host as the deploy sees it, recording the facts the deploy reads (its one HostState),
-    so drift compares exactly the state the deploy's plan was made from, without reading it twice."""
-
-    def __init__(self, host) -> None:
-        self._host = host
-        self.facts: dict[type, object] = {}
-
-    def __getattr__(self, name: str):
-        return getattr(self._host, name)
-
-    def get_fact(self, cls, *args, **kwargs):
-        value = self._host.get_fact(cls, *args, **kwargs)
-        self.facts[cls] = value
-        return value
+def operations_with_changes(plan: HostPlan, state: dict) -> list[str]:
+    """The deploy's dry run: the names of its planned operations that would run a command, decided
+    the way pyinfra decides it (an operation changes the host when its generator yields anything)."""
+    return [op.name for op in planned_operations(plan, state)
+            if next(iter(op.operation._inner(**op.kwargs)), None) is not None]
 
 
-def dry_run(state: State, host, inventory_path: Path) -> tuple[dict | None, list[str]]:
-    """Run the deploy for ``host`` without executing anything, as ``pyinfra --dry`` does: returns the
-    state it read and the names of the operations that would change the host."""
-    observed = _ObservedHost(host)
-    previous = os.environ.get(INVENTORY_ENV)
-    os.environ[INVENTORY_ENV] = str(inventory_path)  # deploys/cluster.py reads the inventory from here
-    try:
-        with ctx_state.use(state), ctx_host.use(host):
-            deploy_host(observed)
-            would_change = [", ".join(sorted(state.op_meta[op].names)) for op in host.op_hash_order
-                            if state.ops[host][op].operation_meta.will_change]
-    finally:
-        if previous is None:
-            os.environ.pop(INVENTORY_ENV, None)
-        else:
-            os.environ[INVENTORY_ENV] = previous
-    fact = observed.facts.get(WindowsHostState) or observed.facts.get(HostState)
-    return (fact if isinstance(fact, dict) else None), would_change
-
-
-def read_host(state: State, host, plan: HostPlan, inventory_path: Path, deep: bool) -> tuple[HostReading | Unreadable, int]:
-    """Dry-run the deploy on one connected host, then read what the findings need; returns the
-    reading and how many remote commands it took."""
-    try:
-        host_state, would_change = dry_run(state, host, inventory_path)
-    except (UserError, OperationError) as err:
-        return Unreadable(f"the deploy's dry run failed: {err}"), 1
+def read_host(host, plan: HostPlan, deep: bool) -> tuple[HostReading | Unreadable, int]:
+    """Read one connected host (the deploy's state fact, then what the findings need) and dry-run the
+    deploy's plan on it; returns the reading and how many remote commands it took."""
+    fact = WindowsHostState if plan.windows else HostState
+    host_state = host.get_fact(fact, spec=state_spec(plan))
     commands = 1
-    if host_state is None:
+    if not isinstance(host_state, dict):
         needs = "PowerShell" if plan.windows else "python3"
         return Unreadable(f"the state fact returned nothing ({needs} is required on the host)"), commands
+    try:
+        would_change = operations_with_changes(plan, host_state)
+    except (UserError, OperationError) as err:
+        return Unreadable(f"the deploy's dry run failed: {err}"), commands
     reading = HostReading(host_state, would_change=would_change)
     seen = host_state.get("files") or {}
     for path, (content, mode) in owned_files(plan).items():
@@ -495,9 +465,9 @@ def run_drift(inventory: Inventory, path: Path, hosts: list[str], *, deep: bool,
     seconds: dict[str, float] = {}
     started = time.monotonic()
     try:
-        for name in hosts:  # one after another: a pyinfra state generates one host's plan at a time
+        for name in hosts:
             host_started = time.monotonic()
-            findings, commands[name] = check_host(state, by_name[name], plans[name], path, deep, connect_errors)
+            findings, commands[name] = check_host(by_name[name], plans[name], deep, connect_errors)
             seconds[name] = round(time.monotonic() - host_started, 3)
             report.extend(findings)
     finally:
@@ -511,15 +481,14 @@ def run_drift(inventory: Inventory, path: Path, hosts: list[str], *, deep: bool,
     return report
 
 
-def check_host(state: State, host, plan: HostPlan, path: Path, deep: bool,
-               connect_errors: _ConnectErrors) -> tuple[list[Finding], int]:
+def check_host(host, plan: HostPlan, deep: bool, connect_errors: _ConnectErrors) -> tuple[list[Finding], int]:
     """Connect, dry-run, compare: the findings for one host and the remote commands it took."""
     host.connect(show_errors=False)
     if not host.connected:
         reason = connect_errors.errors.get(host.name, "could not connect")
         return [Finding(plan.name, "connect", Severity.error, f"reachable as {_address(plan.host)}", reason,
                         hint="check the host is up and the SSH key, user and port in the inventory")], 0
-    reading, commands = read_host(state, host, plan, path, deep)
+    reading, commands = read_host(host, plan, deep)
     if isinstance(reading, Unreadable):
         return [Finding(plan.name, "host state", Severity.error, "the HostState fact", reading.reason)], commands
     return compare_host(plan, reading), commands

@@ -16,7 +16,7 @@ from llamafleet.config import load_inventory
 from llamafleet.deploys.deploy import host_changes
 from llamafleet.deploys.operations.common import sha256_text
 from llamafleet.deploys.plan import plan_host
-from llamafleet.drift import HostReading, compare_host, owned_files
+from llamafleet.drift import HostReading, compare_host, operations_with_changes, owned_files
 from llamafleet.report import Severity
 
 SHA_MODEL = "ab" * 32
@@ -73,12 +73,13 @@ def clean_state(plan) -> dict:
 
 
 def problems(plan, state, **reading):
-    findings = compare_host(plan, HostReading(state, **reading))
+    findings = compare_host(plan, HostReading(state, would_change=operations_with_changes(plan, state), **reading))
     return {f.check: f for f in findings if f.severity is not Severity.ok}
 
 
 def test_a_matching_host_has_no_findings_but_every_check_is_listed(plan):
     state = clean_state(plan)
+    assert operations_with_changes(plan, state) == []
     findings = compare_host(plan, HostReading(state))
     assert host_changes(plan, state).empty()
     assert [f for f in findings if f.severity is not Severity.ok] == []
@@ -140,8 +141,9 @@ def test_one_change_is_one_finding_naming_expected_and_actual(plan, what, path, 
         assert finding.expected == expected
     if actual is not None:
         assert finding.actual == actual
-    # The deploy would change this host too, and the hint says what it would do.
+    # The deploy would change this host too: its dry run has operations to run, and the hint says what.
     assert not host_changes(plan, state).empty()
+    assert found["deploy plan"].actual.startswith("would run: ")
     assert finding.hint.startswith("a deploy would ")
 
 

@@ -122,28 +122,54 @@ def _edit_unit(cluster, host):
 
 def _stop_service(cluster, host):
     conf = cluster["roots"][host] / "supervisor" / "supervisord.conf"
-    subprocess.run(["supervisorctl", "-c", str(conf), "stop", "llamafleet-drafter"], check=True, capture_output=True)
+    subprocess.run(["supervisorctl", "-c", str(conf), "stop", "llamafleet-target"], check=True, capture_output=True)
+
+
+def _edit_helper(cluster, host):
+    helper = cluster["roots"][host] / "lib" / "lf_host.py"
+    helper.write_text(helper.read_text() + "# edited by hand\n")
 
 
 def _delete_record(cluster, host):
     (cluster["roots"][host] / "builds" / "b11434-cpu" / "install.json").unlink()
 
 
+def _binary_hashes_named(cluster, host, found):
+    record = json.loads((cluster["roots"][host] / "builds" / "current" / "install.json").read_text())
+    finding = found[(host, "binary llama-server")]
+    assert finding["expected"] == f"sha256 {record['binaries']['llama-server'][:12]}…"
+    assert finding["actual"].startswith("sha256 ") and finding["actual"] != finding["expected"]
+    assert "reinstall" in finding["hint"]
+
+
+def _unit_diff_shown(cluster, host, found):
+    lines = found[(host, "unit llamafleet-target")]["detail"].splitlines()
+    assert any(line.startswith("-") and " -np 2 " in line for line in lines)
+    assert any(line.startswith("+") and " -np 3 " in line for line in lines)
+    assert "restart the service" in found[(host, "unit llamafleet-target")]["hint"]
+
+
+def _nothing_more(cluster, host, found):
+    pass
+
+
 TAMPERS = [
-    # (id, host, tamper, check, expected contains, actual contains)
+    # (id, host, tamper, check, expected contains, actual contains, more checks)
     ("binary-from-another-build", "alpha", _replace_binary, "llama-server --version",
-     "commit unknown)", "commit patched)"),
-    ("truncated-model", "beta", _truncate_model, "model SmolLM2-135M-Instruct.Q4_1.gguf", "98362432 bytes",
-     "49181216 bytes"),
-    ("edited-unit", "alpha", _edit_unit, "unit llamafleet-target", "sha256 ", "sha256 "),
-    ("stopped-service", "beta", _stop_service, "service llamafleet-drafter", "enabled, running",
-     "STOPPED (supervisord)"),
-    ("deleted-install-record", "gamma", _delete_record, "install record", "b11434-cpu/install.json", "missing"),
+     "commit unknown)", "commit patched)", _binary_hashes_named),
+    ("truncated-model", "alpha", _truncate_model, "model SmolLM2-135M-Instruct.Q4_1.gguf", "98362432 bytes",
+     "49181216 bytes", _nothing_more),
+    ("edited-unit", "alpha", _edit_unit, "unit llamafleet-target", "sha256 ", "sha256 ", _unit_diff_shown),
+    ("stopped-service", "alpha", _stop_service, "service llamafleet-target", "enabled, running",
+     "STOPPED (supervisord)", _nothing_more),
+    ("deleted-install-record", "gamma", _delete_record, "install record", "b11434-cpu/install.json", "missing",
+     _nothing_more),
 ]
 
 
-@pytest.mark.parametrize("host, tamper, check, expected, actual", [t[1:] for t in TAMPERS], ids=[t[0] for t in TAMPERS])
-def test_tampering_is_drift_until_the_next_deploy(cluster, capsys, host, tamper, check, expected, actual):
+@pytest.mark.parametrize("host, tamper, check, expected, actual, more", [t[1:] for t in TAMPERS],
+                         ids=[t[0] for t in TAMPERS])
+def test_tampering_is_drift_until_the_next_deploy(cluster, capsys, host, tamper, check, expected, actual, more):
     tamper(cluster, host)
     code, report = drift(cluster, capsys, "--limit", host)
     assert code == 2
@@ -152,37 +178,15 @@ def test_tampering_is_drift_until_the_next_deploy(cluster, capsys, host, tamper,
     finding = found[(host, check)]
     assert expected in finding["expected"] and actual in finding["actual"], finding
     assert finding["hint"]
+    more(cluster, host, found)
     # The deploy's own dry run sees it too, on that host only.
     assert {h for (h, c) in found if c == "deploy plan"} == {host}
     redeploy(cluster, host)
     assert_clean(cluster, capsys, host)
 
 
-def test_the_binary_finding_names_both_hashes(cluster, capsys):
-    record = json.loads((cluster["roots"]["beta"] / "builds" / "current" / "install.json").read_text())
-    _replace_binary(cluster, "beta")
-    code, report = drift(cluster, capsys, "--limit", "beta")
-    finding = problems(report)[("beta", "binary llama-server")]
-    assert finding["expected"] == f"sha256 {record['binaries']['llama-server'][:12]}…"
-    assert finding["actual"] != finding["expected"]
-    assert "reinstall" in finding["hint"]
-    redeploy(cluster, "beta")
-    assert_clean(cluster, capsys, "beta")
-
-
-def test_an_edited_unit_is_shown_as_a_diff(cluster, capsys):
-    _edit_unit(cluster, "alpha")
-    code, report = drift(cluster, capsys, "--limit", "alpha")
-    assert code == 2
-    detail = problems(report)[("alpha", "unit llamafleet-target")]["detail"]
-    assert any(line.startswith("-") and " -np 2 " in line for line in detail.splitlines())
-    assert any(line.startswith("+") and " -np 3 " in line for line in detail.splitlines())
-    redeploy(cluster, "alpha")
-    assert_clean(cluster, capsys, "alpha")
-
-
 def test_same_size_same_mtime_replacement_is_only_caught_with_deep(cluster, capsys):
-    model = _models(cluster, "beta")
+    model = _models(cluster, "alpha")
     before = model.stat()
     other = model.with_name(model.name + ".other")
     shutil.copyfile(model, other)
@@ -195,27 +199,27 @@ def test_same_size_same_mtime_replacement_is_only_caught_with_deep(cluster, caps
     os.utime(model, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert (model.stat().st_size, model.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
 
-    code, report = drift(cluster, capsys, "--limit", "beta")
+    code, report = drift(cluster, capsys, "--limit", "alpha")
     assert code == 0, problems(report)  # the stamp (size, mtime) still matches: a plain check cannot see it
     assert "only caught with --deep" in report["notes"][0]
-    code, report = drift(cluster, capsys, "--limit", "beta", "--deep")
+    code, report = drift(cluster, capsys, "--limit", "alpha", "--deep")
     assert code == 2
-    finding = problems(report)[("beta", "model SmolLM2-135M-Instruct.Q4_1.gguf")]
+    finding = problems(report)[("alpha", "model SmolLM2-135M-Instruct.Q4_1.gguf")]
     assert "under a stamp that still says verified" in finding["actual"]
     assert finding["expected"].endswith(f"sha256 {cluster['content'].model.sha256[:12]}…")
-    assert report["stats"]["remote_commands"] == {"beta": 2}  # the state fact and one sha256sum
+    assert report["stats"]["remote_commands"] == {"alpha": 2}  # the state fact and one sha256sum
     # The deploy trusts the stamp as well; the hint's remedy works.
     stamp = model.with_name(f".{model.name}.verified")
     assert str(stamp) in finding["hint"]
     stamp.unlink()
-    redeploy(cluster, "beta")
-    assert_clean(cluster, capsys, "beta", "--deep")
+    redeploy(cluster, "alpha")
+    assert_clean(cluster, capsys, "alpha", "--deep")
 
 
 def test_drift_agrees_with_pyinfra_dry_run(cluster, capsys):
     """The real CLI's ``--dry --json`` plan lists the same hosts and operations as drift's plan lines."""
-    _stop_service(cluster, "beta")
-    _edit_unit(cluster, "alpha")
+    _stop_service(cluster, "alpha")
+    _edit_helper(cluster, "beta")
     code, report = drift(cluster, capsys)
     assert code == 2
     drift_plan = {f["host"]: f["actual"] for f in report["findings"] if f["check"] == "deploy plan"}
@@ -258,18 +262,34 @@ def test_limit_takes_pyinfra_groups(cluster, capsys):
 def test_the_plain_ci_script_reports_drift_with_junit(cluster, tmp_path):
     """ci/drift-check.sh as another CI would run it: known hosts from the environment, JUnit out."""
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path),
-           "LLAMAFLEET_KNOWN_HOSTS": cluster["sshd"].known_hosts.read_text(), "LLAMAFLEET_LIMIT": "beta",
+           "LLAMAFLEET_KNOWN_HOSTS": cluster["sshd"].known_hosts.read_text(), "LLAMAFLEET_LIMIT": "alpha",
            "LLAMAFLEET_PIP_FIND_LINKS": f"{cluster['server'].url}/wheels/"}
     script = str(ROOT / "ci" / "drift-check.sh")
     clean = subprocess.run([script, str(cluster["inventory_file"])], cwd=tmp_path, env=env, capture_output=True,
                            text=True, timeout=300)
     assert clean.returncode == 0, clean.stdout[-2000:] + clean.stderr[-2000:]
-    _stop_service(cluster, "beta")
+    _stop_service(cluster, "alpha")
     dirty = subprocess.run([script, str(cluster["inventory_file"])], cwd=tmp_path, env=env, capture_output=True,
                            text=True, timeout=300)
     assert dirty.returncode == 2, dirty.stdout[-2000:] + dirty.stderr[-2000:]
     assert "drift-check: drift found" in dirty.stdout
     failures = [c.get("name") for c in ET.parse(tmp_path / "reports" / "drift.xml").getroot().iter("testcase")
                 if c.find("failure") is not None]
-    assert "service llamafleet-drafter" in failures
-    redeploy(cluster, "beta")
+    assert "service llamafleet-target" in failures
+    redeploy(cluster, "alpha")
+
+
+def test_doctor_passes_on_the_deployed_cluster(cluster, capsys):
+    """doctor over HTTP against what the deploy started: every service, the draft/target vocabulary,
+    the proxy with its token file, and the RPC worker only on beta's address."""
+    record = json.loads((cluster["roots"]["alpha"] / "builds" / "current" / "install.json").read_text())
+    # "version: 0.6.0-dev (build N, commit C)" is what /props reports as "bN-C"
+    number = record["version"].split("(build ")[1].split(",")[0]
+    commit = record["version"].split("commit ")[1].rstrip(")")
+    code = main(["doctor", str(cluster["inventory_file"]), "--json", "--expect-build-info", f"b{number}-{commit}"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0, [f for f in report["findings"] if f["severity"] != "ok"]
+    checks = {f["check"]: f["severity"] for f in report["findings"]}
+    assert checks["vocabulary drafter vs target"] == "ok"
+    assert checks["proxy auth proxy"] == checks["proxy rejects anonymous proxy"] == "ok"
+    assert checks["rpc exposure rpc"] == "ok"
