@@ -42,6 +42,9 @@ def benchmark(setup: BenchSetup, args, log_dir: Path) -> BenchResult:
             warmup=args.warmup, count_tokens=lambda text: cond.count_tokens(setup.target_url, text),
             progress=args.progress,
         )
+    load_after = os.getloadavg()
+    notes.append(f"load average (1 min) {load_before[0]:.1f} before the run and {load_after[0]:.1f} after, "
+                 f"on {os.cpu_count()} CPUs")
     names = [c.name for c in conditions]
     summary = summarize(samples, names, max_tokens=args.max_tokens, draft_ms_per_token=ms_per_token(draft_timings),
                         prompt_eval=evals)
@@ -53,7 +56,7 @@ def benchmark(setup: BenchSetup, args, log_dir: Path) -> BenchResult:
         "machine": {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
                     "python": platform.python_version(),
                     # other work on the machine shows up here, and in every condition alike
-                    "load_average_1_5_15": {"before": load_before, "after": os.getloadavg()}},
+                    "load_average_1_5_15": {"before": load_before, "after": load_after}},
         "target": {"url": setup.target_url, "build_info": props.get("build_info"),
                    "model": props.get("model_path"), "slots": props.get("total_slots")},
         "setup": {"proxy_url": setup.proxy_url, "drafter_url": setup.drafter_url, "modes": setup.modes,
