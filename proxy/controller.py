@@ -5,9 +5,10 @@ path is modelled per round: measured acceptance ``a`` per draft position and rou
 an expected ``(1 - a^(N+1)) / (1 - a)`` tokens per round, so the draft length ``N`` that maximises
 tokens per second is chosen from measurements rather than a fixed threshold.
 
-Exploration is bounded: a path that is not the best is probed for a few tokens inside a request, only
-after an interval of generation time that doubles each time the probe loses, so probing costs a
-shrinking fraction of the time (see ``probe_cost_bound``).
+Exploration is bounded: each path is probed once when first seen (a few tokens inside a request);
+after that a path that is not the best is re-probed only after an interval of generation time that
+doubles each time the probe loses, and only while probing has used at most ``PROBE_BUDGET`` of the
+generation time (``probe_cost_bound`` reports the fraction).
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 EWMA = 0.2
-PROBE_TOKENS = 12
+PROBE_TOKENS = 6
 PROBE_INTERVAL_S = 20.0
 PROBE_INTERVAL_MAX_S = 3600.0
+PROBE_BUDGET = 0.03  # re-probes stop while probing has used more than this fraction of generation time
+FIRST_DRAFT_LEN = 2  # short first drafts: a cold proxy round pays the prompt once per verification slot
 
 
 @dataclass
@@ -85,7 +88,7 @@ class _RoundModel:
 
     def best(self, max_len: int) -> tuple[int, float | None]:
         """(draft length, seconds per token) with the best predicted speed."""
-        best_n, best_spt = max(1, min(4, max_len)), None
+        best_n, best_spt = max(1, min(FIRST_DRAFT_LEN, max_len)), None
         for n in range(1, max_len + 1):
             t, e = self.round_time(n), self.tokens_per_round(n)
             if t is None or e is None:
@@ -165,7 +168,8 @@ class Controller:
                 continue
             unmeasured = estimates[path] is None and self.last_probe_at[path] == 0.0
             waited = self.generation_seconds - self.last_probe_at[path]
-            if unmeasured or waited >= self.probe_interval[path]:
+            within_budget = self.probe_seconds <= PROBE_BUDGET * self.generation_seconds
+            if unmeasured or (waited >= self.probe_interval[path] and within_budget):
                 self.last_probe_at[path] = max(self.generation_seconds, 1e-9)
                 return path
         return None

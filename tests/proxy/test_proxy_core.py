@@ -49,7 +49,7 @@ def test_accept_takes_agreeing_prefix_then_the_targets_token():
     assert ended.emitted == [1, 2] and ended.ended and ended.accepted == 1
 
 
-@pytest.mark.parametrize("salt_every", [0, 3, 2])
+@pytest.mark.parametrize("salt_every", [0, 5, 2])
 def test_proxy_path_equals_target_and_verifies_once_per_round(salt_every):
     target, drafter = FakeModel("target"), FakeModel("drafter", salt_every=salt_every)
     engine = make_engine(target, [drafter])
