@@ -260,17 +260,21 @@ def test_limit_takes_pyinfra_groups(cluster, capsys):
 
 
 def test_the_plain_ci_script_reports_drift_with_junit(cluster, tmp_path):
-    """ci/drift-check.sh as another CI would run it: known hosts from the environment, JUnit out."""
+    """ci/drift-check.sh as another CI would run it: the SSH key and known hosts come from the
+    environment (the key into a private ssh-agent; the inventory names no key file), JUnit out."""
+    data = yaml.safe_load(cluster["inventory_file"].read_text())
+    for host in data["hosts"].values():
+        host["connection"].pop("key_file")
+    inventory = tmp_path / "cluster.yaml"
+    inventory.write_text(yaml.safe_dump(data, sort_keys=False))
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path),
-           "LLAMAFLEET_KNOWN_HOSTS": cluster["sshd"].known_hosts.read_text(), "LLAMAFLEET_LIMIT": "alpha",
-           "LLAMAFLEET_PIP_FIND_LINKS": f"{cluster['server'].url}/wheels/"}
+           "LLAMAFLEET_SSH_KEY": cluster["sshd"].key_file.read_text(),
+           "LLAMAFLEET_KNOWN_HOSTS": cluster["sshd"].known_hosts.read_text(), "LLAMAFLEET_LIMIT": "alpha"}
     script = str(ROOT / "ci" / "drift-check.sh")
-    clean = subprocess.run([script, str(cluster["inventory_file"])], cwd=tmp_path, env=env, capture_output=True,
-                           text=True, timeout=300)
+    clean = subprocess.run([script, str(inventory)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert clean.returncode == 0, clean.stdout[-2000:] + clean.stderr[-2000:]
     _stop_service(cluster, "alpha")
-    dirty = subprocess.run([script, str(cluster["inventory_file"])], cwd=tmp_path, env=env, capture_output=True,
-                           text=True, timeout=300)
+    dirty = subprocess.run([script, str(inventory)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert dirty.returncode == 2, dirty.stdout[-2000:] + dirty.stderr[-2000:]
     assert "drift-check: drift found" in dirty.stdout
     failures = [c.get("name") for c in ET.parse(tmp_path / "reports" / "drift.xml").getroot().iter("testcase")
