@@ -170,8 +170,9 @@ function Invoke-Wait($Spec) {
             if ($_ -like 'http*') {
                 try { (Invoke-WebRequest -UseBasicParsing -TimeoutSec 5 -Uri $_).StatusCode -ne 200 } catch { $true }
             } else {
+                # A listening socket, not a connect: ggml-rpc-server serves one client at a time.
                 $hostName, $port = $_ -split ':(?=\d+$)'
-                -not (Test-NetConnection -ComputerName $hostName -Port ([int]$port) -InformationLevel Quiet -WarningAction SilentlyContinue)
+                -not (Get-NetTCPConnection -State Listen -LocalAddress $hostName.Trim('[]') -LocalPort ([int]$port) -ErrorAction SilentlyContinue)
             }
         })
         if ($pending.Count -gt 0) { Start-Sleep -Seconds 1 }

@@ -359,21 +359,19 @@ def http_ok(url):
         return False
 
 
-def tcp_ok(endpoint):
+def is_listening(endpoint):
+    """An RPC worker is ready when its socket is in LISTEN state. Connecting is no test:
+    ggml-rpc-server serves one client at a time, so while its target holds it a connect hangs."""
     host, port = endpoint.rsplit(":", 1)
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
-            return True
-    except OSError:
-        return False
+    return "%s:%s" % (host.strip("[]"), port) in listening_ports()
 
 
 def wait(spec):
-    """Wait until every service answers: /health for HTTP services, a TCP connect for RPC workers."""
+    """Wait until every service answers: /health for HTTP services, a listening socket for RPC workers."""
     deadline = time.monotonic() + float(spec.get("timeout", 300))
     pending = [("http", u) for u in spec.get("http", [])] + [("tcp", e) for e in spec.get("tcp", [])]
     while pending and time.monotonic() < deadline:
-        pending = [(kind, t) for kind, t in pending if not (http_ok(t) if kind == "http" else tcp_ok(t))]
+        pending = [(kind, t) for kind, t in pending if not (http_ok(t) if kind == "http" else is_listening(t))]
         if pending:
             time.sleep(1)
     if pending:

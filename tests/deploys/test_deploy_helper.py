@@ -155,3 +155,23 @@ def test_install_records_the_build_and_rollback_is_a_switch(tmp_path, llama_buil
         assert server.requests == []  # a rollback is a switch of `current`, nothing is fetched
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_wait_sees_an_rpc_worker_that_a_target_holds(llama_build, log_dir):
+    """Real ggml-rpc-server: it serves one client at a time and queues two more (measured), and
+    connects beyond that time out; earlier readiness probes filled that queue themselves. A re-deploy
+    of the worker's host must still find it ready, by its LISTEN socket."""
+    import socket
+    from contextlib import ExitStack
+
+    from llamafleet.rig import servers
+
+    with servers.running(servers.start_rpc_server(llama_build, log_dir=log_dir)) as worker, ExitStack() as held:
+        for _ in range(3):  # the target's connection plus a full accept queue
+            held.enter_context(socket.create_connection(("127.0.0.1", worker.port), timeout=5))
+        result = helper("wait", {"tcp": [f"127.0.0.1:{worker.port}"], "timeout": 10})
+    assert result.returncode == 0, result.stderr
+    assert "all services answer" in result.stdout + result.stderr
+    stopped = helper("wait", {"tcp": [f"127.0.0.1:{worker.port}"], "timeout": 2})
+    assert stopped.returncode != 0 and f"127.0.0.1:{worker.port}" in stopped.stderr
