@@ -83,7 +83,10 @@ per prompt with llama-server alone (agreeing target direct: {results['agreeing']
 
 On this 2-core CPU every server shares the same two cores, so a draft costs the target time; the
 proxy path's verification batch is no cheaper per token than decoding (FACTS.md). `auto` therefore
-routes to the fastest measured path, which here is the plain target or native speculation.
+routes to the fastest measured path, which here is the plain target or native speculation. In this
+table `auto` serves only 6 requests from a cold start, so its first probes of each path weigh
+heavily; `proxy_fast_target` measures it over 24 requests. The proxy path starts with 2-token drafts
+and lengthens them one step per request while that is predicted to help.
 """)
 
 
