@@ -220,6 +220,10 @@ def llama_server_argv(inventory: Inventory, host: Host, svc: TargetService | Dra
             "-c", str(svc.ctx_size), "-np", str(svc.parallel), "-ngl", str(svc.gpu_layers), "--no-webui"]
     devices = list(svc.devices) if svc.devices else None
     if isinstance(svc, TargetService):
+        # No CPU weight repacking: with it, verifying a batch of draft tokens and decoding one at a
+        # time took different kernels and disagreed on 7 of 546 positions (0 of 546 with -nr), and
+        # the proxy promises exactly the target's tokens. On GPU backends the flag changes nothing.
+        argv.append("-nr")
         workers = list(svc.rpc_workers)
         draft = svc.native_draft
         if draft and draft.rpc_worker not in workers:

@@ -96,7 +96,7 @@ def test_native_speculation_target_flags(seed):
     assert list(target.argv) == [
         "/opt/llamafleet/builds/b8111-rocm-src/llama-server",
         "-m", "/opt/llamafleet/models/gpt-oss-120b-UD-Q4_K_XL-00001-of-00002.gguf",
-        "--host", "192.168.86.29", "--port", "8080", "-c", "8192", "-np", "1", "-ngl", "26", "--no-webui",
+        "--host", "192.168.86.29", "--port", "8080", "-c", "8192", "-np", "1", "-ngl", "26", "--no-webui", "-nr",
         "--rpc", "192.168.86.36:50052",
         "-md", "/opt/llamafleet/models/gpt-oss-20b-mxfp4.gguf", "-devd", "RPC0", "-ngld", "99",
         "--spec-type", "draft-simple", "--spec-draft-n-max", "8", "--spec-draft-n-min", "0",
