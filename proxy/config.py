@@ -142,7 +142,7 @@ class ProxyConfig(_Strict):
         if service is None or getattr(service, "role", None) != "proxy":
             raise UserError(f"services.{service_name}: no proxy service of that name in the inventory")
         target = inventory.services[service.target]
-        target_url = _service_url(inventory, target)
+        target_url = service_url(inventory, target)
         auth = None
         if service.auth is not None:
             auth = Auth(token_file=service.auth.token_file, token_env=service.auth.token_env)
@@ -150,7 +150,7 @@ class ProxyConfig(_Strict):
             listen=Listen(host=service.bind, port=service.port),
             model_name=target.model,
             target=TargetRef(name=service.target, url=target_url, slots=target.parallel),
-            drafters=[BackendRef(name=n, url=_service_url(inventory, inventory.services[n])) for n in service.drafters],
+            drafters=[BackendRef(name=n, url=service_url(inventory, inventory.services[n])) for n in service.drafters],
             native=BackendRef(name=service.target, url=target_url) if target.native_draft else None,
             mode=Mode(service.mode.value),
             draft_max=service.draft_max,
@@ -158,7 +158,7 @@ class ProxyConfig(_Strict):
         )
 
 
-def _service_url(inventory: Any, service: Any) -> str:
+def service_url(inventory: Any, service: Any) -> str:
     """Where the proxy host reaches a service: its host's ssh address (127.0.0.1 for a local host)."""
     connection = inventory.hosts[service.host].connection
     address = getattr(connection, "address", "127.0.0.1")

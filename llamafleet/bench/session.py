@@ -8,7 +8,7 @@ from pathlib import Path
 
 from llamafleet.config import load_inventory
 from llamafleet.errors import UserError
-from llamafleet.proxy.config import ProxyConfig, _service_url
+from llamafleet.proxy.config import ProxyConfig, service_url
 
 SPECULATION_MODES = ("native", "proxy", "auto")
 
@@ -32,7 +32,7 @@ def from_inventory(path: Path, proxy_service: str | None, token_file: Path | Non
     offered = {m.value for m in config.available_modes()}
     return BenchSetup(
         target_url=config.target.url,
-        proxy_url=_service_url(inventory, service),
+        proxy_url=service_url(inventory, service),
         token=_token(config, token_file),
         drafter_url=config.drafters[0].url if config.drafters else None,
         modes=[m for m in SPECULATION_MODES if m in offered],
