@@ -112,7 +112,12 @@ def wait_spec(plan: HostPlan) -> dict:
 
     http = [f"http://{probe(s.bind)}:{s.port}/health" for s in plan.services if s.http_health]
     tcp = [f"{probe(s.bind)}:{s.port}" for s in plan.services if not s.http_health]
-    return {"http": http, "tcp": tcp, "timeout": 300, "logs": plan.path("supervisor", "logs")}
+    spec = {"http": http, "tcp": tcp, "timeout": 300, "logs": plan.path("supervisor", "logs")}
+    if plan.host.service_manager is ServiceManager.supervisord:
+        # A program answers before supervisord counts it RUNNING (startsecs); the deploy ends only
+        # once it does, so what it leaves behind is what drift and the next deploy read as running.
+        spec["supervisord"] = {"conf": plan.supervisor_conf, "programs": unit_names(plan)}
+    return spec
 
 
 # The deploy's steps, in order. pyinfra identifies an operation by its call site, and every planned

@@ -366,12 +366,21 @@ def is_listening(endpoint):
     return "%s:%s" % (host.strip("[]"), port) in listening_ports()
 
 
+def supervised_running(conf, program):
+    return supervisor_state(conf)["programs"].get(program) == "RUNNING"
+
+
 def wait(spec):
-    """Wait until every service answers: /health for HTTP services, a listening socket for RPC workers."""
+    """Wait until every service answers (/health for HTTP services, a listening socket for RPC
+    workers) and, under supervisord, until it counts every program RUNNING."""
     deadline = time.monotonic() + float(spec.get("timeout", 300))
-    pending = [("http", u) for u in spec.get("http", [])] + [("tcp", e) for e in spec.get("tcp", [])]
+    supervised = spec.get("supervisord") or {}
+    pending = ([("http", u) for u in spec.get("http", [])] + [("tcp", e) for e in spec.get("tcp", [])]
+               + [("supervisord", p) for p in supervised.get("programs", [])])
+    ready = {"http": http_ok, "tcp": is_listening,
+             "supervisord": lambda program: supervised_running(supervised["conf"], program)}
     while pending and time.monotonic() < deadline:
-        pending = [(kind, t) for kind, t in pending if not (http_ok(t) if kind == "http" else is_listening(t))]
+        pending = [(kind, t) for kind, t in pending if not ready[kind](t)]
         if pending:
             time.sleep(1)
     if pending:

@@ -59,7 +59,9 @@ def test_dead_drafter_among_several_is_skipped(agreeing_target_server, smollm2_s
         report = r.json()["llamafleet"]
         assert report["drafter"] == "drafter1" and report["drafted"] > 0
         drafters = httpx.get(proxy.url + "/stats", headers=HEADERS).json()["drafters"]
-        assert [d["healthy"] for d in drafters] == [False, True]
+        # Health itself comes back after a 2 s pause (the dead one is retried later), so assert on
+        # what does not depend on how long the request took: the dead drafter's recorded failure.
+        assert [d["failures"] > 0 for d in drafters] == [True, False]
 
 
 def test_stopped_target_gives_an_envelope_within_the_timeout(llama_build, smollm2, log_dir):
