@@ -187,7 +187,7 @@ def plan_build(inventory: Inventory, name: str, host: Host, needs_rpc: bool) -> 
         return BuildPlan(pin.build, host.backend.value, "source", f"{pin.build}-{host.backend.value}-src", (artifact,),
                          options, binaries)
     artifacts = tuple(Artifact(r.file, _artifact_url(inventory, r.url, r.file, "llama_cpp.releases"), r.sha256)
-                      for r in pin.releases if (r.os, r.arch, r.backend) == (host.os, host.arch, host.backend))
+                      for r in pin.releases_for(host))
     if artifacts:
         return BuildPlan(pin.build, host.backend.value, "release", f"{pin.build}-{host.backend.value}", artifacts,
                          (), binaries)
