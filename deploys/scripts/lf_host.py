@@ -359,15 +359,10 @@ def http_ok(url):
         return False
 
 
-def is_listening(endpoint):
-    """An RPC worker is ready when its socket is in LISTEN state. Connecting is no test:
-    ggml-rpc-server serves one client at a time, so while its target holds it a connect hangs."""
+def listen_key(endpoint):
+    """``addr:port`` as listening_ports() writes it (no IPv6 brackets)."""
     host, port = endpoint.rsplit(":", 1)
-    return "%s:%s" % (host.strip("[]"), port) in listening_ports()
-
-
-def supervised_running(conf, program):
-    return supervisor_state(conf)["programs"].get(program) == "RUNNING"
+    return "%s:%s" % (host.strip("[]"), port)
 
 
 def wait(spec):
@@ -377,10 +372,22 @@ def wait(spec):
     supervised = spec.get("supervisord") or {}
     pending = ([("http", u) for u in spec.get("http", [])] + [("tcp", e) for e in spec.get("tcp", [])]
                + [("supervisord", p) for p in supervised.get("programs", [])])
-    ready = {"http": http_ok, "tcp": is_listening,
-             "supervisord": lambda program: supervised_running(supervised["conf"], program)}
+
+    def ready(kind, target, listening, programs):
+        if kind == "http":
+            return http_ok(target)
+        if kind == "tcp":
+            # LISTEN state, not a connect: ggml-rpc-server serves one client at a time, so while
+            # its target holds it (and earlier probes fill its queue) a connect hangs.
+            return listen_key(target) in listening
+        return programs.get(target) == "RUNNING"
+
     while pending and time.monotonic() < deadline:
-        pending = [(kind, t) for kind, t in pending if not ready[kind](t)]
+        kinds = {kind for kind, _ in pending}
+        # One read of the socket table and of supervisord per poll, whatever the number of services.
+        listening = set(listening_ports()) if "tcp" in kinds else set()
+        programs = supervisor_state(supervised["conf"])["programs"] if "supervisord" in kinds else {}
+        pending = [(kind, t) for kind, t in pending if not ready(kind, t, listening, programs)]
         if pending:
             time.sleep(1)
     if pending:
