@@ -11,6 +11,7 @@ from llamafleet.errors import UserError
 
 COMMANDS = (
     "validate",
+    "plan",
     "schema",
     "proxy",
     "bench",

@@ -28,9 +28,9 @@ def run(args) -> int:
     inventory, findings = check_inventory(path)
     ok = inventory is not None
     if args.json:
-        print(json.dumps(_json_report(path, inventory, findings), indent=2))
+        print(json.dumps(json_report(path, inventory, findings), indent=2))
     else:
-        print(_text_report(path, inventory, findings))
+        print(text_report(path, inventory, findings))
     return 0 if ok else 1
 
 
@@ -39,7 +39,7 @@ def _counts(findings: list[Finding]) -> tuple[int, int]:
     return errors, len(findings) - errors
 
 
-def _text_report(path: Path, inventory: Inventory | None, findings: list[Finding]) -> str:
+def text_report(path: Path, inventory: Inventory | None, findings: list[Finding]) -> str:
     errors, warnings = _counts(findings)
     lines = [str(f) for f in findings]
     if inventory is None:
@@ -50,7 +50,7 @@ def _text_report(path: Path, inventory: Inventory | None, findings: list[Finding
     return "\n".join(lines)
 
 
-def _json_report(path: Path, inventory: Inventory | None, findings: list[Finding]) -> dict:
+def json_report(path: Path, inventory: Inventory | None, findings: list[Finding]) -> dict:
     errors, warnings = _counts(findings)
     report = {"file": str(path), "valid": inventory is not None, "errors": errors, "warnings": warnings,
               "findings": [f.to_json() for f in findings]}

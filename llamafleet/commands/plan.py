@@ -1,0 +1,214 @@
+"""``llamafleet plan [INVENTORY] [--host H] [--json]``: what a deploy would write and run, offline.
+
+The review step before a deploy, like ``terraform plan``: for each host (or only ``--host``), every
+file the deploy owns there (service units, the supervisord config, proxy configs, the host helper)
+with its path, mode and exact content; the exact command line (argv) and environment of every
+service; the llama.cpp build, model files and secret files it installs; and, for each target that
+speculates natively, how the proxy reaches a path without speculation. Nothing is contacted: this
+is the deploy's own plan (``deploys/plan.py``) and rendering (``deploys/render.py``), printed.
+
+An invalid inventory prints its findings as ``validate`` does and exits 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import ntpath
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from llamafleet.config.findings import Finding
+from llamafleet.config.loader import DEFAULT_INVENTORY, INVENTORY_ENV, check_inventory, default_inventory_path
+from llamafleet.config.models import Inventory, TargetService
+from llamafleet.errors import UserError
+
+FORMAT = 1  # version of the --json shape; bumped when a key changes meaning or goes away
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "plan", help="print every file, command line and install a deploy would make, per host (offline)",
+        description=f"Print what a deploy of an inventory (default: ${INVENTORY_ENV} or {DEFAULT_INVENTORY}) "
+        "would write and run on each host: files with path, mode and content, service command lines, "
+        "build, models, secrets, and the plain (no speculation) path of each natively drafting target. "
+        "Contacts no host.")
+    parser.add_argument("inventory", nargs="?", type=Path, help="inventory YAML file")
+    parser.add_argument("--host", metavar="HOST", action="append", default=[],
+                        help="only this inventory host (repeatable)")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON (a stable, versioned shape)")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from llamafleet.commands.validate import json_report, text_report
+
+    path = args.inventory or default_inventory_path()
+    inventory, findings = check_inventory(path)
+    if inventory is None:  # exactly what validate prints, and its exit code
+        out = json.dumps(json_report(path, None, findings), indent=2) if args.json else text_report(path, None, findings)
+        return _write(out + "\n", 1)
+    plan = cluster_plan(path, inventory, findings, selected(inventory, args.host))
+    return _write(json.dumps(plan, indent=2) + "\n" if args.json else render_text(plan, findings), 0)
+
+
+def selected(inventory: Inventory, wanted: list[str]) -> list[str]:
+    unknown = [h for h in wanted if h not in inventory.hosts]
+    if unknown:
+        raise UserError(f"--host {', '.join(unknown)}: not a host of this inventory "
+                        f"(hosts: {', '.join(inventory.hosts)})")
+    return [h for h in inventory.hosts if not wanted or h in wanted]
+
+
+def _write(text: str, code: int) -> int:
+    """Print ``text``; a reader that stops early (``| head``) ends the output, not with a traceback."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would fail again flushing stdout at exit: point it at /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return code
+
+
+# --- the plan as data (the --json shape; the text is rendered from it) ---------------------------
+
+
+def cluster_plan(path: Path, inventory: Inventory, findings: list[Finding], hosts: list[str]) -> dict:
+    from llamafleet.deploys.plan import plan_host
+
+    return {
+        "format": FORMAT,
+        "file": str(path),
+        "cluster": inventory.cluster,
+        "llama_cpp": {"build": inventory.llama_cpp.build},
+        "warnings": [f.to_json() for f in findings],
+        "hosts": {name: host_plan(plan_host(inventory, name)) for name in hosts},
+    }
+
+
+def host_plan(plan) -> dict:
+    """One host's :class:`HostPlan` (computed once by the caller) as plain data."""
+    from llamafleet.deploys.facts.host_state import helper_source
+    from llamafleet.deploys.render import rendered_files
+
+    host = plan.host
+    build = plan.build
+    files = [_file(path, content, mode) for path, (content, mode) in sorted(rendered_files(plan).items())]
+    helper = helper_source(ntpath.basename(plan.helper_path))
+    files.insert(0, {**_file(plan.helper_path, helper, "0755"), "content": None,
+                     "note": "llamafleet's host helper script (shipped with llamafleet; content not shown)"})
+    return {
+        "os": host.os.value, "arch": host.arch.value, "backend": host.backend.value,
+        "service_manager": host.service_manager.value, "install_dir": host.install_dir,
+        "build": {
+            "build": build.build, "build_id": build.build_id, "method": build.method,
+            "dir": plan.path("builds", build.build_id), "binaries": list(build.binaries),
+            "cmake_options": list(build.cmake_options),
+            "artifacts": [{"file": a.file, "url": a.url, "sha256": a.sha256} for a in build.artifacts],
+        },
+        "models": [{"model": m.model, "path": m.path, "url": m.url, "sha256": m.sha256, "size": m.size}
+                   for m in plan.models],
+        "services": {svc.service: {
+            "role": svc.role, "unit": svc.unit_name, "unit_path": plan.unit_path(svc), "user": svc.user,
+            "bind": svc.bind, "port": svc.port, "argv": list(svc.argv), "command": _command_line(plan, svc.argv),
+            "env": dict(svc.env),
+        } for svc in plan.services},
+        # The deploy creates token files on POSIX hosts only; the token itself is never shown.
+        "secrets": [] if plan.windows else [{"path": s.path, "mode": "0600", "owner": s.user} for s in plan.secrets],
+        "plain_paths": plain_paths(plan.inventory, plan.name),
+        "files": files,
+    }
+
+
+def _file(path: str, content: str, mode: str) -> dict:
+    data = content.encode()
+    return {"path": path, "mode": mode, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+            "content": content}
+
+
+def _command_line(plan, argv) -> str:
+    """The argv as one line quoted the way the host's service manager takes it."""
+    return subprocess.list2cmdline(list(argv)) if plan.windows else shlex.join(argv)
+
+
+def plain_paths(inventory: Inventory, host: str) -> dict:
+    """For each target on ``host`` that runs a native draft: how the proxy reaches it without speculation."""
+    out = {}
+    for name, svc in inventory.services_on(host).items():
+        if isinstance(svc, TargetService) and svc.native_draft is not None:
+            out[name] = plain_path(inventory, name)
+    return out
+
+
+def plain_path(inventory: Inventory, target: str) -> dict:
+    """The target's plain route (``llamafleet.config.topology``), with a sentence for the text form."""
+    from llamafleet.config.models import PlainPath
+    from llamafleet.config.topology import plain_route
+
+    route = plain_route(inventory, target)
+    if route.kind is PlainPath.sidecar:
+        how = (f"a sidecar llama-server {route.sidecar} on port {route.port}: the same model and flags "
+               "without the draft")
+    elif route.kind is PlainPath.request:
+        how = f"per request on {target} itself, with {json.dumps(route.request_fields)}"
+    else:
+        how = "NONE: the proxy's auto can only choose among speculating paths"
+    return {"kind": route.kind.value, "sidecar": route.sidecar, "port": route.port,
+            "request_fields": route.request_fields, "reason": route.reason, "summary": f"{how} ({route.reason})"}
+
+
+# --- text ------------------------------------------------------------------------------------------
+
+
+def render_text(plan: dict, findings: list[Finding]) -> str:
+    lines = [f"llamafleet plan: {plan['file']}: cluster {plan['cluster']}, llama.cpp {plan['llama_cpp']['build']}, "
+             f"{len(plan['hosts'])} host(s). Offline: no host was contacted."]
+    lines += [str(f) for f in findings]
+    for name, host in plan["hosts"].items():
+        lines += [""] + _host_lines(name, host)
+    return "\n".join(lines) + "\n"
+
+
+def _host_lines(name: str, h: dict) -> list[str]:
+    b = h["build"]
+    lines = [f"host {name} ({h['os']} {h['arch']}, {h['backend']}, {h['service_manager']}), "
+             f"install_dir {h['install_dir']}",
+             f"  llama.cpp {b['build']}: {b['build_id']} by {b['method']} into {b['dir']} ({', '.join(b['binaries'])})"]
+    if b["cmake_options"]:
+        lines.append(f"    cmake options: {shlex.join(b['cmake_options'])}")
+    lines += [f"    artifact {a['file']} sha256 {a['sha256']} from {a['url']}" for a in b["artifacts"]]
+    lines.append("  model files:" if h["models"] else "  model files: none")
+    lines += [f"    {m['path']} ({m['model']}, {m['size']} bytes, sha256 {m['sha256']}) from {m['url']}"
+              for m in h["models"]]
+    lines.append("  services:" if h["services"] else "  services: none")
+    for svc_name, s in h["services"].items():
+        lines.append(f"    {svc_name} ({s['role']}): unit {s['unit']}, as {s['user']}, listens on {s['bind']}:{s['port']}")
+        lines += [f"      env {k}={v}" for k, v in s["env"].items()]
+        lines.append(f"      command: {s['command']}")
+    for target, p in h["plain_paths"].items():
+        lines.append(f"  plain path of {target}: {p['summary']}")
+    for s in h["secrets"]:
+        lines.append(f"  secret {s['path']}: mode {s['mode']}, owner {s['owner']}, made on the host "
+                     "(the token is never shown)")
+    lines.append(f"  files ({len(h['files'])}):")
+    for f in h["files"]:
+        lines.append(f"    {f['path']} (mode {f['mode']}, {f['bytes']} bytes, sha256 {f['sha256']})"
+                     + (f": {f['note']}" if f.get("note") else ""))
+        if f["content"] is not None:
+            lines += _content_lines(f["content"])
+    return lines
+
+
+def _content_lines(content: str) -> list[str]:
+    """The content, each line behind ``| ``; a missing final newline is said, not hidden."""
+    body = content[:-1] if content.endswith("\n") else content
+    lines = [f"      | {line}" if line else "      |" for line in body.split("\n")] if content else []
+    if content and not content.endswith("\n"):
+        lines.append("      (no newline at end of file)")
+    return lines
