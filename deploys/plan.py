@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from llamafleet.config.models import (
     OS,
     Backend,
+    PlainPath,
     DrafterService,
     Host,
     Inventory,
@@ -23,6 +24,7 @@ from llamafleet.config.models import (
     ServiceManager,
     TargetService,
 )
+from llamafleet.config.topology import plain_route
 from llamafleet.errors import UserError
 
 SERVICE_PREFIX = "llamafleet-"
@@ -275,6 +277,13 @@ def plan_services(inventory: Inventory, name: str, host: Host, build_id: str, in
             server = install_path("builds", build_id, f"llama-server{exe}")
             argv = llama_server_argv(inventory, host, svc, server)
             http = True
+            route = plain_route(inventory, svc_name)
+            if route is not None and route.kind is PlainPath.sidecar:
+                # The same model and flags without the draft, so the proxy has a path that never drafts.
+                sidecar = svc.model_copy(update={"port": route.port, "native_draft": None})
+                plans.append(ServicePlan(route.sidecar, "target-plain", prefix + route.sidecar,
+                                         tuple(llama_server_argv(inventory, host, sidecar, server)),
+                                         tuple(env + sorted(svc.env.items())), user, route.port, svc.bind, True))
         env += sorted(svc.env.items())
         plans.append(ServicePlan(svc_name, svc.role, prefix + svc_name, tuple(argv), tuple(env), user,
                                  svc.port, svc.bind, http))

@@ -37,7 +37,13 @@ class BackendRef(_Strict):
 
 
 class TargetRef(BackendRef):
+    """The target's plain path: a llama-server of the target model that does not speculate."""
+
     slots: int = Field(1, gt=0, description="The target's -np; proxy-path verification needs draft length + 1 slots.")
+    request_fields: dict[str, int] = Field(
+        default_factory=dict,
+        description="Fields added to every request on this path, e.g. {\"speculative.n_max\": 0} where the target "
+        "itself speculates natively and its build reads that field per request.")
 
 
 class Auth(_Strict):
@@ -92,8 +98,8 @@ class ProxyConfig(_Strict):
     native: BackendRef | None = Field(
         None,
         description="A llama-server of the target model started with its own draft model (native speculation). "
-        "llama.cpp b11434 ignores per-request speculative.* fields, so such a server speculates on every request; "
-        "when it is the target itself, direct and native are one path.",
+        "When it is the target itself and target.request_fields cannot turn drafting off, direct and native are "
+        "one path.",
     )
     mode: Mode = Field(Mode.auto, description="Default path; X-Llamafleet-Mode overrides it per request.")
     draft_max: int = Field(8, gt=0, le=64)
@@ -107,6 +113,11 @@ class ProxyConfig(_Strict):
         if self.mode not in self.available_modes():
             raise ValueError(f"mode {self.mode.value!r} is not available: {self._why_unavailable(self.mode)}")
         return self
+
+    @property
+    def native_is_target(self) -> bool:
+        """True when the only server of the target model speculates on every request: no plain path."""
+        return self.native is not None and self.native.url == self.target.url and not self.target.request_fields
 
     def available_modes(self) -> list[Mode]:
         modes = [Mode.auto, Mode.direct]
@@ -141,15 +152,21 @@ class ProxyConfig(_Strict):
         service = inventory.services.get(service_name)
         if service is None or getattr(service, "role", None) != "proxy":
             raise UserError(f"services.{service_name}: no proxy service of that name in the inventory")
+        from llamafleet.config.topology import plain_route
+
         target = inventory.services[service.target]
         target_url = service_url(inventory, target)
+        route = plain_route(inventory, service.target)
+        plain_url = service_url(inventory, target, route.port) if route is not None and route.sidecar else target_url
         auth = None
         if service.auth is not None:
             auth = Auth(token_file=service.auth.token_file, token_env=service.auth.token_env)
         return cls(
             listen=Listen(host=service.bind, port=service.port),
             model_name=target.model,
-            target=TargetRef(name=service.target, url=target_url, slots=target.parallel),
+            target=TargetRef(name=route.sidecar if route is not None and route.sidecar else service.target,
+                             url=plain_url, slots=target.parallel,
+                             request_fields=route.request_fields if route is not None else {}),
             drafters=[BackendRef(name=n, url=service_url(inventory, inventory.services[n])) for n in service.drafters],
             native=BackendRef(name=service.target, url=target_url) if target.native_draft else None,
             mode=Mode(service.mode.value),
@@ -158,13 +175,14 @@ class ProxyConfig(_Strict):
         )
 
 
-def service_url(inventory: Any, service: Any) -> str:
-    """Where the proxy host reaches a service: its host's ssh address (127.0.0.1 for a local host)."""
+def service_url(inventory: Any, service: Any, port: int | None = None) -> str:
+    """Where the proxy host reaches a service (or another ``port`` of its host): the host's ssh address
+    (127.0.0.1 for a local host)."""
     connection = inventory.hosts[service.host].connection
     address = getattr(connection, "address", "127.0.0.1")
     if ":" in address:  # IPv6 literal
         address = f"[{address}]"
-    return f"http://{address}:{service.port}"
+    return f"http://{address}:{port or service.port}"
 
 
 def _parse(path: Path, text: str) -> Any:

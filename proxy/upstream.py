@@ -20,11 +20,15 @@ _FINISH = {"eos": "eos", "limit": "limit", "word": "stop"}
 class LlamaServer:
     """One llama-server, reached at ``url`` through a shared session."""
 
-    def __init__(self, name: str, url: str, session: aiohttp.ClientSession, timeout: float):
+    def __init__(self, name: str, url: str, session: aiohttp.ClientSession, timeout: float,
+                 request_fields: dict | None = None):
         self.name = name
         self.url = url
         self.session = session
         self.timeout = timeout
+        # Added to every generation request: {"speculative.n_max": 0} makes a natively speculating
+        # target decode plainly, on builds that read it per request.
+        self.request_fields = dict(request_fields or {})
 
     # --- plumbing ---------------------------------------------------------------------------------
 
@@ -68,9 +72,9 @@ class LlamaServer:
 
     # --- Backend ----------------------------------------------------------------------------------
 
-    @staticmethod
-    def _generation_body(tokens: list[int], n_predict: int, sampling: Sampling, stop: list[str]) -> dict:
-        body = {"prompt": tokens, "n_predict": n_predict, "return_tokens": True, "cache_prompt": True, **sampling.fields()}
+    def _generation_body(self, tokens: list[int], n_predict: int, sampling: Sampling, stop: list[str]) -> dict:
+        body = {"prompt": tokens, "n_predict": n_predict, "return_tokens": True, "cache_prompt": True,
+                **sampling.fields(), **self.request_fields}
         if stop:
             body["stop"] = stop
         return body
@@ -137,9 +141,9 @@ class LlamaServer:
         evaluated = sum(int(r.get("timings", {}).get("prompt_n", 0)) + 1 for r in results)
         return Verification(tokens=tokens, eos=eos, evaluated=evaluated)
 
-    @staticmethod
-    def _one_token_body(prompt: Any, sampling: Sampling, seed: int | None) -> dict:
-        return {"prompt": prompt, "n_predict": 1, "return_tokens": True, "cache_prompt": True, **sampling.fields(seed)}
+    def _one_token_body(self, prompt: Any, sampling: Sampling, seed: int | None) -> dict:
+        return {"prompt": prompt, "n_predict": 1, "return_tokens": True, "cache_prompt": True, **sampling.fields(seed),
+                **self.request_fields}
 
     # --- text helpers (target only) ---------------------------------------------------------------
 

@@ -65,9 +65,10 @@ class Condition:
     url: str  # base URL of the server that answers /v1/completions
     headers: dict[str, str] = field(default_factory=dict)
     timeout: float = 600.0
+    fields: dict = field(default_factory=dict)  # added to every body (a plain request to a speculating target)
 
     def complete(self, prompt: str, max_tokens: int) -> Outcome:
-        body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
+        body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, **self.fields}
         started = time.perf_counter()
         answer = post_json(f"{self.url}/v1/completions", body, self.headers, self.timeout)
         wall_s = time.perf_counter() - started
@@ -90,8 +91,10 @@ class Condition:
         return {k: figures.get(k) for k in ("path", *SPEC_FIELDS)} if isinstance(figures, dict) else None
 
 
-def baseline(target_url: str) -> Condition:
-    return Condition("baseline", target_url)
+def baseline(target_url: str, fields: dict | None = None) -> Condition:
+    """The target decoding plainly: the server itself, with ``fields`` (``speculative.n_max: 0``) where
+    the same server also speculates and its build reads that per request."""
+    return Condition("baseline", target_url, fields=dict(fields or {}))
 
 
 def llamafleet_path(mode: str, proxy_url: str, token: str | None) -> Condition:

@@ -15,13 +15,14 @@ SPECULATION_MODES = ("native", "proxy", "auto")
 
 @dataclass
 class BenchSetup:
-    target_url: str  # the target llama-server itself: the baseline
+    target_url: str  # the target model decoding plainly (a plain sidecar, or the target itself): the baseline
     proxy_url: str
     token: str | None
     drafter_url: str | None  # a drafter llama-server: the draft cost probe, and Tightwad's draft
     modes: list[str]  # the speculation paths the proxy offers, in SPECULATION_MODES order
     about: dict = field(default_factory=dict)  # what was benchmarked, for the JSON file
     notes: list[str] = field(default_factory=list)  # caveats printed under the tables
+    target_fields: dict = field(default_factory=dict)  # request fields that keep the baseline plain
 
 
 def from_inventory(path: Path, proxy_service: str | None, token_file: Path | None) -> BenchSetup:
@@ -39,15 +40,15 @@ def from_inventory(path: Path, proxy_service: str | None, token_file: Path | Non
         about={"inventory": str(path), "cluster": inventory.cluster, "proxy_service": name,
                "target": config.target.name, "drafters": [d.name for d in config.drafters]},
         notes=_caveats(config),
+        target_fields=dict(config.target.request_fields),
     )
 
 
 def _caveats(config: ProxyConfig) -> list[str]:
-    if config.native is not None and config.native.url == config.target.url:
-        # b11434 ignores per-request speculative.* fields, so such a server always speculates.
-        return [f"the target {config.target.name} loads its own draft (native_draft), so the baseline "
-                "already runs llama.cpp's native speculation: compare against a target without a draft "
-                "to see what native speculation gains."]
+    if config.native_is_target:
+        # No plain path: the only server of the target model speculates on every request.
+        return [f"the target {config.target.name} loads its own draft (native_draft) and has no plain path "
+                "(native_draft.plain: none), so the baseline already runs llama.cpp's native speculation."]
     return []
 
 

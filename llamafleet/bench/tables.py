@@ -38,6 +38,26 @@ def verdict(summary: dict, names: Sequence[str]) -> str:
     return "Speedup over baseline (median): " + ", ".join(cells)
 
 
+def comparison_table(summary: dict, names: Sequence[str]) -> str:
+    """One row per condition: what a user gets (tok/s), the ratio to the plain target on the same
+    prompts, exactness, acceptance and, for auto, which paths the controller took."""
+    header = ["condition", "effective tok/s", "vs plain target", "identical", "acceptance", "paths taken"]
+    lines = [_row(header), _rule(header, first_left=True)]
+    for name in names:
+        data = summary["conditions"][name]
+        row, spec = data["rows"][ALL], data["speculation"] or {}
+        paths = ", ".join(f"{p} {n}" for p, n in sorted((spec.get("paths") or {}).items()))
+        lines.append(_row([
+            "plain target" if name == "baseline" else name,
+            _num(row["effective_tps"], "{:.1f}"),
+            "1 (reference)" if name == "baseline" else speedup_text(row["speedup"]),
+            DASH if name == "baseline" else f"{row['identical']}/{row['compared']}",
+            _num(_pct(spec.get("acceptance_rate")), "{:.0f}%"),
+            paths or DASH,
+        ]))
+    return "\n".join(lines)
+
+
 def condition_table(name: str, summary: dict) -> str:
     data = summary["conditions"][name]
     header = ["Prompt", "Time", "Tokens", "Generation tok/s", "Prompt tok/s", "Effective tok/s",

@@ -5,7 +5,13 @@ from that build and serve it, the source archive, the model and a wheelhouse fro
 mirror on 127.0.0.1; write the local inventory (inventory/examples/local.yaml with this mirror's
 real sha256s); run ``pyinfra inventory/cluster.py deploys/cluster.py -y``; check that every
 llama-server answers /health and /props and that the proxy answers; print the addresses and a sample
-request; keep serving until Ctrl-C (``--check`` exits after the checks).
+request; measure the paths side by side (plain target, native speculation, the proxy path, auto) in
+one interleaved run and print the comparison; keep serving until Ctrl-C (``--check`` exits after the
+checks, ``--no-compare`` skips the measurement).
+
+The default pair is the case speculation is for: the slow padded rig target with SmolLM2 as its draft
+on the RPC worker. ``--pair fast`` makes SmolLM2 the target too: a fast target, where speculation
+cannot pay and ``auto`` has to settle on the plain path.
 """
 
 from __future__ import annotations
@@ -22,10 +28,13 @@ from pathlib import Path
 
 import yaml
 
+from llamafleet.config.topology import plain_route
 from llamafleet.errors import UserError
 
 PROJECT = Path(__file__).resolve().parents[2]
 EXAMPLE = PROJECT / "inventory" / "examples" / "local.yaml"
+SLOW_MODEL = "smollm2-slow"
+PAIRS = ("slow", "fast")
 
 
 def register(subparsers) -> None:
@@ -35,6 +44,11 @@ def register(subparsers) -> None:
     parser.add_argument("--install-dir", help="install root on this machine (default: the example's)")
     parser.add_argument("--free-ports", action="store_true",
                         help="give every service a free port instead of the example's fixed ones")
+    parser.add_argument("--pair", choices=PAIRS, default="slow",
+                        help="slow: padded slow target, SmolLM2 draft (default); fast: SmolLM2 as target and draft")
+    parser.add_argument("--no-compare", action="store_true", help="skip the side-by-side measurement of the paths")
+    parser.add_argument("--compare-tokens", type=int, default=32, metavar="N",
+                        help="tokens per request in the comparison (default 32)")
     parser.set_defaults(func=run)
 
 
@@ -49,10 +63,15 @@ def _free_port() -> int:
     return free_port()
 
 
-def demo_inventory(content, mirror_url: str, install_dir: str | None, free_ports: bool) -> dict:
+def demo_inventory(content, mirror_url: str, install_dir: str | None, free_ports: bool, pair: str = "slow") -> dict:
     data = yaml.safe_load(EXAMPLE.read_text())
     from llamafleet.rig.mirror import pin_to_mirror
 
+    if pair == "fast":  # SmolLM2 is the target as well as the draft
+        data["models"].pop(SLOW_MODEL)
+        for service in data["services"].values():
+            if service.get("model") == SLOW_MODEL:
+                service["model"] = "smollm2"
     pin_to_mirror(data, content, mirror_url)
     host = data["hosts"]["local"]
     if install_dir:
@@ -65,6 +84,8 @@ def demo_inventory(content, mirror_url: str, install_dir: str | None, free_ports
     if free_ports:
         for service in data["services"].values():
             service["port"] = _free_port()
+            if service.get("native_draft"):
+                service["native_draft"]["plain_port"] = _free_port()
     return data
 
 
@@ -95,6 +116,13 @@ def verify(inventory) -> list[str]:
             _wait_json(f"{url}/health")
             build_info = _wait_json(f"{url}/props").get("build_info")
             lines.append(f"  {svc.role:10} {name:10} {url}  (llama-server, build_info {build_info})")
+            route = plain_route(inventory, name)
+            if route is not None:
+                plain = f"http://{svc.bind}:{route.port}" if route.sidecar else url
+                if route.sidecar:
+                    _wait_json(f"{plain}/health")
+                lines.append(f"  {'plain':10} {route.sidecar or name:10} {plain}  (plain path: {route.kind.value}; "
+                             f"{route.reason})")
         elif svc.role == "proxy":
             token_file = svc.auth.token_file if svc.auth else None
             token = Path(token_file).read_text().strip() if token_file else None
@@ -115,19 +143,46 @@ def verify(inventory) -> list[str]:
     return lines
 
 
+def compare(inventory_file: Path, max_tokens: int) -> str:
+    """The deployed paths side by side: one interleaved run of the built-in prompts (one per category),
+    each path's tok/s and its ratio to the plain target on the same prompts."""
+    import argparse
+    import tempfile
+
+    from llamafleet.bench import session
+    from llamafleet.bench.driver import benchmark
+    from llamafleet.bench.tables import comparison_table
+
+    setup = session.from_inventory(inventory_file, None, None)
+    settings = argparse.Namespace(modes=None, prompts=None, per_category=1, max_tokens=max_tokens, repeats=1,
+                                  warmup=1, progress=None, no_tightwad=True)
+    print(f"llamafleet demo: measuring plain target, {', '.join(setup.modes)} side by side "
+          f"(5 prompts, {max_tokens} tokens each, interleaved)...", flush=True)
+    with tempfile.TemporaryDirectory(prefix="llamafleet-demo-") as log_dir:
+        result = benchmark(setup, settings, Path(log_dir))
+    names = result.conditions
+    return "\n".join([comparison_table(result.summary, names), "", *(f"Note: {n}" for n in result.record["notes"]),
+                      "Full comparison: llamafleet bench " + str(inventory_file) + " (see docs/benchmarks.md)"])
+
+
 def run(args) -> int:
     from llamafleet.config import load_inventory
     from llamafleet.rig import cache, mirror
 
     if not (PROJECT / "inventory" / "cluster.py").exists():
         raise UserError(f"the demo runs from a source checkout (no inventory/cluster.py under {PROJECT})")
+    from llamafleet.rig.models import ensure_slow_target
+
+    if args.compare_tokens <= 0:
+        raise UserError(f"--compare-tokens must be a positive number of tokens, got {args.compare_tokens}")
     build, model = cache.ensure_llama_cpp(), cache.ensure_smollm2()
-    content = mirror.prepare_mirror(build, model)
+    extra = (ensure_slow_target(),) if args.pair == "slow" else ()
+    content = mirror.prepare_mirror(build, model, extra_models=extra)
     mirror.prepare_wheelhouse(content.root, PROJECT)
     example_port = int(yaml.safe_load(EXAMPLE.read_text())["llama_cpp"]["mirror"].rsplit(":", 1)[1])
     server = mirror.MirrorServer(content.root, example_port if _port_free(example_port) else 0).start()
     try:
-        data = demo_inventory(content, server.url, args.install_dir, args.free_ports)
+        data = demo_inventory(content, server.url, args.install_dir, args.free_ports, args.pair)
         inventory_file = cache.cache_root() / "demo" / "cluster.yaml"
         inventory_file.parent.mkdir(parents=True, exist_ok=True)
         inventory_file.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -140,6 +195,8 @@ def run(args) -> int:
         if deploy.returncode != 0:
             raise UserError(f"the deploy failed (pyinfra exit {deploy.returncode}); see its output above")
         print("\nllamafleet demo: deployed by pyinfra and answering:\n" + "\n".join(verify(inventory)), flush=True)
+        if not args.no_compare:
+            print("\n" + compare(inventory_file, args.compare_tokens), flush=True)
         if args.check:
             return 0
         conf = Path(inventory.hosts["local"].install_dir) / "supervisor" / "supervisord.conf"

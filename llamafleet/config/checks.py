@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from llamafleet.config import flags
 from llamafleet.config.findings import Finding, Severity
 from llamafleet.config.memory import device_index, memory_findings, valid_device_names
+from llamafleet.config.topology import PlainRoute, plain_route
 from llamafleet.config.models import (
     OS,
     Backend,
@@ -20,6 +21,7 @@ from llamafleet.config.models import (
     GpuVendor,
     Inventory,
     LlamaServerService,
+    PlainPath,
     ProxyService,
     RpcWorkerService,
     ServiceManager,
@@ -244,14 +246,33 @@ def _same_tokenizer(inventory: Inventory, target_model: str, draft_model: str, p
 # --- ports and addresses -------------------------------------------------------------------------
 
 
+def _listeners(inventory: Inventory) -> Iterator[tuple[str, str, int, tuple]]:
+    """(service, host, port, data path) of every listening process, plain sidecars included."""
+    for name, service in inventory.services.items():
+        yield name, service.host, service.port, ("services", name, "port")
+        route = _plain_route(inventory, name)
+        if route is not None and route.sidecar is not None:
+            yield route.sidecar, service.host, route.port, ("services", name, "native_draft", "plain_port")
+
+
+def _plain_route(inventory: Inventory, name: str) -> PlainRoute | None:
+    service = inventory.services[name]
+    draft = getattr(service, "native_draft", None)
+    if draft is None or draft.rpc_worker not in inventory.services or service.host not in inventory.hosts:
+        return None  # a dangling reference is reported once, by check_references
+    return plain_route(inventory, name)
+
+
 def check_ports(inventory: Inventory) -> Findings:
     """LF130: two services on one host cannot listen on the same port."""
     seen: dict[tuple[str, int], str] = {}
-    for name, service in inventory.services.items():
-        key = (service.host, service.port)
+    for name, host, port, path in _listeners(inventory):
+        key = (host, port)
         if key in seen:
-            yield Finding("LF130", f"port {service.port} on host {service.host!r} is already used by {seen[key]!r}",
-                          "give each service on a host its own port", ("services", name, "port"))
+            yield Finding("LF130", f"port {port} on host {host!r} is already used by {seen[key]!r}",
+                          "give each service on a host its own port"
+                          + (" (native_draft.plain_port sets the plain sidecar's)" if path[-1] == "plain_port" else ""),
+                          path)
         else:
             seen[key] = name
 
@@ -423,5 +444,34 @@ def check_proxies(inventory: Inventory) -> Findings:
                           "add auth: {token_file: ...}, or bind 127.0.0.1", base + ("bind",))
 
 
+def check_plain_routes(inventory: Inventory) -> Findings:
+    """LF192: an explicit plain route the cluster cannot provide; LF193: a target with no plain route.
+
+    Without a plain route, ``auto`` can only choose among speculating paths, so a draft that does not
+    pay makes every request slower than the target alone would be. Say so before deploying.
+    """
+    from llamafleet.config.builds import caps_for
+
+    caps = caps_for(inventory.llama_cpp.build)
+    for name, service in inventory.services.items():
+        route = _plain_route(inventory, name)
+        if route is None:
+            continue
+        path = ("services", name, "native_draft", "plain")
+        wanted = service.native_draft.plain
+        if wanted is PlainPath.request and (caps is None or not caps.per_request_speculative):
+            known = "does not read" if caps is not None else "has no capability data to show it reads"
+            yield Finding("LF192", f"plain: request needs per-request speculative.n_max, which llama.cpp "
+                          f"{inventory.llama_cpp.build} {known}", "use plain: sidecar (or auto)", path)
+        elif wanted is PlainPath.sidecar and service.rpc_workers:
+            yield Finding("LF192", "plain: sidecar cannot share the target's rpc_workers: an RPC worker serves one "
+                          "client at a time", "use plain: request on a build that reads it, or none", path)
+        elif route.kind is PlainPath.none:
+            yield Finding("LF193", f"no plain path to target {name!r}: {route.reason}; the proxy's auto mode can "
+                          "only choose among speculating paths", "see docs/proxy.md, 'The plain path'", path,
+                          Severity.warning)
+
+
 CHECKS = (check_references, check_one_build, check_managed_args, check_flags, check_model_on_host, check_tokenizers, check_ports,
-          check_binds, check_hosts, check_devices, check_memory, check_downloads, check_proxies)
+          check_binds, check_hosts, check_devices, check_memory, check_downloads, check_proxies,
+          check_plain_routes)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from llamafleet.config.findings import DataPath, Finding, Severity
 from llamafleet.config.models import Backend, Host, Inventory, Model, OS, RpcWorkerService, TargetService
+from llamafleet.config.topology import SHARED_WEIGHTS_BACKENDS, plain_route
 
 GIB = 2**30
 DEVICE_OVERHEAD_GIB = 0.5  # compute buffers and backend context per service per device (an estimate)
@@ -168,7 +169,26 @@ def fill_ledger(inventory: Inventory) -> Ledger:
         ledger.place(name, ("services", name, "model"), service.host, devices, on_gpu, need - on_gpu)
         if isinstance(service, TargetService) and service.native_draft is not None:
             _place_native_draft(ledger, name, service)
+            _place_plain_sidecar(ledger, name, service, model, devices)
     return ledger
+
+
+def _place_plain_sidecar(ledger: Ledger, name: str, service: TargetService, model: Model, devices) -> None:
+    """A plain sidecar maps the same model file: on CPU and unified-memory hosts the weights' pages are
+    shared, so it adds its KV cache (and compute buffers, in the per-device overhead); a discrete GPU
+    holds a second copy of the weights."""
+    inventory = ledger.inventory
+    if service.native_draft.rpc_worker not in inventory.services:
+        return  # dangling reference: reported by check_references
+    route = plain_route(inventory, name)
+    if route is None or route.sidecar is None:
+        return
+    host = inventory.hosts[service.host]
+    kv = kv_cache_bytes(model, service.ctx_size)
+    need = kv if host.backend in SHARED_WEIGHTS_BACKENDS else model.size_bytes + kv
+    on_gpu = need * gpu_fraction(model, service.gpu_layers)
+    own = [key for key in devices if key[0] == service.host]
+    ledger.place(route.sidecar, ("services", name, "native_draft", "plain"), service.host, own, on_gpu, need - on_gpu)
 
 
 def _place_native_draft(ledger: Ledger, name: str, service: TargetService) -> None:

@@ -212,6 +212,20 @@ class LlamaServerService(ServiceBase):
     extra_args: list[str] = Field(default_factory=list, description="Checked against the pinned build's flags.")
 
 
+class PlainPath(str, Enum):
+    """How the proxy reaches the target without speculation, when the target runs a native draft.
+
+    A llama-server started with a draft model may speculate on every request; speculation can be slower
+    than plain decoding (a fast target, a costly draft, low acceptance), so the proxy needs a plain path
+    to fall back to. ``auto`` picks per build and host (see ``llamafleet.config.topology``).
+    """
+
+    auto = "auto"
+    request = "request"  # the build reads per-request speculative.n_max: 0 turns drafting off for one request
+    sidecar = "sidecar"  # a second llama-server on the same model file, without the draft
+    none = "none"  # no plain path: auto can only choose among the speculating paths
+
+
 class NativeDraft(Strict):
     """Native speculation: the target runs the draft model itself, on an RPC worker's device."""
 
@@ -219,6 +233,9 @@ class NativeDraft(Strict):
     rpc_worker: Name = Field(description="The rpc-worker service whose device holds the draft.")
     n_max: int = Field(8, gt=0, le=64)
     n_min: int = Field(0, ge=0)
+    plain: PlainPath = Field(PlainPath.auto, description="How the proxy reaches this target without speculation.")
+    plain_port: Port | None = Field(
+        None, description="Port of the plain sidecar llama-server (plain: sidecar); default: the target's port + 1000.")
 
 
 class TargetService(LlamaServerService):

@@ -97,6 +97,11 @@ class MirrorContent:
     release: MirrorFile
     source: MirrorFile
     model: MirrorFile
+    extra_models: tuple[MirrorFile, ...] = ()  # further model files (e.g. the demo's slow rig target)
+
+    @property
+    def models(self) -> tuple[MirrorFile, ...]:
+        return (self.model, *self.extra_models)
 
 
 def _entry(path: Path) -> MirrorFile:
@@ -107,12 +112,13 @@ def default_mirror_root() -> Path:
     return cache_root() / "mirror"
 
 
-def prepare_mirror(build: LlamaCpp, model: Path, root: Path | None = None) -> MirrorContent:
+def prepare_mirror(build: LlamaCpp, model: Path, root: Path | None = None, extra_models: tuple[Path, ...] = ()) -> MirrorContent:
     root = root or default_mirror_root()
     release = pack_release_archive(build, root)
     source = _link(build.source_archive, root / build.source_archive.name)
     model_file = _link(model, root / model.name)
-    return MirrorContent(root, _entry(release), _entry(source), _entry(model_file))
+    extra = tuple(_entry(_link(m, root / m.name)) for m in extra_models)
+    return MirrorContent(root, _entry(release), _entry(source), _entry(model_file), extra)
 
 
 RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
@@ -205,10 +211,11 @@ def pin_to_mirror(data: dict, content: MirrorContent, url: str) -> dict:
     pin["releases"] = [{"file": content.release.name, "os": "linux", "arch": "x86_64" if "x64" in content.release.name
                         else "arm64", "backend": "cpu", "sha256": content.release.sha256}]
     pin.setdefault("source", {}).update(file=content.source.name, sha256=content.source.sha256)
+    served = {m.name: m for m in content.models}
     for model in data.get("models", {}).values():
         for f in model["files"]:
-            if f["name"] == content.model.name:
-                f.update(sha256=content.model.sha256, size=content.model.size)
+            if f["name"] in served:
+                f.update(sha256=served[f["name"]].sha256, size=served[f["name"]].size)
     return data
 
 
