@@ -27,7 +27,7 @@ from llamafleet.proxy.dashboard import handle_dashboard
 from llamafleet.proxy.engine import Engine, ModeUnavailable
 from llamafleet.proxy.errors import ApiError, from_backend, from_validation, internal, invalid
 from llamafleet.proxy.speculation import PROXY_SAMPLING_METHOD, Job, Report
-from llamafleet.proxy.stats import Stats
+from llamafleet.proxy.stats import Stats, controller_gauges
 from llamafleet.proxy.text import TextAssembler
 from llamafleet.proxy.upstream import LlamaServer
 
@@ -340,9 +340,9 @@ async def handle_stats(request: web.Request) -> web.StreamResponse:
 
 async def handle_metrics(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    snapshot = state.stats.snapshot()
-    gauges = {"acceptance_rate": snapshot["acceptance_rate"] or 0.0,
-              "probe_time_fraction": state.engine.controller.probe_cost_bound()}
+    snapshot = state.stats_snapshot()
+    gauges = {"acceptance_rate": ("Accepted over drafted tokens, all requests.", [({}, snapshot["acceptance_rate"] or 0.0)]),
+              **controller_gauges(snapshot["controller"])}
     return web.Response(text=state.stats.prometheus(gauges), content_type="text/plain", charset="utf-8",
                         headers={"X-Content-Type-Options": "nosniff"})
 

@@ -21,6 +21,7 @@ PROBE_INTERVAL_S = 20.0
 PROBE_INTERVAL_MAX_S = 3600.0
 PROBE_BUDGET = 0.03  # re-probes stop while probing has used more than this fraction of generation time
 FIRST_DRAFT_LEN = 2  # short first drafts: a cold proxy round pays the prompt once per verification slot
+PLAIN = "direct"  # the path that decodes without speculation; the others are measured against it
 
 
 @dataclass
@@ -182,6 +183,23 @@ class Controller:
         else:
             self.probe_interval[path] = min(self.probe_interval[path] * 2, PROBE_INTERVAL_MAX_S)
 
+    def speed_vs_plain(self, greedy: bool, max_width: int) -> dict[str, float]:
+        """Each measured speculating path's speed as a multiple of the plain path's (tokens per second
+        over plain tokens per second: 0.5 is half as fast). Empty until the plain path is measured, or
+        where there is no plain path. Acceptance plays no part: a path that accepts every draft token
+        can still be slower than decoding without drafts."""
+        estimates = self.estimates(greedy, max_width)
+        plain = estimates.get(PLAIN)
+        if plain is None:
+            return {}
+        return {p: plain / s for p, s in estimates.items() if p != PLAIN and s is not None}
+
+    def slower_than_plain(self, max_width: int) -> list[dict]:
+        """The speculating paths measured slower than the plain path on live traffic, per kind of request."""
+        return [{"path": path, "sampling": kind, "speed_vs_plain": round(ratio, 4)}
+                for kind, greedy in (("greedy", True), ("sampled", False))
+                for path, ratio in sorted(self.speed_vs_plain(greedy, max_width).items()) if ratio < 1.0]
+
     def probe_cost_bound(self) -> float:
         """Fraction of generation time spent probing so far (the bench reports it)."""
         return self.probe_seconds / self.generation_seconds if self.generation_seconds else 0.0
@@ -198,6 +216,10 @@ class Controller:
             "draft_len": {"greedy": self.rounds[True].best(max(1, min(self.draft_max, max_width)))[0],
                           "sampled": self.rounds[False].best(max(1, min(self.draft_max, max_width)))[0]},
             "proxy_acceptance": {"greedy": rounded(self.rounds[True].acceptance), "sampled": rounded(self.rounds[False].acceptance)},
+            "plain_path": PLAIN if PLAIN in self.paths else None,
+            "speed_vs_plain": {kind: {p: round(r, 4) for p, r in self.speed_vs_plain(greedy, max_width).items()}
+                               for kind, greedy in (("greedy", True), ("sampled", False))},
+            "slower_than_plain": self.slower_than_plain(max_width),
             "probe_interval_s": dict(self.probe_interval),
             "probe_time_fraction": round(self.probe_cost_bound(), 4),
             "decisions": dict(self.decisions),

@@ -66,7 +66,8 @@ class Stats:
             "history": list(self.history),
         }
 
-    def prometheus(self, extra_gauges: dict[str, float]) -> str:
+    def prometheus(self, gauges: dict[str, tuple[str, list[tuple[dict, float]]]]) -> str:
+        """The counters, then ``gauges``: name -> (help, [(labels, value)])."""
         lines: list[str] = []
 
         def metric(name: str, kind: str, help_: str, samples: list[tuple[dict, float]]) -> None:
@@ -86,9 +87,27 @@ class Stats:
         metric("draft_seconds_total", "counter", "Time spent drafting.", [({}, self.draft_ms / 1000)])
         metric("verify_seconds_total", "counter", "Time spent in target calls.", [({}, self.verify_ms / 1000)])
         metric("active_requests", "gauge", "Requests generating now.", [({}, self.active)])
-        for name, value in extra_gauges.items():
-            metric(name, "gauge", name.replace("_", " ") + ".", [({}, value)])
+        for name, (help_, samples) in gauges.items():
+            metric(name, "gauge", help_, samples)
         return "\n".join(lines) + "\n"
+
+
+def controller_gauges(controller: dict) -> dict[str, tuple[str, list[tuple[dict, float]]]]:
+    """Gauges from the controller's snapshot (the one /stats serves), so /metrics and /stats agree.
+
+    ``speed_vs_plain`` is a speculating path's measured speed over the plain path's; ``slower_than_plain``
+    is 1 where that is below 1, whatever the acceptance rate (0 otherwise). Only paths measured
+    together with the plain path have a sample."""
+    slower = {(s["path"], s["sampling"]) for s in controller["slower_than_plain"]}
+    ratios = [({"path": path, "sampling": kind}, ratio)
+              for kind, by_path in controller["speed_vs_plain"].items() for path, ratio in sorted(by_path.items())]
+    return {
+        "probe_time_fraction": ("Fraction of generation time the auto controller spent probing.",
+                                [({}, controller["probe_time_fraction"])]),
+        "speed_vs_plain": ("Measured speed of a speculating path over the plain (no speculation) path's.", ratios),
+        "slower_than_plain": ("1 where a speculating path is measured slower than the plain path.",
+                              [(labels, int((labels["path"], labels["sampling"]) in slower)) for labels, _ in ratios]),
+    }
 
 
 def _escape(value: str) -> str:
