@@ -10,6 +10,8 @@ themselves, from wherever it runs (a laptop, a CI runner):
 - each drafter shares its target's vocabulary: ``/v1/models`` metadata, then ``/tokenize`` of probe
   strings, which must give identical ids (the same family name can still hide a changed vocabulary);
 - the proxy answers with its bearer token and refuses without it;
+- no speculating path of the proxy is slower than plain decoding on the traffic it measured
+  (a warning with the ratio, whatever the acceptance rate);
 - each ggml-rpc-server accepts connections on its declared address and refuses them elsewhere.
 """
 
@@ -165,6 +167,7 @@ class Doctor:
                 continue
             if isinstance(svc, ProxyService):
                 report.extend(self.check_proxy(name, svc))
+                report.add(self.check_speculation_speed(name, svc))
             elif isinstance(svc, RpcWorkerService):
                 report.extend(self.check_rpc_worker(name, svc))
         return report
@@ -331,6 +334,49 @@ class Doctor:
                                     "200 with the token", str(authed.status),
                                     hint="" if authed.status == 200 else "the proxy's token differs from the one doctor used"))
         return findings
+
+    # proxy: is speculation paying off on live traffic?
+
+    def check_speculation_speed(self, name: str, svc: ProxyService) -> Finding:
+        """The proxy's own measurements (``/stats`` controller): a speculating path (native, proxy)
+        measured slower than the plain path is a warning with the ratio, whatever its acceptance rate."""
+        check = f"speculation speed {name}"
+        expected = "speculating paths at least as fast as plain decoding"
+        base = self._base(svc)
+        if base is None:
+            return _not_from_here(svc.host, check, svc.bind)
+        token = (self.proxy_token or _token_from_auth(svc)) if svc.auth else None
+        if svc.auth and not token:
+            return Finding(svc.host, check, Severity.skipped, actual="no token available here for /stats",
+                           hint=f"set {svc.auth.token_env or 'LLAMAFLEET_PROXY_TOKEN'} for doctor")
+        try:
+            reply = self.http.request(base + "/stats", token=token)
+        except Unreachable as err:
+            return Finding(svc.host, check, Severity.skipped, actual=f"no answer: {err}", hint="see health " + name)
+        body = reply.body if isinstance(reply.body, dict) else {}
+        controller = body.get("controller")
+        if reply.status != 200 or not isinstance(controller, dict):
+            return Finding(svc.host, check, Severity.skipped, actual=f"/stats answered HTTP {reply.status}",
+                           hint=f"see proxy auth {name}")
+        if "slower_than_plain" not in controller:
+            return Finding(svc.host, check, Severity.skipped, actual="this proxy does not report speed against plain",
+                           hint=f"re-deploy {svc.host} with this llamafleet version")
+        if controller.get("plain_path") is None:
+            return Finding(svc.host, check, Severity.warning, expected, "no plain path to compare with",
+                           hint="the target speculates on every request, so auto cannot fall back to plain decoding: "
+                                "llamafleet plan shows the target's plain path; give it one (native_draft.plain)")
+        slower = controller["slower_than_plain"]
+        if slower:
+            actual = "; ".join(f"{s['path']} {s['speed_vs_plain']:.2f}x of plain ({s['sampling']})" for s in slower)
+            return Finding(svc.host, check, Severity.warning, expected, actual,
+                           hint="speculation costs more than it saves on this traffic, whatever its acceptance "
+                                "rate: auto routes around a slower path, but a cheaper draft (or none) frees its cost")
+        ratios = [f"{path} {ratio:.2f}x of plain ({kind})" for kind, by_path in controller["speed_vs_plain"].items()
+                  for path, ratio in sorted(by_path.items())]
+        if not ratios:
+            return Finding(svc.host, check, Severity.skipped, actual="not measured yet",
+                           hint="the proxy compares paths on live traffic: send requests through it first")
+        return Finding(svc.host, check, Severity.ok, expected, "; ".join(ratios))
 
     # rpc workers: declared address only
 

@@ -68,12 +68,12 @@ def http_status(url: str, headers: dict | None = None) -> int:
         return err.code
 
 
-def complete_through_proxy(proxy_url: str) -> dict:
+def complete_through_proxy(proxy_url: str, mode: str = "proxy") -> dict:
     body = {"prompt": "The capital of France is", "max_tokens": 24, "temperature": 0}
     request = urllib.request.Request(
         f"{proxy_url}/v1/completions", data=json.dumps(body).encode(), method="POST",
         headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json",
-                 "X-Llamafleet-Mode": "proxy"})
+                 "X-Llamafleet-Mode": mode})
     with urllib.request.urlopen(request, timeout=120) as resp:
         return json.load(resp)
 
@@ -125,6 +125,22 @@ def test_dashboard_shows_live_figures_after_a_request(proxy, browser):
     assert "proxy" in history and "24" in history
     assert browser.find_elements("css selector", "#chart-tps circle"), "the tok/s chart has no points"
     assert browser.find_elements("css selector", "#chart-acceptance circle"), "the acceptance chart has no points"
+
+    # Speed against plain decoding: nothing to compare until the plain path (direct) is measured too.
+    assert text_of(browser, "vs-plain-verdict").startswith("Not measured yet")
+    assert complete_through_proxy(proxy.url, "direct")["llamafleet"]["path"] == "direct"
+    wait_for(browser, lambda d: int(text_of(d, "requests-total")) == before + 2, "the plain request")
+    wait_for(browser, lambda d: not text_of(d, "vs-plain-verdict").startswith("Not measured"), "a verdict")
+    controller = json.load(urllib.request.urlopen(urllib.request.Request(
+        f"{proxy.url}/stats", headers={"Authorization": f"Bearer {TOKEN}"})))["controller"]
+    ratio = controller["speed_vs_plain"]["greedy"]["proxy"]
+    row = browser.find_element("css selector", "#vs-plain tbody tr").text
+    assert row.startswith(f"proxy greedy {ratio:.2f}x"), row
+    verdict = text_of(browser, "vs-plain-verdict")
+    if controller["slower_than_plain"]:
+        assert f"proxy at {ratio:.2f}x (greedy)" in verdict and "slower than plain" in row
+    else:
+        assert verdict.startswith("Every measured speculating path") and "at least as fast" in row
 
     # Self-contained: everything the page loaded came from the proxy itself.
     resources = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")

@@ -214,7 +214,70 @@ def test_doctor_without_the_proxy_token_says_so(proxy_inventory, llama_build, tm
     skipped = findings["proxy auth proxy"]
     assert skipped["severity"] == "skipped" and "LF_DOCTOR_TOKEN" in skipped["hint"]
     assert code == 0  # a skip is not a failure, but the JUnit report shows it as skipped, not passed
-    assert [c.get("name") for c in junit.iter("testcase") if c.find("skipped") is not None] == ["proxy auth proxy"]
+    assert [c.get("name") for c in junit.iter("testcase") if c.find("skipped") is not None] == [
+        "proxy auth proxy", "speculation speed proxy"]
+    assert "LF_DOCTOR_TOKEN" in findings["speculation speed proxy"]["hint"]
+
+
+def _measure(controller, direct_s: float | None, round_s: float | None) -> None:
+    """Feed the running proxy's controller what live traffic would: 100 plain tokens taking
+    ``direct_s`` seconds, and proxy rounds taking ``round_s`` each. The target has 2 slots, so a round
+    drafts 1 token; every draft is accepted, so a round yields 2 tokens."""
+    if direct_s is not None:
+        controller.observe_segment("direct", True, 100, direct_s)
+    for _ in range(6 if round_s is not None else 0):
+        controller.observe_round(True, 1, round_s, 1, False)
+
+
+@pytest.mark.parametrize(
+    "direct_s, round_s, severity, actual",
+    [
+        (None, None, "skipped", "not measured yet"),
+        (1.0, None, "skipped", "not measured yet"),
+        # Every draft token accepted, and still half the plain speed (20 ms a token against 10 ms).
+        (1.0, 0.04, "warning", "proxy 0.50x of plain (greedy)"),
+        (1.0, 0.01, "ok", "proxy 2.00x of plain (greedy)"),
+    ],
+    ids=["no-traffic", "plain-only", "proxy-slower-at-full-acceptance", "proxy-faster"],
+)
+def test_doctor_warns_when_speculation_is_slower_than_plain(proxy_inventory, llama_build, tmp_path, capsys,
+                                                            monkeypatch, direct_s, round_s, severity, actual):
+    """doctor reads the ratio over HTTP from the real proxy's /stats; what the proxy measured is
+    given to its controller directly here (the measuring is tested in tests/proxy/test_proxy_signals.py)."""
+    monkeypatch.setenv("LF_DOCTOR_TOKEN", "s3cret")
+    with _serve_proxy(proxy_inventory, "s3cret") as proxy:
+        _measure(proxy.state.engine.controller, direct_s, round_s)
+        code, findings, junit = doctor(tmp_path, capsys, proxy_inventory, "--expect-build-info",
+                                       version_build_info(llama_build))
+    finding = findings["speculation speed proxy"]
+    assert (finding["severity"], finding["actual"]) == (severity, actual)
+    assert code == 0  # a warning is worth reading; it does not fail the run
+    if severity == "warning":
+        [case] = [c for c in junit.iter("testcase") if c.get("name") == "speculation speed proxy"]
+        assert "0.50x of plain" in case.find("system-out").text
+
+
+def test_doctor_speed_finding_agrees_with_the_proxys_stats_on_real_traffic(proxy_inventory, llama_build, tmp_path,
+                                                                          capsys, monkeypatch):
+    """Real requests on the plain and the proxy path (SmolLM2 drafting for itself): whichever way the
+    measurement goes on this machine, doctor's verdict and ratio are the ones /stats serves."""
+    import httpx
+
+    monkeypatch.setenv("LF_DOCTOR_TOKEN", "s3cret")
+    auth = {"Authorization": "Bearer s3cret"}
+    with _serve_proxy(proxy_inventory, "s3cret") as proxy:
+        for mode in ("direct", "proxy", "direct", "proxy"):
+            r = httpx.post(proxy.url + "/v1/completions", json={"prompt": "Count: one, two,", "max_tokens": 24,
+                           "temperature": 0}, headers={**auth, "X-Llamafleet-Mode": mode}, timeout=120)
+            assert r.json()["llamafleet"]["path"] == mode
+        code, findings, _ = doctor(tmp_path, capsys, proxy_inventory, "--expect-build-info",
+                                   version_build_info(llama_build))
+        stats = httpx.get(proxy.url + "/stats", headers=auth).json()["controller"]
+    finding = findings["speculation speed proxy"]
+    ratio = stats["speed_vs_plain"]["greedy"]["proxy"]
+    assert f"proxy {ratio:.2f}x of plain (greedy)" in finding["actual"]
+    assert finding["severity"] == ("warning" if stats["slower_than_plain"] else "ok")
+    assert (ratio < 1) == bool(stats["slower_than_plain"])
 
 
 @pytest.fixture

@@ -135,6 +135,31 @@ def test_metrics_parse_and_stats_shape(partial_rig):
     assert last["path"] == "proxy" and last["rounds"] >= 1
 
 
+def test_speed_against_plain_is_served_alike_by_stats_and_metrics(partial_rig):
+    """Real traffic on every path: /stats names each speculating path slower than plain (direct), and
+    /metrics carries the same ratios and flags, whichever way this machine measures them."""
+    for mode in ("direct", "native", "proxy"):
+        r = httpx.post(partial_rig.proxy.url + "/v1/completions", json={"prompt": "One, two,", "max_tokens": 16,
+                       "temperature": 0}, headers={**AUTH, "X-Llamafleet-Mode": mode}, timeout=120)
+        assert r.json()["llamafleet"]["path"] == mode
+    controller = httpx.get(partial_rig.proxy.url + "/stats", headers=AUTH).json()["controller"]
+    text = httpx.get(partial_rig.proxy.url + "/metrics", headers=AUTH).text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    plain = controller["seconds_per_token"]["greedy"]["direct"]
+    ratios = controller["speed_vs_plain"]["greedy"]
+    assert controller["plain_path"] == "direct" and set(ratios) == {"native", "proxy"}
+    for path, ratio in ratios.items():
+        assert ratio == pytest.approx(plain / controller["seconds_per_token"]["greedy"][path], rel=1e-3)
+    slower = {s["path"] for s in controller["slower_than_plain"] if s["sampling"] == "greedy"}
+    assert slower == {p for p, r in ratios.items() if r < 1}
+    gauges = {s.labels["path"]: s.value for s in families["llamafleet_speed_vs_plain"].samples
+              if s.labels["sampling"] == "greedy"}
+    flags = {s.labels["path"]: s.value for s in families["llamafleet_slower_than_plain"].samples
+             if s.labels["sampling"] == "greedy"}
+    # /stats and /metrics were read one after the other; no request ran in between.
+    assert gauges == pytest.approx(ratios) and flags == {p: float(p in slower) for p in ratios}
+
+
 # --- temperature > 0 -----------------------------------------------------------------------------
 
 SAMPLES = 100
