@@ -69,6 +69,8 @@ def demo_inventory(content, mirror_url: str, install_dir: str | None, free_ports
 
     if pair == "fast":  # SmolLM2 is the target as well as the draft
         data["models"].pop(SLOW_MODEL)
+        for host in data["hosts"].values():
+            host["models"] = [m for m in host.get("models", []) if m != SLOW_MODEL]
         for service in data["services"].values():
             if service.get("model") == SLOW_MODEL:
                 service["model"] = "smollm2"

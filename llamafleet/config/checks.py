@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Iterator
-from llamafleet.config import flags
+from llamafleet.config import builds
 from llamafleet.config.findings import Finding, Severity
 from llamafleet.config.memory import device_index, memory_findings, valid_device_names
 from llamafleet.config.topology import PlainRoute, plain_route
@@ -109,19 +109,19 @@ def check_flags(inventory: Inventory) -> Findings:
     """LF102/LF106: every llama-server service's extra_args against the pinned build's flag list;
     LF103: say so when the pinned build has no flag list (rather than pass silently)."""
     build = inventory.llama_cpp.build
-    table = flags.flag_table(build, "llama-server")
-    if table is None:
+    caps = builds.caps_for(build)
+    if caps is None:
         if any(s.extra_args for _, s in _llama_services(inventory)):
-            shipped = ", ".join(flags.shipped_builds()) or "none"
+            shipped = ", ".join(builds.known_builds()) or "none"
             yield Finding("LF103", f"no flag list is shipped for llama.cpp {build}: extra_args are NOT checked",
-                          f"generate one with `python -m llamafleet.config.flags --bin-dir DIR --build {build}` "
+                          f"generate one with `python -m llamafleet.config.builds --bin-dir DIR --build {build}` "
                           f"(shipped: {shipped})", ("llama_cpp", "build"), Severity.warning)
         return
     for name, service in _llama_services(inventory):
-        yield from _check_args(table, build, ("services", name, "extra_args"), service.extra_args)
+        yield from _check_args(caps.server, build, ("services", name, "extra_args"), service.extra_args)
 
 
-def _check_args(table: flags.FlagTable, build: str, path: tuple, args: list[str]) -> Findings:
+def _check_args(table: builds.FlagTable, build: str, path: tuple, args: list[str]) -> Findings:
     index = 0
     while index < len(args):
         token = args[index]
@@ -141,7 +141,7 @@ def _check_args(table: flags.FlagTable, build: str, path: tuple, args: list[str]
         index += 1 + option.values
 
 
-def _flag_hint(flag: str, table: flags.FlagTable) -> str:
+def _flag_hint(flag: str, table: builds.FlagTable) -> str:
     if flag == "--np":
         return "the slot count flag is -np or --parallel; better, set parallel: N on the service"
     name, equals, _ = flag.partition("=")
@@ -250,6 +250,7 @@ def _listeners(inventory: Inventory) -> Iterator[tuple[str, str, int, tuple]]:
     """(service, host, port, data path) of every listening process, plain sidecars included."""
     for name, service in inventory.services.items():
         yield name, service.host, service.port, ("services", name, "port")
+    for name, service in inventory.services.items():  # last, so a clash points at the derived port
         route = _plain_route(inventory, name)
         if route is not None and route.sidecar is not None:
             yield route.sidecar, service.host, route.port, ("services", name, "native_draft", "plain_port")

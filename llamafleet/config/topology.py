@@ -89,5 +89,6 @@ def plain_route(inventory: Inventory, name: str) -> PlainRoute | None:
         return sidecar(f"llama.cpp {inventory.llama_cpp.build} {build_says}; on a {host.backend.value} host the "
                        "second process shares the model file's pages and costs its KV cache")
     return PlainRoute(name, PlainPath.none,
-                      f"llama.cpp {inventory.llama_cpp.build} {build_says}, and on a discrete GPU a second process "
+                      f"llama.cpp {inventory.llama_cpp.build} {build_says}, and on a discrete GPU "
+                      f"({host.backend.value if host else 'unknown'} host) a second process "
                       "would hold a second copy of the weights: set native_draft.plain: sidecar where that fits")
