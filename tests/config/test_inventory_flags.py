@@ -9,26 +9,26 @@ import sys
 
 from inventory_testlib import REPO
 
-from llamafleet.config import flags
+from llamafleet.config import builds as flags
 
-SHIPPED = REPO / "llamafleet" / "config" / "flags" / "b11434.json"
+SHIPPED = REPO / "llamafleet" / "config" / "builds" / "b11434.json"
 
 
 def test_regenerating_from_the_real_build_reproduces_the_shipped_data(llama_build, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "llamafleet.config.flags", "--bin-dir", str(llama_build.bin_dir),
-                             "--build", "b11434", "--out-dir", str(tmp_path)], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "llamafleet.config.builds", "--bin-dir", str(llama_build.bin_dir),
+                             "--build", "b11434", "--source", str(llama_build.src), "--out-dir", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "b11434.json").read_text() == SHIPPED.read_text()
 
 
 def test_shipped_table_knows_the_slot_flag_and_not_the_typo():
-    table = flags.flag_table("b11434", "llama-server")
+    table = flags.caps_for("b11434").server
     assert table.lookup("-np") == flags.Option(("-np", "--parallel"), 1)
     assert table.lookup("--np") is None
     assert table.lookup("--jinja").values == 0
-    rpc = flags.flag_table("b11434", "ggml-rpc-server")
+    rpc = flags.caps_for("b11434").rpc
     assert {"-H", "--host", "-p", "--port", "-d", "--device", "-c", "--cache"} <= set(rpc.by_flag)
-    assert flags.flag_table("b8111", "llama-server") is None
+    assert flags.caps_for("b8111") is None
 
 
 def test_real_llama_server_rejects_double_dash_np(llama_build):
@@ -59,4 +59,4 @@ def test_help_parser_on_wrapped_and_multi_value_lines():
 def test_shipped_file_records_its_origin():
     data = json.loads(SHIPPED.read_text())
     assert data["build"] == "b11434"
-    assert data["generated_by"].startswith("python -m llamafleet.config.flags")
+    assert data["generated_by"].startswith("python -m llamafleet.config.builds")
