@@ -86,10 +86,26 @@ def cluster_plan(path: Path, inventory: Inventory, findings: list[Finding], host
         "format": FORMAT,
         "file": str(path),
         "cluster": inventory.cluster,
-        "llama_cpp": {"build": inventory.llama_cpp.build},
+        "llama_cpp": capabilities(inventory.llama_cpp.build),
         "warnings": [f.to_json() for f in findings],
         "hosts": {name: host_plan(plan_host(inventory, name)) for name in hosts},
     }
+
+
+def capabilities(build: str) -> dict:
+    """Where the pinned build's names and flags come from, or that nothing is known about them."""
+    from llamafleet.config.builds import caps_for, known_builds
+
+    caps = caps_for(build)
+    if caps is None:
+        note = (f"no capability data for llama.cpp {build} (known: {', '.join(known_builds()) or 'none'}): the "
+                "binary names and flags below are not checked offline; the deploy checks them against the "
+                "installed binary's --help before it writes any unit, and saves what it learns for the next run")
+    elif caps.origin == "learned":
+        note = f"capabilities of llama.cpp {build} learned from an installed binary's --help (saved locally)"
+    else:
+        note = f"capabilities of llama.cpp {build} shipped with llamafleet (generated from its binaries)"
+    return {"build": build, "capabilities": None if caps is None else caps.origin, "note": note}
 
 
 def host_plan(plan) -> dict:
@@ -99,9 +115,11 @@ def host_plan(plan) -> dict:
 
     host = plan.host
     build = plan.build
-    files = [_file(path, content, mode) for path, (content, mode) in sorted(rendered_files(plan).items())]
+    # Windows hosts get no POSIX modes: the deploy uploads there without one.
+    mode_of = (lambda mode: None) if plan.windows else (lambda mode: mode)
+    files = [_file(path, content, mode_of(mode)) for path, (content, mode) in sorted(rendered_files(plan).items())]
     helper = helper_source(ntpath.basename(plan.helper_path))
-    files.insert(0, {**_file(plan.helper_path, helper, "0755"), "content": None,
+    files.insert(0, {**_file(plan.helper_path, helper, mode_of("0755")), "content": None,
                      "note": "llamafleet's host helper script (shipped with llamafleet; content not shown)"})
     return {
         "os": host.os.value, "arch": host.arch.value, "backend": host.backend.value,
@@ -119,8 +137,9 @@ def host_plan(plan) -> dict:
             "bind": svc.bind, "port": svc.port, "argv": list(svc.argv), "command": _command_line(plan, svc.argv),
             "env": dict(svc.env),
         } for svc in plan.services},
-        # The deploy creates token files on POSIX hosts only; the token itself is never shown.
-        "secrets": [] if plan.windows else [{"path": s.path, "mode": "0600", "owner": s.user} for s in plan.secrets],
+        # The token itself is never shown. The deploy makes token files on POSIX hosts only.
+        "secrets": [{"path": s.path, "mode": mode_of("0600"), "owner": s.user, "made_by_deploy": not plan.windows}
+                    for s in plan.secrets],
         "plain_paths": plain_paths(plan.inventory, plan.name),
         "files": files,
     }
@@ -170,6 +189,7 @@ def render_text(plan: dict, findings: list[Finding]) -> str:
     lines = [f"llamafleet plan: {plan['file']}: cluster {plan['cluster']}, llama.cpp {plan['llama_cpp']['build']}, "
              f"{len(plan['hosts'])} host(s). Offline: no host was contacted."]
     lines += [str(f) for f in findings]
+    lines.append(("" if plan["llama_cpp"]["capabilities"] else "WARNING: ") + plan["llama_cpp"]["note"])
     for name, host in plan["hosts"].items():
         lines += [""] + _host_lines(name, host)
     return "\n".join(lines) + "\n"
@@ -194,11 +214,16 @@ def _host_lines(name: str, h: dict) -> list[str]:
     for target, p in h["plain_paths"].items():
         lines.append(f"  plain path of {target}: {p['summary']}")
     for s in h["secrets"]:
-        lines.append(f"  secret {s['path']}: mode {s['mode']}, owner {s['owner']}, made on the host "
-                     "(the token is never shown)")
+        if s["made_by_deploy"]:
+            lines.append(f"  secret {s['path']}: mode {s['mode']}, owner {s['owner']}, made on the host "
+                         "(the token is never shown)")
+        else:
+            lines.append(f"  secret {s['path']}: NOT made by the deploy on this host: create it, readable by "
+                         f"{s['owner']} only")
     lines.append(f"  files ({len(h['files'])}):")
     for f in h["files"]:
-        lines.append(f"    {f['path']} (mode {f['mode']}, {f['bytes']} bytes, sha256 {f['sha256']})"
+        mode = f"mode {f['mode']}" if f["mode"] else "no POSIX mode"
+        lines.append(f"    {f['path']} ({mode}, {f['bytes']} bytes, sha256 {f['sha256']})"
                      + (f": {f['note']}" if f.get("note") else ""))
         if f["content"] is not None:
             lines += _content_lines(f["content"])
