@@ -145,7 +145,7 @@ def host_plan(plan) -> dict:
     }
 
 
-def _file(path: str, content: str, mode: str) -> dict:
+def _file(path: str, content: str, mode: str | None) -> dict:
     data = content.encode()
     return {"path": path, "mode": mode, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
             "content": content}
@@ -167,8 +167,9 @@ def plain_paths(inventory: Inventory, host: str) -> dict:
 
 def plain_path(inventory: Inventory, target: str) -> dict:
     """The target's plain route (``llamafleet.config.topology``), with a sentence for the text form."""
-    from llamafleet.config.models import PlainPath
+    from llamafleet.config.models import PlainPath, ProxyService
     from llamafleet.config.topology import plain_route
+    from llamafleet.proxy.config import ProxyConfig
 
     route = plain_route(inventory, target)
     if route.kind is PlainPath.sidecar:
@@ -178,8 +179,18 @@ def plain_path(inventory: Inventory, target: str) -> dict:
         how = f"per request on {target} itself, with {json.dumps(route.request_fields)}"
     else:
         how = "NONE: the proxy's auto can only choose among speculating paths"
+    # What each proxy in front of this target is configured with for its plain (direct) path.
+    proxies = {}
+    for name, svc in inventory.services.items():
+        if isinstance(svc, ProxyService) and svc.target == target:
+            direct = ProxyConfig.from_inventory(inventory, name).target
+            proxies[name] = {"url": direct.url, "request_fields": dict(direct.request_fields)}
+    via = "; ".join(f"proxy {n} sends direct requests to {p['url']}"
+                    + (f" with {json.dumps(p['request_fields'])}" if p["request_fields"] else "")
+                    for n, p in proxies.items())
     return {"kind": route.kind.value, "sidecar": route.sidecar, "port": route.port,
-            "request_fields": route.request_fields, "reason": route.reason, "summary": f"{how} ({route.reason})"}
+            "request_fields": route.request_fields, "reason": route.reason, "proxies": proxies,
+            "summary": f"{how} ({route.reason})" + (f"; {via}" if via and route.kind is not PlainPath.none else "")}
 
 
 # --- text ------------------------------------------------------------------------------------------
