@@ -3,7 +3,8 @@
 The deploy turns a :class:`HostPlan` plus the host's gathered state into commands, and ``drift``
 compares the same plan with the same state, so the two can never disagree about what "matches" means.
 Every path on the host is derived here: model paths from ``models_dir`` + file name, binaries from
-the install directory of the pinned build.
+the install directory of the pinned build. Every binary name and flag comes from the pinned build's
+capabilities (:func:`plan_caps`), never from one build's spellings.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from llamafleet.config.models import (
     ServiceManager,
     TargetService,
 )
+from llamafleet.config.builds import BuildCaps, caps_for, known_builds
 from llamafleet.config.topology import plain_route
 from llamafleet.errors import UserError
 
@@ -44,6 +46,30 @@ BACKEND_CMAKE_OPTIONS = {
 FIRST_DEVICE = {Backend.cuda: "CUDA0", Backend.rocm: "ROCm0", Backend.vulkan: "Vulkan0", Backend.metal: "MTL0",
                 Backend.cpu: "none"}
 UPSTREAM_ARCH = {"x86_64": "x64", "arm64": "arm64"}
+
+
+def _build_number(build: str) -> int:
+    return int(build[1:]) if build[1:].isdigit() else -1
+
+
+def plan_caps(build: str) -> tuple[BuildCaps, str | None]:
+    """The capabilities to render ``build`` with, and a note when they are not ``build``'s own.
+
+    A build with shipped or learned data renders with its own. A build nobody has seen yet renders
+    with the known build nearest to it by number (its spellings are the likeliest), and the note says
+    so: the deploy then reads the installed binary's ``--help``, refuses any flag it lacks, and saves
+    what it learned, so the next run (and ``validate``) uses the build's own spellings.
+    """
+    caps = caps_for(build)
+    if caps is not None:
+        return caps, None
+    known = known_builds()
+    if not known:
+        raise UserError(f"llama_cpp.build {build}: no build capabilities are known at all "
+                        "(llamafleet/config/builds/ is missing from this installation)")
+    nearest = min(known, key=lambda b: (abs(_build_number(b) - _build_number(build)), -_build_number(b)))
+    return caps_for(nearest), (f"llama.cpp {build} is not known here: rendered with the names and flags of {nearest} "
+                               f"(the nearest known build) until a deploy reads {build}'s own --help")
 
 
 def upstream_release_name(build: str, os_: OS, arch: str, backend: Backend, variant: str | None = None) -> str:
@@ -126,6 +152,8 @@ class HostPlan:
     services: list[ServicePlan] = field(default_factory=list)
     secrets: list[SecretPlan] = field(default_factory=list)
     proxy_services: list[str] = field(default_factory=list)
+    caps: BuildCaps | None = None  # what the services were rendered with (plan_caps)
+    caps_note: str | None = None  # set when those are another build's (the pin is not known yet)
 
     # --- derived paths --------------------------------------------------------------------------
     @property
@@ -173,9 +201,9 @@ def _artifact_url(inventory: Inventory, url: str | None, file: str, what: str) -
     return inventory.llama_cpp.mirror.rstrip("/") + "/" + file
 
 
-def plan_build(inventory: Inventory, name: str, host: Host, needs_rpc: bool) -> BuildPlan:
+def plan_build(inventory: Inventory, name: str, host: Host, needs_rpc: bool, caps: BuildCaps) -> BuildPlan:
     pin = inventory.llama_cpp
-    binaries = ("llama-server", "ggml-rpc-server") if needs_rpc else ("llama-server",)
+    binaries = (caps.server_binary, caps.rpc_binary) if needs_rpc else (caps.server_binary,)
     if host.install == "source":
         if pin.source is None:
             raise UserError(f"hosts.{name}: install is 'source' but llama_cpp.source is not set")
@@ -217,32 +245,54 @@ def _rpc_endpoint(inventory: Inventory, worker: str) -> str:
     return f"{svc.bind}:{svc.port}"
 
 
-def llama_server_argv(inventory: Inventory, host: Host, svc: TargetService | DrafterService, server: str) -> list[str]:
-    argv = [server, "-m", model_path(inventory, host, svc.model), "--host", svc.bind, "--port", str(svc.port),
-            "-c", str(svc.ctx_size), "-np", str(svc.parallel), "-ngl", str(svc.gpu_layers), "--no-webui"]
+def llama_server_argv(inventory: Inventory, host: Host, svc: TargetService | DrafterService, server: str,
+                      caps: BuildCaps | None = None, *, draft: bool = True) -> list[str]:
+    """The llama-server command line of ``svc`` in ``caps``' spellings (default: the pin's
+    :func:`plan_caps`). ``draft=False`` leaves a target's native draft out (its plain sidecar)."""
+    caps = caps or plan_caps(inventory.llama_cpp.build)[0]
+    why = f"service {svc.role} on {svc.host}"
+
+    def flag(purpose: str) -> str:
+        return caps.require(purpose, why)
+
+    argv = [server, flag("model"), model_path(inventory, host, svc.model), flag("host"), svc.bind,
+            flag("port"), str(svc.port), flag("ctx_size"), str(svc.ctx_size), flag("slots"), str(svc.parallel),
+            flag("gpu_layers"), str(svc.gpu_layers)]
+    if caps.flag("no_webui"):  # builds from before the web UI switch have no UI to turn off
+        argv.append(caps.flag("no_webui"))
     devices = list(svc.devices) if svc.devices else None
     if isinstance(svc, TargetService):
         # No CPU weight repacking: with it, verifying a batch of draft tokens and decoding one at a
         # time took different kernels and disagreed on 7 of 546 positions (0 of 546 with -nr), and
         # the proxy promises exactly the target's tokens. On GPU backends the flag changes nothing.
-        argv.append("-nr")
+        # (A build without the option has no repacking to turn off.)
+        if caps.flag("no_repack"):
+            argv.append(caps.flag("no_repack"))
         workers = list(svc.rpc_workers)
-        draft = svc.native_draft
-        if draft and draft.rpc_worker not in workers:
-            workers.append(draft.rpc_worker)
+        native = svc.native_draft if draft else None
+        if native and native.rpc_worker not in workers:
+            workers.append(native.rpc_worker)
         if workers:
-            argv += ["--rpc", ",".join(_rpc_endpoint(inventory, w) for w in workers)]
-        if draft:
+            argv += [flag("rpc"), ",".join(_rpc_endpoint(inventory, w) for w in workers)]
+        if native:
             # RPC devices are numbered in --rpc order; without an explicit -dev the target would
             # spread its own layers over the drafter's device too.
             if devices is None:
                 devices = [FIRST_DEVICE[host.backend]] + [f"RPC{workers.index(w)}" for w in svc.rpc_workers]
-            argv += ["-md", model_path(inventory, host, draft.model), "-devd", f"RPC{workers.index(draft.rpc_worker)}",
-                     "-ngld", "99", "--spec-type", "draft-simple", "--spec-draft-n-max", str(draft.n_max),
-                     "--spec-draft-n-min", str(draft.n_min)]
+            argv += [flag("draft_model"), model_path(inventory, host, native.model),
+                     flag("draft_device"), f"RPC{workers.index(native.rpc_worker)}", flag("draft_gpu_layers"), "99",
+                     *caps.draft_args(native.n_max, native.n_min)]
     if devices:
-        argv += ["-dev", ",".join(devices)]
+        argv += [flag("devices"), ",".join(devices)]
     return argv + list(svc.extra_args)
+
+
+def rpc_worker_argv(svc: RpcWorkerService, binary: str, caps: BuildCaps) -> list[str]:
+    why = f"rpc-worker on {svc.host}"
+    argv = [binary, caps.require("rpc_host", why), svc.bind, caps.require("rpc_port", why), str(svc.port)]
+    argv += [caps.require("rpc_device", why), svc.device] if svc.device else []
+    argv += [caps.require("rpc_cache", why)] if svc.cache else []
+    return argv
 
 
 def _library_env(host: Host, bin_dir: str) -> list[tuple[str, str]]:
@@ -254,7 +304,8 @@ def _library_env(host: Host, bin_dir: str) -> list[tuple[str, str]]:
     return []
 
 
-def plan_services(inventory: Inventory, name: str, host: Host, build_id: str, install_path) -> list[ServicePlan]:
+def plan_services(inventory: Inventory, name: str, host: Host, build_id: str, install_path,
+                  caps: BuildCaps) -> list[ServicePlan]:
     exe = ".exe" if host.os is OS.windows else ""
     user = host.service_user or getattr(host.connection, "user", None) or "root"
     prefix = LAUNCHD_PREFIX if host.service_manager is ServiceManager.launchd else SERVICE_PREFIX
@@ -262,10 +313,7 @@ def plan_services(inventory: Inventory, name: str, host: Host, build_id: str, in
     for svc_name, svc in sorted(inventory.services_on(name).items()):
         env = _library_env(host, install_path("builds", build_id))
         if isinstance(svc, RpcWorkerService):
-            argv = [install_path("builds", build_id, f"ggml-rpc-server{exe}"),
-                    "-H", svc.bind, "-p", str(svc.port)]
-            argv += ["-d", svc.device] if svc.device else []
-            argv += ["-c"] if svc.cache else []
+            argv = rpc_worker_argv(svc, install_path("builds", build_id, f"{caps.rpc_binary}{exe}"), caps)
             http = False
         elif isinstance(svc, ProxyService):
             env = []
@@ -274,15 +322,15 @@ def plan_services(inventory: Inventory, name: str, host: Host, build_id: str, in
                     install_path("etc", f"{svc_name}.json")]
             http = True
         else:
-            server = install_path("builds", build_id, f"llama-server{exe}")
-            argv = llama_server_argv(inventory, host, svc, server)
+            server = install_path("builds", build_id, f"{caps.server_binary}{exe}")
+            argv = llama_server_argv(inventory, host, svc, server, caps)
             http = True
             route = plain_route(inventory, svc_name)
             if route is not None and route.kind is PlainPath.sidecar:
                 # The same model and flags without the draft, so the proxy has a path that never drafts.
                 sidecar = svc.model_copy(update={"port": route.port, "native_draft": None})
                 plans.append(ServicePlan(route.sidecar, "target-plain", prefix + route.sidecar,
-                                         tuple(llama_server_argv(inventory, host, sidecar, server)),
+                                         tuple(llama_server_argv(inventory, host, sidecar, server, caps)),
                                          tuple(env + sorted(svc.env.items())), user, route.port, svc.bind, True))
         env += sorted(svc.env.items())
         plans.append(ServicePlan(svc_name, svc.role, prefix + svc_name, tuple(argv), tuple(env), user,
@@ -290,13 +338,18 @@ def plan_services(inventory: Inventory, name: str, host: Host, build_id: str, in
     return plans
 
 
-def plan_host(inventory: Inventory, name: str) -> HostPlan:
+def plan_host(inventory: Inventory, name: str, caps: BuildCaps | None = None) -> HostPlan:
+    """``caps``: the pinned build's capabilities when the caller knows better than :func:`plan_caps`
+    (the deploy, from the installed binary's --help)."""
     if name not in inventory.hosts:
         raise UserError(f"host {name!r} is not in the inventory (hosts: {', '.join(sorted(inventory.hosts))})")
     host = inventory.hosts[name]
     on_host = inventory.services_on(name)
     needs_rpc = any(isinstance(s, RpcWorkerService) for s in on_host.values())
-    build = plan_build(inventory, name, host, needs_rpc)
+    note = None
+    if caps is None:
+        caps, note = plan_caps(inventory.llama_cpp.build)
+    build = plan_build(inventory, name, host, needs_rpc, caps)
     join = ntpath.join if host.os is OS.windows else posixpath.join
 
     def install_path(*parts: str) -> str:
@@ -307,9 +360,9 @@ def plan_host(inventory: Inventory, name: str) -> HostPlan:
         for needed in (getattr(svc, "model", None), getattr(getattr(svc, "native_draft", None), "model", None)):
             if needed and needed not in models:
                 models.append(needed)
-    plan = HostPlan(name, host, inventory, build)
+    plan = HostPlan(name, host, inventory, build, caps=caps, caps_note=note)
     plan.models = [f for m in models for f in _model_files(inventory, name, host, m, join)]
-    plan.services = plan_services(inventory, name, host, build.build_id, install_path)
+    plan.services = plan_services(inventory, name, host, build.build_id, install_path, caps)
     for svc_name, svc in sorted(on_host.items()):
         if isinstance(svc, ProxyService):
             plan.proxy_services.append(svc_name)
