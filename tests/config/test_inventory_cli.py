@@ -39,19 +39,20 @@ def test_default_path_comes_from_the_environment(write, local_text):
 
 
 def test_yaml_syntax_error(write, local_text):
-    text = edit(local_text, "    ctx_size: 2048\n", "    ctx_size: [2048\n")
+    text = edit(local_text, "    model: smollm2\n    ctx_size: 2048\n", "    model: smollm2\n    ctx_size: [2048\n")
     path = write(text)
     _assert_clean_failure(run_cli("validate", str(path)), f"{path}:", "LF005")
 
 
 def test_duplicate_key(write, local_text):
-    text = edit(local_text, "    ctx_size: 2048\n", "    ctx_size: 2048\n    ctx_size: 1024\n")
+    text = edit(local_text, "    model: smollm2\n    ctx_size: 2048\n",
+                "    model: smollm2\n    ctx_size: 2048\n    ctx_size: 1024\n")
     line = line_of(text, "    ctx_size: 1024")
     _assert_clean_failure(run_cli("validate", str(write(text))), f":{line}:5 LF006", "duplicate key")
 
 
 def test_unknown_key_with_suggestion(write, local_text):
-    text = edit(local_text, "    ctx_size: 2048\n", "    ctx_sise: 2048\n")
+    text = edit(local_text, "    model: smollm2\n    ctx_size: 2048\n", "    model: smollm2\n    ctx_sise: 2048\n")
     line = line_of(text, "    ctx_sise")
     _assert_clean_failure(run_cli("validate", str(write(text))),
                           f":{line}:5 LF010 services.drafter.ctx_sise: unknown key", "did you mean 'ctx_size'?")
@@ -79,7 +80,7 @@ def test_value_out_of_range_names_the_dotted_path(write, seed_text):
 
 def test_all_errors_reported_in_one_run(write, local_text):
     text = edit(local_text, "    port: 8082\n", "    port: eighty\n")
-    text = edit(text, "    ctx_size: 4096\n", "    ctx_size: -1\n")
+    text = edit(text, "    ctx_size: 2048\n    parallel: 4\n", "    ctx_size: -1\n    parallel: 4\n")
     text = edit(text, "  build: b11434\n", "  build: 11434\n")
     out = _assert_clean_failure(run_cli("validate", str(write(text))), "3 error(s)")
     assert out.count(" LF01") == 3
