@@ -246,9 +246,9 @@ def _rpc_endpoint(inventory: Inventory, worker: str) -> str:
 
 
 def llama_server_argv(inventory: Inventory, host: Host, svc: TargetService | DrafterService, server: str,
-                      caps: BuildCaps | None = None, *, draft: bool = True) -> list[str]:
+                      caps: BuildCaps | None = None) -> list[str]:
     """The llama-server command line of ``svc`` in ``caps``' spellings (default: the pin's
-    :func:`plan_caps`). ``draft=False`` leaves a target's native draft out (its plain sidecar)."""
+    :func:`plan_caps`). A plain sidecar is the target with ``native_draft`` set to None."""
     caps = caps or plan_caps(inventory.llama_cpp.build)[0]
     why = f"service {svc.role} on {svc.host}"
 
@@ -269,7 +269,7 @@ def llama_server_argv(inventory: Inventory, host: Host, svc: TargetService | Dra
         if caps.flag("no_repack"):
             argv.append(caps.flag("no_repack"))
         workers = list(svc.rpc_workers)
-        native = svc.native_draft if draft else None
+        native = svc.native_draft
         if native and native.rpc_worker not in workers:
             workers.append(native.rpc_worker)
         if workers:
