@@ -63,11 +63,13 @@ class ProxyState:
             connector=connector, timeout=aiohttp.ClientTimeout(sock_connect=cfg.timeouts.connect_s),
             auto_decompress=False,
         )
-        self.target = LlamaServer(cfg.target.name, cfg.target.url, self.session, cfg.timeouts.target_s)
+        self.target = LlamaServer(cfg.target.name, cfg.target.url, self.session, cfg.timeouts.target_s,
+                                  cfg.target.request_fields)
         drafters = [LlamaServer(d.name, d.url, self.session, cfg.timeouts.drafter_s) for d in cfg.drafters]
         native = None
         if cfg.native is not None:
-            native = self.target if cfg.native.url == cfg.target.url else LlamaServer(
+            # With request_fields the same server is both paths: plain with them, speculating without.
+            native = self.target if cfg.native_is_target else LlamaServer(
                 cfg.native.name, cfg.native.url, self.session, cfg.timeouts.target_s)
         self.engine = Engine(
             self.target, drafters, native, modes=[m.value for m in cfg.available_modes()],
