@@ -29,6 +29,13 @@ def llama_build() -> cache.LlamaCpp:
 
 
 @pytest.fixture(scope="session")
+def b8942_build() -> cache.LlamaCpp:
+    """The rig's second real build, b8942: an older llama.cpp whose RPC worker is ``rpc-server`` and whose
+    draft flags are ``--draft-max``/``--draft-min`` (built once by ``make setup``, then cached)."""
+    return cache.ensure_build("b8942")
+
+
+@pytest.fixture(scope="session")
 def smollm2() -> Path:
     return cache.ensure_smollm2()
 

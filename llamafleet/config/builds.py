@@ -489,8 +489,12 @@ def generate(bin_dir: Path, build: str, source: Path | None = None) -> BuildCaps
             raise UserError(f"{bin_dir / name} does not exist (build the '{name}' target first)")
     caps = caps_from_help(build, _run(bin_dir / SERVER_BINARY, "--help"), _run(bin_dir / rpc_binary, "--help"),
                           _run(bin_dir / SERVER_BINARY, "--version"), rpc_binary)
-    per_request = reads_per_request_speculation(source) if source is not None else None
-    return replace(caps, per_request_speculative=per_request, origin="shipped")
+    if source is None:
+        return replace(caps, origin="shipped")
+    server_binary = _cmake_executable(source / "tools" / "server" / "CMakeLists.txt")
+    if server_binary != SERVER_BINARY:
+        raise UserError(f"{source}: tools/server builds {server_binary!r}, not {SERVER_BINARY!r}")
+    return replace(caps, per_request_speculative=reads_per_request_speculation(source), origin="shipped")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -500,7 +504,10 @@ def main(argv: list[str] | None = None) -> int:
                         "(source builds without git metadata cannot always report it themselves)")
     parser.add_argument("--source", type=Path, help="the build's llama.cpp source tree (RPC target name, "
                         "per-request speculation); without it per_request_speculative is unknown (null)")
-    parser.add_argument("--out-dir", type=Path, default=BUILDS_DIR)
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--out-dir", type=Path, default=BUILDS_DIR, help="where shipped data is written")
+    where.add_argument("--learn", action="store_true", help="keep it in the learned store "
+                       "($LLAMAFLEET_CACHE/builds) instead, for a build this checkout does not ship")
     args = parser.parse_args(argv)
     if not _BUILD_TAG.match(args.build):
         parser.error(f"--build must look like b11434, got {args.build!r}")
@@ -509,6 +516,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"builds: {err}", file=sys.stderr)
         return 1
+    if args.learn:
+        print(f"wrote {save_learned(replace(caps, origin='learned'))}")
+        return 0
     generated_by = f"python -m llamafleet.config.builds --bin-dir DIR --build {args.build}" + \
         (" --source DIR" if args.source else "")
     args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -59,22 +59,19 @@ def check_one_build(inventory: Inventory) -> Findings:
                           ("hosts", name, "llama_cpp_build"))
 
 
-# --- extra_args against the pinned build's flags -------------------------------------------------
+# --- flags against the pinned build's capabilities -----------------------------------------------
 
-# Every spelling (b11434) of options whose value is a model location: model paths come from
-# models_dir + the file name. Checked even for builds without flag data.
+# Every spelling (b11434, b8942) of options whose value is a model location: model paths come from
+# models_dir + the file name. Checked for every build, known or not.
 MODEL_PATH_FLAGS = {"-m", "--model", "-mu", "--model-url", "-dr", "--docker-repo", "-hf", "-hfr", "--hf-repo",
                     "-hff", "--hf-file", "-md", "--model-draft", "--spec-draft-model", "-hfd", "-hfrd",
                     "--hf-repo-draft", "--spec-draft-hf", "-mm", "--mmproj", "-mmu", "--mmproj-url", "-mv",
                     "--model-vocoder", "-hfv", "-hfrv", "--hf-repo-v", "-hffv", "--hf-file-v"}
-# Options the inventory already sets from structured fields; a second copy in extra_args would fight it.
-MANAGED_FLAGS = {
-    "ctx_size": {"-c", "--ctx-size"}, "parallel": {"-np", "--parallel"},
-    "gpu_layers": {"-ngl", "--gpu-layers", "--n-gpu-layers"}, "devices": {"-dev", "--device"},
-    "port": {"--port"}, "bind": {"--host"}, "rpc_workers": {"--rpc"},
-    "native_draft": {"-devd", "--device-draft", "--spec-draft-device", "-ngld", "--gpu-layers-draft",
-                     "--n-gpu-layers-draft", "--spec-draft-ngl", "--spec-draft-n-max", "--spec-draft-n-min"},
-}
+# Deploy purposes the inventory sets from structured fields (purpose -> field); the same option again
+# in extra_args would fight it. The spellings come from the build's capabilities.
+MANAGED_PURPOSES = {"ctx_size": "ctx_size", "slots": "parallel", "gpu_layers": "gpu_layers", "devices": "devices",
+                    "port": "port", "host": "bind", "rpc": "rpc_workers", "draft_device": "native_draft",
+                    "draft_gpu_layers": "native_draft", "draft_max": "native_draft", "draft_min": "native_draft"}
 _NUMBER = re.compile(r"^-?[0-9.]+$")
 
 
@@ -83,15 +80,39 @@ def _normalise(flag: str) -> str:
     return flag.replace("_", "-") if flag.startswith("--") else flag
 
 
+def _is_flag(token: str) -> bool:
+    return token.startswith("-") and not _NUMBER.match(token)
+
+
 def _flag_tokens(args: list[str]) -> Iterator[tuple[int, str]]:
     """(index, flag) for each argument that looks like a flag (``--x=1`` -> ``--x``; ``-1`` is a value)."""
     for index, token in enumerate(args):
-        if token.startswith("-") and not _NUMBER.match(token):
+        if _is_flag(token):
             yield index, _normalise(token.partition("=")[0])
+
+
+def _pinned_caps(inventory: Inventory) -> list[builds.BuildCaps]:
+    """The pinned build's capabilities, or, for a build not known here, those of every known build."""
+    caps = builds.caps_for(inventory.llama_cpp.build)
+    if caps is not None:
+        return [caps]
+    return [c for b in builds.known_builds() if (c := builds.caps_for(b)) is not None]
+
+
+def _managed_spellings(capss: list[builds.BuildCaps]) -> dict[str, str]:
+    """flag -> the structured field that sets it, over every spelling of each managed option."""
+    managed = {}
+    for caps in capss:
+        for purpose, field_name in MANAGED_PURPOSES.items():
+            option = caps.server.usable(caps.deploy_flags.get(purpose, ""))
+            for spelling in option.flags if option else ():
+                managed[spelling] = field_name
+    return managed
 
 
 def check_managed_args(inventory: Inventory) -> Findings:
     """LF104: no model paths in extra_args; LF105: no flags that duplicate a structured field."""
+    managed = _managed_spellings(_pinned_caps(inventory))
     for name, service in _llama_services(inventory):
         for index, flag in _flag_tokens(service.extra_args):
             where = ("services", name, "extra_args", index)
@@ -99,56 +120,152 @@ def check_managed_args(inventory: Inventory) -> Findings:
                 yield Finding("LF104", f"{flag} sets a model path by hand (the seed's hand-typed M2 path did not exist)",
                               "name the model in the service's model: (or native_draft:); its path is derived "
                               "from the host's models_dir and the file name", where)
-            for field_name, spellings in MANAGED_FLAGS.items():
-                if flag in spellings:
-                    yield Finding("LF105", f"{flag} is set by llamafleet from the service's {field_name}",
-                                  f"set {field_name} on the service instead of passing {flag}", where)
+            elif flag in managed:
+                yield Finding("LF105", f"{flag} is set by llamafleet from the service's {managed[flag]}",
+                              f"set {managed[flag]} on the service instead of passing {flag}", where)
 
 
 def check_flags(inventory: Inventory) -> Findings:
-    """LF102/LF106: every llama-server service's extra_args against the pinned build's flag list;
-    LF103: say so when the pinned build has no flag list (rather than pass silently)."""
+    """LF102/LF106/LF108: every llama-server service's extra_args against the pinned build's options;
+    LF107: a structured feature the pinned build has no option for; LF103: the pinned build is not known
+    here, so extra_args are checked against the known builds instead."""
     build = inventory.llama_cpp.build
     caps = builds.caps_for(build)
+    services = list(_llama_services(inventory))
     if caps is None:
-        if any(s.extra_args for _, s in _llama_services(inventory)):
-            shipped = ", ".join(builds.known_builds()) or "none"
-            yield Finding("LF103", f"no flag list is shipped for llama.cpp {build}: extra_args are NOT checked",
-                          f"generate one with `python -m llamafleet.config.builds --bin-dir DIR --build {build}` "
-                          f"(shipped: {shipped})", ("llama_cpp", "build"), Severity.warning)
+        known = builds.known_builds()
+        if any(s.extra_args for _, s in services):
+            yield Finding("LF103", f"llama.cpp {build} is not known here (known: {', '.join(known) or 'none'}): "
+                          "extra_args are checked against the known builds only",
+                          f"pin a known build, or learn {build} from its binaries: `python -m llamafleet.config.builds "
+                          f"--bin-dir DIR --build {build} --learn` (a deploy learns it from the installed binaries)",
+                          ("llama_cpp", "build"), Severity.warning)
+        for name, service in services:
+            yield from _check_args_unknown(build, ("services", name, "extra_args"), service.extra_args)
         return
-    for name, service in _llama_services(inventory):
-        yield from _check_args(caps.server, build, ("services", name, "extra_args"), service.extra_args)
+    for name, service in services:
+        yield from _check_args(caps, ("services", name, "extra_args"), service.extra_args)
+    for name, service in inventory.services.items():
+        for purpose, where, why in _rendered_purposes(caps, name, service):
+            if caps.flag(purpose) is None:
+                program, spellings = builds.PURPOSE_SPELLINGS[purpose]
+                yield Finding("LF107", f"llama.cpp {build} cannot express {why}: its {caps.binary(program)} has no "
+                              f"{purpose.replace('_', ' ')} option (none of {', '.join(spellings)})",
+                              "pin a build that has it (known: " + ", ".join(
+                                  b for b in builds.known_builds() if (c := builds.caps_for(b)) and c.flag(purpose))
+                              + "), or drop the feature", where)
 
 
-def _check_args(table: builds.FlagTable, build: str, path: tuple, args: list[str]) -> Findings:
+def _rendered_purposes(caps: builds.BuildCaps, name: str, service) -> Iterator[tuple[str, tuple, str]]:
+    """(purpose, data path, feature) of every option the deploy renders for this service."""
+    base = ("services", name)
+    if isinstance(service, LlamaServerService):
+        for purpose, field_name in (("model", "model"), ("host", "bind"), ("port", "port"), ("ctx_size", "ctx_size"),
+                                    ("slots", "parallel"), ("gpu_layers", "gpu_layers"), ("no_webui", "model")):
+            yield purpose, base + (field_name,), f"a {service.role}'s {field_name}"
+        if service.devices:
+            yield "devices", base + ("devices",), "devices"
+    if isinstance(service, TargetService):
+        yield "no_repack", base + ("model",), "a target without weight repacking (exact verification)"
+        if service.rpc_workers:
+            yield "rpc", base + ("rpc_workers",), "rpc_workers"
+        draft = service.native_draft
+        if draft is not None:
+            where = base + ("native_draft",)
+            yield "rpc", where + ("rpc_worker",), "native_draft (a draft on an RPC worker)"
+            yield "devices", where, "native_draft (the target's own devices)"
+            for purpose, field_name in (("draft_model", "model"), ("draft_device", "rpc_worker"),
+                                        ("draft_gpu_layers", "rpc_worker"), ("draft_max", "n_max"),
+                                        ("draft_min", "n_min")):
+                yield purpose, where + (field_name,), f"native_draft.{field_name}"
+            if caps.draft_needs_spec_type:
+                yield "spec_type", where, "native_draft (the build selects draft speculation by --spec-type)"
+    if isinstance(service, RpcWorkerService):
+        yield "rpc_host", base + ("bind",), "an rpc-worker's bind"
+        yield "rpc_port", base + ("port",), "an rpc-worker's port"
+        if service.device is not None:
+            yield "rpc_device", base + ("device",), "an rpc-worker's device"
+        if service.cache:
+            yield "rpc_cache", base + ("cache",), "an rpc-worker's cache"
+
+
+def _check_args(caps: builds.BuildCaps, path: tuple, args: list[str]) -> Findings:
     index = 0
     while index < len(args):
         token = args[index]
         where = path + (index,)
-        if not token.startswith("-") or _NUMBER.match(token):
+        if not _is_flag(token):
             yield Finding("LF106", f"{token!r} is not a flag and no flag before it takes a value",
                           "write each flag followed by its value(s) as separate list items", where)
             index += 1
             continue
-        option = table.lookup(_normalise(token))
-        if option is None:
-            yield Finding("LF102", f"llama-server {build} has no flag {token!r}", _flag_hint(token, table), where)
+        option = caps.server.lookup(_normalise(token))
+        if option is None or option.removed:
+            what = "lists only as removed" if option else "has no flag"
+            yield Finding("LF102", f"{caps.server_binary} {caps.build} {what} {token!r}", _flag_hint(caps, token), where)
+            index = _skip_values(args, index)
+            continue
+        if option.values > len(args) - index - 1:
+            yield Finding("LF106", f"{token} needs {option.values} value(s)", f"add the value after {token}", where)
+        elif option.choices:
+            for item in args[index + 1].split(","):
+                if item not in option.choices:
+                    yield Finding("LF108", f"{caps.server_binary} {caps.build} does not accept {item!r} for {token}",
+                                  f"one of: {', '.join(option.choices)}", path + (index + 1,))
+        index += 1 + option.values
+
+
+def _skip_values(args: list[str], index: int) -> int:
+    """Past a flag the build does not know and whatever values follow it (one mistake, one finding)."""
+    index += 1
+    while index < len(args) and not _is_flag(args[index]):
+        index += 1
+    return index
+
+
+def _check_args_unknown(build: str, path: tuple, args: list[str]) -> Findings:
+    """extra_args at a build with no capability data: a flag that no known build has is an error, one
+    that only some known builds have is a warning naming them."""
+    known = builds.known_builds()
+    index = 0
+    while index < len(args):
+        token = args[index]
+        where = path + (index,)
+        if not _is_flag(token):
+            yield Finding("LF106", f"{token!r} is not a flag and no flag before it takes a value",
+                          "write each flag followed by its value(s) as separate list items", where)
             index += 1
             continue
+        flag = _normalise(token)
+        having = builds.builds_with_flag("server", flag)
+        if not having:
+            near = list(dict.fromkeys(s for b in reversed(known) if (c := builds.caps_for(b))
+                                      for s in builds.nearest_flags(c, "server", flag)))
+            yield Finding("LF102", f"no known llama.cpp build ({', '.join(known)}) has flag {token!r}, and {build} "
+                          "is not known here", f"did you mean {' or '.join(near)}?" if near else
+                          "see `llama-server --help` of the pinned build", where)
+            index = _skip_values(args, index)
+            continue
+        if len(having) < len(known):
+            yield Finding("LF102", f"{token} exists only in {', '.join(having)} of the known builds; {build} is not "
+                          "known here and may lack it", f"check `llama-server --help` of {build}", where,
+                          Severity.warning)
+        option = builds.caps_for(having[-1]).server.lookup(flag)
         if option.values > len(args) - index - 1:
             yield Finding("LF106", f"{token} needs {option.values} value(s)", f"add the value after {token}", where)
         index += 1 + option.values
 
 
-def _flag_hint(flag: str, table: builds.FlagTable) -> str:
-    if flag == "--np":
-        return "the slot count flag is -np or --parallel; better, set parallel: N on the service"
+def _flag_hint(caps: builds.BuildCaps, flag: str) -> str:
     name, equals, _ = flag.partition("=")
-    if equals and table.lookup(_normalise(name)):
+    if equals and caps.server.usable(_normalise(name)):
         return f"llama.cpp has no --flag=value form: write {name!r} and its value as two list items"
-    close = difflib.get_close_matches(flag, list(table.by_flag), n=2, cutoff=0.75)
-    return f"did you mean {' or '.join(close)}?" if close else "see `llama-server --help` of the pinned build"
+    near = builds.nearest_flags(caps, "server", _normalise(flag))
+    if not near:
+        return f"see `{caps.server_binary} --help` of {caps.build}"
+    managed = _managed_spellings([caps]).get(near[0])
+    better = f" Better, set {managed} on the service." if managed else ""
+    return f"did you mean {' or '.join(near)}?{better}"
 
 
 # --- references and roles ------------------------------------------------------------------------

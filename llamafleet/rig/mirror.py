@@ -36,8 +36,9 @@ def _fixed_mtime(info: tarfile.TarInfo) -> tarfile.TarInfo:
 
 
 def pack_release_archive(build: LlamaCpp, dest: Path) -> Path:
-    """Pack ``build/bin`` like the release workflow (``tar -czf NAME --transform s,^.,llama-<tag>,``)."""
-    archive = dest / release_archive_name()
+    """Pack ``build/bin`` like the release workflow (``tar -czf NAME --transform s,^.,llama-<tag>,``): the
+    build's own binaries, its RPC worker under the name that build gives it."""
+    archive = dest / release_archive_name(build.build)
     # Repack when the cached build changes (the rig rebuilds when its cmake options change).
     source_key = dest / f".{archive.name}.from"
     fingerprint = json.dumps(sorted((p.name, p.lstat().st_size, p.lstat().st_mtime_ns) for p in build.bin_dir.iterdir()))
@@ -47,7 +48,7 @@ def pack_release_archive(build: LlamaCpp, dest: Path) -> Path:
     tmp = archive.with_name(archive.name + ".tmp")
     with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=6) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        top = f"llama-{LLAMA_CPP_BUILD}"
+        top = f"llama-{build.build}"
         tar.addfile(_fixed_mtime(tar.gettarinfo(str(build.bin_dir), top)))
         for path in sorted(build.bin_dir.iterdir()):
             tar.add(str(path), f"{top}/{path.name}", recursive=False, filter=_fixed_mtime)
