@@ -2,11 +2,18 @@
 
 Order: gather state (one fact) -> plan (pure) -> changes (pure) -> operations that yield only what
 differs. :func:`host_changes` is also what ``drift`` reports, so both agree by construction.
+
+A build change is a rolling, health-gated switch (:mod:`llamafleet.deploys.rollout`): hosts switch
+group by group and host by host, each must pass readiness, and a failed group goes back to its
+previous build. The gates between hosts are decided while the run executes (pyinfra ``_if``), from
+the results of the operations before them (:class:`Rollout`).
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import weakref
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -16,6 +23,7 @@ from llamafleet.deploys.operations import drivers as driver_ops
 from llamafleet.deploys.operations import files as file_ops
 from llamafleet.deploys.operations import launchd, llama_cpp, models, readiness, secrets, supervisord, systemd, winsw
 from llamafleet.deploys.operations.common import file_matches
+from llamafleet.deploys import rollout
 from llamafleet.deploys.plan import HostPlan, plan_host
 from llamafleet.deploys.render import rendered_files
 from llamafleet.errors import UserError
@@ -106,13 +114,23 @@ def _helper_name(plan: HostPlan) -> str:
     return "lf_host.ps1" if plan.windows else "lf_host.py"
 
 
-def wait_spec(plan: HostPlan) -> dict:
+LLAMA_SERVER_ROLES = ("target", "target-plain", "drafter")
+
+
+def wait_spec(plan: HostPlan, build: str | None = None) -> dict:
+    """Readiness: every service answers, and each llama-server reports ``build`` (default: the pin)
+    in /props and answers one short completion (a target with a native draft: over its RPC worker)."""
     def probe(bind: str) -> str:  # a wildcard bind is reachable on loopback
         return "127.0.0.1" if bind in ("0.0.0.0", "::", "") else (f"[{bind}]" if ":" in bind else bind)
 
     http = [f"http://{probe(s.bind)}:{s.port}/health" for s in plan.services if s.http_health]
     tcp = [f"{probe(s.bind)}:{s.port}" for s in plan.services if not s.http_health]
     spec = {"http": http, "tcp": tcp, "timeout": 300, "logs": plan.path("supervisor", "logs")}
+    servers = [f"http://{probe(s.bind)}:{s.port}" for s in plan.services if s.role in LLAMA_SERVER_ROLES]
+    number = (build or plan.build.build).lstrip("b")
+    if servers and number.isdigit():
+        spec["props"] = {base: int(number) for base in servers}
+        spec["completion"] = servers
     if plan.host.service_manager is ServiceManager.supervisord:
         # A program answers before supervisord counts it RUNNING (startsecs); the deploy ends only
         # once it does, so what it leaves behind is what drift and the next deploy read as running.
@@ -122,18 +140,34 @@ def wait_spec(plan: HostPlan) -> dict:
 
 # The deploy's steps, in order. pyinfra identifies an operation by its call site, and every planned
 # operation is called from the same line, so each step's fixed position here is what tells pyinfra
-# that calls on different hosts (with different sets of steps) are the same operation.
-STEPS = ("helper", "driver", "build", "models", "secrets", "proxy", "units", "services", "wait")
+# that calls on different hosts (with different sets of steps) are the same operation. Inside
+# "rollout" an operation's position also carries (group, phase, host position, index), which makes
+# pyinfra run the groups one after another and, within a group, the hosts one after another.
+STEPS = ("helper", "driver", "build", "check", "models", "secrets", "proxy", "rollout")
+STOP, SWITCH, ROLLBACK = 0, 1, 2  # rollout phases
 
 
 @dataclass(frozen=True)
 class PlannedOperation:
-    """One pyinfra operation call: the deploy runs them in order; tests and drift can inspect them."""
+    """One pyinfra operation call: the deploy runs them in order; tests and drift can inspect them.
+
+    ``when``: "always"; "healthy" (rollout: only while this host's group and every group before it
+    are healthy); "failed" (only after this host's group failed: rollback and report). ``tag`` names
+    the operation for those gates."""
 
     step: str
     name: str
     operation: object  # a pyinfra @operation; ``operation._inner(**kwargs)`` yields its commands
     kwargs: dict
+    position: tuple[int, ...] = ()
+    when: str = "always"
+    tag: str = ""
+
+
+def rpc_clients(plan: HostPlan) -> list[str]:
+    """Units on this host that talk to RPC workers (their command line has the build's --rpc)."""
+    rpc = plan.caps.flag("rpc") if plan.caps else None
+    return [svc.unit_name for svc in plan.services if rpc and rpc in svc.argv]
 
 
 def planned_operations(plan: HostPlan, state: dict) -> list[PlannedOperation]:
@@ -142,11 +176,26 @@ def planned_operations(plan: HostPlan, state: dict) -> list[PlannedOperation]:
     windows = plan.windows
     seen = state.get("files", {})
     helper = plan.helper_path
+    installed = state.get("install", {})
+    current = installed.get("current")
+    # An upgrade (or downgrade) of a POSIX host: install beside, switch in the rollout, roll back on failure.
+    upgrade = current is not None and current != plan.build.build_id and not windows
+    slot = rollout.slot(plan.inventory, plan.name)
+
+    def at(phase: int, index: int) -> tuple[int, ...]:
+        return (slot.group, phase, slot.position if phase == SWITCH else 0, index)
+
     ops = [PlannedOperation("helper", "llamafleet helper script", file_ops.text_files, {
         "files": {helper: (helper_source(_helper_name(plan)), "0755")}, "state_files": seen, "windows": windows})]
     ops += [PlannedOperation("driver", name, op, kwargs) for name, op, kwargs in driver_ops.planned(plan, state)]
     ops.append(PlannedOperation("build", f"llama.cpp {plan.build.build_id} ({plan.build.method})", llama_cpp.build, {
-        "helper": helper, "spec": build_spec(plan), "installed": state.get("install", {}), "windows": windows}))
+        "helper": helper, "spec": {**build_spec(plan), "switch": not upgrade}, "installed": installed,
+        "windows": windows}))
+    if not windows and (changes.build or changes.units):
+        ops.append(PlannedOperation("check", "command lines against the installed binaries", llama_cpp.check_flags, {
+            "host_name": plan.name, "bin_dir": plan.path("builds", plan.build.build_id), "build": plan.build.build,
+            "services": [{"service": s.service, "role": s.role, "argv": list(s.argv)} for s in plan.services],
+            "rendered_with": plan.caps.build}))
     ops.append(PlannedOperation("models", "model files", models.model_files, {
         "helper": helper, "files": model_specs(plan), "models_state": state.get("models", {}),
         "disk_free": state.get("disk_free", 0), "windows": windows}))
@@ -157,14 +206,154 @@ def planned_operations(plan: HostPlan, state: dict) -> list[PlannedOperation]:
         from llamafleet.deploys.operations import proxy
 
         ops.append(PlannedOperation("proxy", "llamafleet proxy (wheel)", proxy.project, proxy.project_kwargs(plan, state)))
-    ops.append(PlannedOperation("units", "service units and configs", file_ops.text_files, {
-        "files": rendered_files(plan), "state_files": seen, "windows": windows}))
+    files = rendered_files(plan)
+    clients = rpc_clients(plan)
+    if upgrade and clients:
+        ops.append(_stop(plan, clients, at(STOP, 0)))
+    if upgrade:
+        ops.append(PlannedOperation("rollout", f"switch {current} -> {plan.build.build_id}", llama_cpp.switch, {
+            "helper": helper, "install_dir": plan.host.install_dir, "build_id": plan.build.build_id,
+            "files": sorted(files), "current": current}, at(SWITCH, 0), "healthy", "switch"))
+    ops.append(PlannedOperation("rollout", "service units and configs", file_ops.text_files, {
+        "files": files, "state_files": seen, "windows": windows}, at(SWITCH, 1), "healthy", "units"))
     restart = unit_names(plan) if changes.build and changes.build.startswith("reinstall") else []
-    ops.append(_services(plan, state, changes, restart))
+    ops.append(_services(plan, state, changes, restart, at(SWITCH, 2)))
     if changes.build or changes.units or changes.stopped or changes.models:
-        ops.append(PlannedOperation("wait", "services answer", readiness.wait_for_services, {
-            "helper": helper, "spec": wait_spec(plan), "windows": windows}))
+        ops.append(PlannedOperation("rollout", "services ready", readiness.wait_for_services, {
+            "helper": helper, "spec": wait_spec(plan), "windows": windows}, at(SWITCH, 3), "healthy", "wait"))
+        if upgrade:
+            previous = (installed.get("record") or {}).get("build")
+            everything = HostChanges(units=unit_names(plan), files=[plan.supervisor_conf])
+            ops += [
+                PlannedOperation("rollout", f"roll back to {current}", llama_cpp.rollback, {
+                    "helper": helper, "install_dir": plan.host.install_dir}, at(ROLLBACK, 0), "failed", "rollback"),
+                # supervisord is running (the switch restarted programs under it): reload them all.
+                _services(plan, {"services": {"supervisord": {"running": True}}}, everything, unit_names(plan),
+                          at(ROLLBACK, 1), "failed"),
+                PlannedOperation("rollout", f"services ready on {current}", readiness.wait_for_services, {
+                    "helper": helper, "spec": wait_spec(plan, previous) | _without_completion(), "windows": windows},
+                    at(ROLLBACK, 2), "failed", "rolled back"),
+            ]
+        what = f"rolled back to {current} after a failed switch to {plan.build.build_id}" if upgrade \
+            else "services not ready after the change"
+        ops.append(PlannedOperation("rollout", "report", readiness.report_failure, {
+            "message": f"hosts.{plan.name}: {what}"}, at(ROLLBACK, 3), "failed", "report"))
     return ops
+
+
+def _without_completion() -> dict:
+    # The build being restored served before this run; its /health, processes and /props build are
+    # what the rollback waits for (its units are the ones that were running).
+    return {"completion": []}
+
+
+def _stop(plan: HostPlan, units: list[str], position: tuple[int, ...]) -> PlannedOperation:
+    manager = plan.host.service_manager
+    name = "stop RPC clients while their workers switch builds"
+    if manager is ServiceManager.supervisord:
+        return PlannedOperation("rollout", name, supervisord.stop, {"conf": plan.supervisor_conf, "programs": units},
+                                position, "healthy", "stop")
+    if manager is ServiceManager.systemd:
+        return PlannedOperation("rollout", name, systemd.stop, {"units": [f"{u}.service" for u in units]},
+                                position, "healthy", "stop")
+    return PlannedOperation("rollout", name, launchd.stop, {"labels": units}, position, "healthy", "stop")
+
+
+class Rollout:
+    """One pyinfra run's rollout, shared by every host's deploy code: the operations' results by host
+    and tag, read by the gates (pyinfra ``_if``) while the run executes."""
+
+    def __init__(self, pyinfra_state, inventory: Inventory):
+        self.state = pyinfra_state
+        self.groups = rollout.groups(inventory)
+        self.results: dict[str, dict[str, object]] = {}
+
+    def _name(self, host) -> str:
+        return host.data.get("llamafleet_host") or host.name
+
+    def record(self, host_name: str, tag: str, meta) -> None:
+        if tag:
+            self.results.setdefault(host_name, {})[tag] = meta
+
+    def _done(self, host_name: str, tag: str, test) -> bool:
+        meta = self.results.get(host_name, {}).get(tag)
+        return meta is not None and meta.is_complete() and test(meta)
+
+    def group_failed(self, group: int) -> bool:
+        hosts = self.groups[group]
+        if {self._name(h) for h in self.state.failed_hosts} & set(hosts):
+            return True
+        return any(self._done(h, "wait", lambda m: m.did_error()) for h in hosts)
+
+    def healthy(self, group: int) -> bool:
+        return not any(self.group_failed(g) for g in range(group + 1))
+
+    def touched(self, host_name: str) -> bool:
+        return any(self._done(host_name, tag, lambda m: m.did_change() or m.did_error())
+                   for tag in ("stop", "switch", "units", "services", "wait"))
+
+    def switched(self, host_name: str) -> bool:
+        return self._done(host_name, "switch", lambda m: m.did_change())
+
+    def failure_detail(self, group: int) -> str:
+        lines = []
+        for h in self.groups[group]:
+            meta = self.results.get(h, {}).get("wait")
+            if meta is not None and meta.is_complete() and meta.did_error():
+                said = [line for line in meta.stderr_lines if line.startswith("llamafleet:")]
+                lines.append(f"{h}: " + (said[-1].removeprefix("llamafleet: ") if said else "not ready"))
+        failed = sorted({self._name(x) for x in self.state.failed_hosts} & set(self.groups[group]))
+        lines += [f"{h}: failed before its switch" for h in failed]
+        return "; ".join(lines) or "a host of the group failed"
+
+    def gate(self, planned: PlannedOperation, host_name: str):
+        group = next(g for g, hosts in enumerate(self.groups) if host_name in hosts)
+        if planned.when == "healthy":
+            return lambda: self.healthy(group)
+        if planned.tag == "rollback":
+            return lambda: self.group_failed(group) and self.switched(host_name)
+        return lambda: self.group_failed(group) and self.touched(host_name)
+
+
+_ROLLOUTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _rollout_for(pyinfra_state, inventory: Inventory) -> Rollout:
+    if pyinfra_state not in _ROLLOUTS:
+        _ROLLOUTS[pyinfra_state] = Rollout(pyinfra_state, inventory)
+    return _ROLLOUTS[pyinfra_state]
+
+
+def _check_limit(plan: HostPlan, state: dict, pyinfra_state) -> None:
+    """A target and its RPC workers switch builds together: a ``--limit`` that splits them is refused."""
+    limit = getattr(pyinfra_state, "limit_hosts", None)
+    current = (state.get("install") or {}).get("current")
+    if limit is None or current in (None, plan.build.build_id):
+        return
+    in_run = {h.data.get("llamafleet_host") or h.name for h in limit}
+    group = rollout.slot(plan.inventory, plan.name).hosts
+    missing = [h for h in group if h not in in_run]
+    if missing:
+        raise UserError(f"hosts.{plan.name}: switching {current} -> {plan.build.build_id} needs "
+                        f"{', '.join(missing)} in the same run: a target and its RPC workers switch builds together "
+                        f"(never a target on one build over RPC to a worker on another); add "
+                        f"{', '.join(missing)} to --limit (this RPC group: {', '.join(group)})")
+
+
+def _learn_installed(host, plan: HostPlan, state: dict) -> HostPlan:
+    """A pin with no capability data here whose build folder is already on the host (an earlier run
+    installed it): read its binaries' --help now and plan with what they say."""
+    from llamafleet.config.builds import save_learned
+    from llamafleet.deploys.facts.build_help import BuildHelp, learned_caps
+
+    if plan.caps_note is None or plan.windows or plan.build.build_id not in (state.get("install") or {}).get("builds", []):
+        return plan
+    fact = host.get_fact(BuildHelp, bin_dir=plan.path("builds", plan.build.build_id))
+    if fact is None:
+        return plan
+    caps = learned_caps(plan.build.build, fact)
+    save_learned(caps)
+    return plan_host(plan.inventory, plan.name, caps)
 
 
 def deploy_host(host) -> HostChanges:
@@ -176,31 +365,53 @@ def deploy_host(host) -> HostChanges:
     if state is None:
         raise UserError(f"hosts.{plan.name}: could not read the host's state "
                         f"({'PowerShell' if plan.windows else 'python3'} is required on the host)")
+    plan = _learn_installed(host, plan, state)
+    if plan.caps_note:
+        print(f"llamafleet deploy: hosts.{plan.name}: {plan.caps_note}", file=sys.stderr)
+    _check_limit(plan, state, host.state)
+    run = _rollout_for(host.state, inventory)
+    group = rollout.slot(inventory, plan.name).group
     for planned in planned_operations(plan, state):
-        host.loop_position.append(STEPS.index(planned.step))
+        extra = {}
+        if planned.when != "always":
+            extra["_if"] = run.gate(planned, plan.name)
+        if planned.tag == "wait":
+            extra["_ignore_errors"] = True  # a failed readiness is answered by the rollback and report below
+        if planned.tag == "report":
+            planned.kwargs["detail"] = lambda: run.failure_detail(group)
+        position = [STEPS.index(planned.step), *planned.position]
+        host.loop_position.extend(position)
         try:
-            planned.operation(name=planned.name, **planned.kwargs)
+            meta = planned.operation(name=planned.name, **planned.kwargs, **extra)
         finally:
-            host.loop_position.pop()
+            del host.loop_position[-len(position):]
+        run.record(plan.name, planned.tag, meta)
     return host_changes(plan, state)
 
 
-def _services(plan: HostPlan, state: dict, changes: HostChanges, restart: list[str]) -> PlannedOperation:
+def _services(plan: HostPlan, state: dict, changes: HostChanges, restart: list[str], position: tuple[int, ...] = (),
+              when: str = "healthy") -> PlannedOperation:
+    tag = "services" if when == "healthy" else "restart"
+    return PlannedOperation("rollout", *_service_operation(plan, state, changes, restart), position, when, tag)
+
+
+def _service_operation(plan: HostPlan, state: dict, changes: HostChanges, restart: list[str]) -> tuple:
+    """(name, operation, kwargs) of the host's service manager for these changes."""
     manager = plan.host.service_manager
     services = state.get("services", {})
     units = unit_names(plan)
     if manager is ServiceManager.supervisord:
-        return PlannedOperation("services", "supervisord programs", supervisord.services, {
+        return ("supervisord programs", supervisord.services, {
             "conf": plan.supervisor_conf, "programs": units, "changed": changes.units, "restart": restart,
             "conf_changed": plan.supervisor_conf in changes.files, "state": services.get("supervisord", {})})
     if manager is ServiceManager.systemd:
-        return PlannedOperation("services", "systemd units", systemd.services, {
+        return ("systemd units", systemd.services, {
             "units": [f"{u}.service" for u in units], "changed": [f"{u}.service" for u in changes.units],
             "restart": [f"{u}.service" for u in restart], "state": services.get("systemd", {})})
     if manager is ServiceManager.launchd:
-        return PlannedOperation("services", "launchd daemons", launchd.services, {
+        return ("launchd daemons", launchd.services, {
             "plists": {s.unit_name: plan.unit_path(s) for s in plan.services}, "changed": changes.units,
             "restart": restart, "state": services.get("launchd", {})})
-    return PlannedOperation("services", "Windows services (WinSW)", winsw.services, {
+    return ("Windows services (WinSW)", winsw.services, {
         "install_dir": plan.host.install_dir, "xml": {s.unit_name: plan.unit_path(s) for s in plan.services},
         "changed": changes.units, "restart": restart, "state": services.get("winsw", {})})

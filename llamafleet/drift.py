@@ -381,7 +381,8 @@ def operations_with_changes(plan: HostPlan, state: dict) -> list[str]:
     """The deploy's dry run: the names of its planned operations that would run a command, decided
     the way pyinfra decides it (an operation changes the host when its generator yields anything)."""
     return [op.name for op in planned_operations(plan, state)
-            if next(iter(op.operation._inner(**op.kwargs)), None) is not None]
+            if op.when != "failed"  # rollback and report run only after a failed readiness
+            and next(iter(op.operation._inner(**op.kwargs)), None) is not None]
 
 
 def read_host(host, plan: HostPlan, deep: bool) -> tuple[HostReading | Unreadable, int]:

@@ -21,3 +21,12 @@ def services(plists: dict, changed: list[str], restart: list[str], state: dict):
             yield f"launchctl bootstrap system {shlex.quote(path)}"
         elif state.get(label) != "running":
             yield f"launchctl kickstart system/{label}"
+
+
+@operation()
+def stop(labels: list[str]):
+    """Stop ``labels`` (a rollout stops RPC clients before their workers switch builds)."""
+    for label in labels:
+        # Unloaded rather than killed: KeepAlive would start a killed job again. The switch that
+        # follows rewrites its plist, which bootstraps it.
+        yield f"launchctl bootout system/{label} 2>/dev/null || true"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyinfra.api import operation
+from pyinfra.api import FunctionCommand, operation
 
 from llamafleet.deploys.operations.common import helper_command, ps_helper_command
 
@@ -33,11 +33,75 @@ def _force(reason: str) -> bool:
     return reason.startswith("reinstall")
 
 
+def on_disk(spec: dict, installed: dict) -> bool:
+    """The pinned build's folder is on the host, installed from exactly the pinned artifacts."""
+    return (installed.get("installed") or {}).get(spec["build_id"]) == [a["sha256"] for a in spec["artifacts"]]
+
+
 @operation()
 def build(helper: str, spec: dict, installed: dict, windows: bool = False):
-    """Install ``spec`` (a release archive or a source build) into its own folder and switch to it."""
+    """Install ``spec`` (a release archive or a source build) into its own folder. ``spec["switch"]``
+    false (an upgrade on a POSIX host) leaves ``current`` alone: the rollout's :func:`switch` moves it."""
     reason = install_reason(spec, installed)
     if reason is None:
         return
+    if not spec.get("switch", True) and on_disk(spec, installed):
+        return  # already beside the build in use (e.g. after a rollback): only the switch is left
     command = ps_helper_command if windows else helper_command
     yield command(helper, "install", {**spec, "force": _force(reason)})
+
+
+@operation()
+def switch(helper: str, install_dir: str, build_id: str, files: list[str], current: str | None):
+    """Point ``current`` at ``build_id``, first saving the build in use and the present content of
+    ``files`` (the units and configs about to be rewritten) for :func:`rollback`."""
+    if current != build_id:
+        yield helper_command(helper, "switch", {"install_dir": install_dir, "build_id": build_id, "files": files})
+
+
+@operation()
+def rollback(helper: str, install_dir: str):
+    """Undo this run's :func:`switch`: the saved units and configs come back, ``current`` points at
+    the previous build again."""
+    yield helper_command(helper, "rollback", {"install_dir": install_dir})
+
+
+def verify_flags(state, host, host_name: str, bin_dir: str, build: str, services: list[dict],
+                 rendered_with: str) -> bool:
+    """Read the installed build's ``--help`` (the :class:`BuildHelp` fact, now, after the install)
+    and refuse any command line it does not accept. What was learned is saved for ``validate``."""
+    from pyinfra import logger
+
+    from llamafleet.config.builds import caps_for, save_learned
+    from llamafleet.deploys.facts.build_help import BuildHelp, learned_caps
+    from llamafleet.deploys.flagcheck import command_line_problems
+    from llamafleet.errors import UserError
+
+    def refuse(message: str) -> bool:
+        host.log_styled(f"llamafleet: {message}", fg="red", log_func=logger.error)
+        return False
+
+    fact = host.get_fact(BuildHelp, bin_dir=bin_dir)
+    if fact is None:
+        return refuse(f"hosts.{host_name}: {bin_dir}/llama-server did not print its --help")
+    try:
+        caps = learned_caps(build, fact)
+    except UserError as err:
+        return refuse(f"hosts.{host_name}: {err}")
+    known = caps_for(build)
+    if known is None or known.origin == "learned":
+        save_learned(caps)
+    problems = command_line_problems(host_name, services, caps)
+    for problem in problems:
+        refuse(problem)
+    if problems and rendered_with != build:
+        refuse(f"hosts.{host_name}: these command lines were rendered with {rendered_with}'s flags; {build}'s own "
+               f"were read from the installed binaries and saved: run the deploy again to render with them")
+    return not problems
+
+
+@operation()
+def check_flags(host_name: str, bin_dir: str, build: str, services: list[dict], rendered_with: str):
+    """Before any unit is written or service restarted: every command line against the flags the
+    installed binaries list (read as a fact when this runs, i.e. after the install)."""
+    yield FunctionCommand(verify_flags, (host_name, bin_dir, build, services, rendered_with), {})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyinfra.api import operation
+from pyinfra.api import FunctionCommand, operation
 
 from llamafleet.deploys.operations.common import helper_command, ps_helper_command
 
@@ -12,3 +12,19 @@ def wait_for_services(helper: str, spec: dict, windows: bool = False):
     """``spec``: {http: [health URLs], tcp: [addr:port], timeout: seconds, logs: folder}."""
     if spec.get("http") or spec.get("tcp"):
         yield (ps_helper_command if windows else helper_command)(helper, "wait", spec)
+
+
+def _report(state, host, message: str, detail=None) -> bool:
+    from pyinfra import logger
+
+    extra = detail() if detail else ""
+    host.log_styled(f"llamafleet: {message}" + (f": {extra}" if extra else ""), fg="red", log_func=logger.error)
+    return False
+
+
+@operation()
+def report_failure(message: str, detail=None):
+    """Fail the host with ``message`` (after a rollback, so the deploy exits non-zero and says why);
+    ``detail``, a callable, adds what is known only once the run is under way (the failed readiness
+    output). Runs on the controller: nothing is sent to the host."""
+    yield FunctionCommand(_report, (message, detail), {})

@@ -38,3 +38,10 @@ def services(conf: str, programs: list[str], changed: list[str], restart: list[s
     stopped = [p for p in programs if p not in changed and p not in to_restart and running.get(p) != "RUNNING"]
     if stopped:
         yield f"{ctl} start {' '.join(stopped)}"
+
+
+@operation()
+def stop(conf: str, programs: list[str]):
+    """Stop ``programs`` (a rollout stops RPC clients before their workers switch builds)."""
+    if programs:
+        yield f"supervisorctl -c {shlex.quote(conf)} stop {' '.join(programs)}"

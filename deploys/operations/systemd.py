@@ -17,3 +17,10 @@ def services(units: list[str], changed: list[str], restart: list[str], state: di
     stopped = [u for u in units if u not in bounce and state.get(u) != "active"]
     if stopped:
         yield f"systemctl start {' '.join(stopped)}"
+
+
+@operation()
+def stop(units: list[str]):
+    """Stop ``units`` (a rollout stops RPC clients before their workers switch builds)."""
+    if units:
+        yield f"systemctl stop {' '.join(units)}"

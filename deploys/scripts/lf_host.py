@@ -4,9 +4,13 @@ The deploy runs it on the host, never on the controller:
   state SPEC_JSON       print the host's whole state as one JSON document (the HostState fact
                         runs this file inline, so it works before anything is installed)
   fetch SPEC_JSON       download one file resumably, verify its sha256, rename it into place
-  install SPEC_JSON     install one llama.cpp build (release archive or source build) and
-                        switch ``current`` to it
-  wait SPEC_JSON        wait until the host's services answer (HTTP /health, TCP for RPC)
+  install SPEC_JSON     install one llama.cpp build (release archive or source build) in its own
+                        folder and, unless the spec says "switch": false, switch ``current`` to it
+  switch SPEC_JSON      an upgrade's switch: remember the previous build and the files about to be
+                        rewritten (``state/rollback.json``), then point ``current`` at the new build
+  rollback SPEC_JSON    undo the last switch: restore those files and point ``current`` back
+  wait SPEC_JSON        wait until the host's services are ready (process up, HTTP /health, /props
+                        build, one short completion; a listening socket for RPC workers)
   token PATH USER       create a random bearer token file (0600, owned by USER) if missing
 
 Exit codes: 0 done, 2 bad input or precondition, 3 verification failed. Errors are one line on
@@ -31,7 +35,8 @@ import zipfile
 
 CHUNK = 1 << 20
 RETRIES = 5
-BINARIES = ("llama-server", "ggml-rpc-server")
+# The RPC worker is "rpc-server" in older builds (b8942) and "ggml-rpc-server" in newer ones (b11434).
+BINARIES = ("llama-server", "ggml-rpc-server", "rpc-server")
 VERSION_RE = re.compile(r"version: (\S+) \(build (\d+), commit (\S+)\)|version: (\d+) \((\S+)\)")
 
 
@@ -284,8 +289,10 @@ def install(spec):
     record = read_json(os.path.join(target, "install.json")) or {}
     if spec.get("force") or record.get("artifacts_sha256") != [a["sha256"] for a in spec["artifacts"]]:
         install_into(spec, builds, target)
-    switch_current(builds, spec["build_id"])
-    return "installed %s" % spec["build_id"]
+    if spec.get("switch", True):
+        switch_current(builds, spec["build_id"])
+        return "installed %s" % spec["build_id"]
+    return "installed %s beside %s" % (spec["build_id"], current_build(builds))
 
 
 def install_into(spec, builds, target):
@@ -314,6 +321,59 @@ def install_into(spec, builds, target):
     write_atomic(os.path.join(staging, "install.json"), json.dumps(record, indent=1, sort_keys=True))
     shutil.rmtree(target, ignore_errors=True)
     os.replace(staging, target)
+
+
+def current_build(builds):
+    link = os.path.join(builds, "current")
+    return os.readlink(link) if os.path.islink(link) else None
+
+
+ROLLBACK = ("state", "rollback.json")
+
+
+def switch(spec):
+    """Switch ``current`` to an installed build, first saving what a rollback needs: the build in use
+    and the present content (or absence) of every file the deploy is about to rewrite."""
+    builds = os.path.join(spec["install_dir"], "builds")
+    previous = current_build(builds)
+    if previous == spec["build_id"]:
+        return "%s is already current" % previous
+    if not os.path.exists(os.path.join(builds, spec["build_id"], "install.json")):
+        raise Failure("%s is not installed under %s" % (spec["build_id"], builds))
+    saved = {}
+    for path in spec.get("files", []):
+        try:
+            with open(path) as f:
+                saved[path] = f.read()
+        except FileNotFoundError:
+            saved[path] = None
+    state_dir = os.path.join(spec["install_dir"], ROLLBACK[0])
+    os.makedirs(state_dir, exist_ok=True)
+    write_atomic(os.path.join(state_dir, ROLLBACK[1]), json.dumps(
+        {"previous": previous, "build_id": spec["build_id"], "files": saved, "at": int(time.time())}), mode=0o600)
+    switch_current(builds, spec["build_id"])
+    return "switched %s -> %s" % (previous or "nothing", spec["build_id"])
+
+
+def rollback(spec):
+    """Undo the last :func:`switch`: the saved files come back (a file that did not exist is removed)
+    and ``current`` points at the previous build again."""
+    path = os.path.join(spec["install_dir"], *ROLLBACK)
+    saved = read_json(path)
+    if saved is None:
+        raise Failure("nothing to roll back: %s does not exist" % path)
+    for name, content in sorted(saved["files"].items()):
+        if content is None:
+            if os.path.lexists(name):
+                os.remove(name)
+        else:
+            os.makedirs(os.path.dirname(name), exist_ok=True)
+            write_atomic(name, content)
+    builds = os.path.join(spec["install_dir"], "builds")
+    if saved["previous"]:
+        switch_current(builds, saved["previous"])
+    os.remove(path)
+    return "rolled back %s -> %s" % (saved["build_id"], saved["previous"] or "nothing")
 
 
 def switch_current(builds, build_id):
@@ -359,15 +419,48 @@ def http_ok(url):
         return False
 
 
+def http_json(url, body=None, timeout=5):
+    """(status, JSON body or None); status 0 when nothing answered."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read().decode() or "null")
+    except urllib.error.HTTPError as err:
+        return err.code, None
+    except (urllib.error.URLError, OSError, socket.timeout, ValueError):
+        return 0, None
+
+
 def listen_key(endpoint):
     """``addr:port`` as listening_ports() writes it (no IPv6 brackets)."""
     host, port = endpoint.rsplit(":", 1)
     return "%s:%s" % (host.strip("[]"), port)
 
 
+# supervisord states from which a program does not come up by itself (startretries exhausted)
+GAVE_UP = ("FATAL",)
+
+
+def props_build(base, build):
+    """None when ``base``/props reports build ``build`` ("b8942-f535774"), else what it reports."""
+    status, body = http_json(base + "/props")
+    info = str((body or {}).get("build_info", "")) if status == 200 else "HTTP %d" % status
+    return None if info.startswith("b%d-" % build) else info
+
+
+def completes(base):
+    """One short completion: the model loaded, and (for a target) its draft device answers."""
+    status, body = http_json(base + "/completion", {"prompt": "Hello", "n_predict": 2, "temperature": 0,
+                                                     "cache_prompt": False}, timeout=120)
+    return status == 200 and isinstance(body, dict) and "content" in body
+
+
 def wait(spec):
-    """Wait until every service answers (/health for HTTP services, a listening socket for RPC
-    workers) and, under supervisord, until it counts every program RUNNING."""
+    """Wait until every service is ready: /health for HTTP services and a listening socket for RPC
+    workers; under supervisord, every program RUNNING; then, when the spec asks, each llama-server's
+    /props reports the expected build and answers one short completion. A program that supervisord
+    gave up on fails the wait at once."""
     deadline = time.monotonic() + float(spec.get("timeout", 300))
     supervised = spec.get("supervisord") or {}
     pending = ([("http", u) for u in spec.get("http", [])] + [("tcp", e) for e in spec.get("tcp", [])]
@@ -386,13 +479,24 @@ def wait(spec):
         kinds = {kind for kind, _ in pending}
         # One read of the socket table and of supervisord per poll, whatever the number of services.
         listening = set(listening_ports()) if "tcp" in kinds else set()
-        programs = supervisor_state(supervised["conf"])["programs"] if "supervisord" in kinds else {}
+        programs = supervisor_state(supervised["conf"])["programs"] if supervised else {}
+        gave_up = sorted(p for p in supervised.get("programs", []) if programs.get(p) in GAVE_UP)
+        if gave_up:
+            raise Failure("%s exited and supervisord gave up restarting it (see %s)"
+                          % (", ".join(gave_up), ", ".join(os.path.join(spec.get("logs", ""), p + ".log") for p in gave_up)))
         pending = [(kind, t) for kind, t in pending if not ready(kind, t, listening, programs)]
         if pending:
             time.sleep(1)
     if pending:
         raise Failure("not answering after %ss: %s (see the service logs under %s)"
                       % (spec.get("timeout", 300), ", ".join(t for _, t in pending), spec.get("logs", "the install dir")))
+    for base, build in sorted((spec.get("props") or {}).items()):
+        wrong = props_build(base, build)
+        if wrong is not None:
+            raise Failure("%s/props reports build_info %r, not build b%d" % (base, wrong, build), code=3)
+    for base in spec.get("completion", []):
+        if not completes(base):
+            raise Failure("%s/completion did not answer a 2-token completion" % base, code=3)
     return "all services answer"
 
 
@@ -429,7 +533,10 @@ def install_state(install_dir):
     current = os.path.join(builds, "current")
     current_id = os.readlink(current) if os.path.islink(current) else None
     listed = sorted(d for d in os.listdir(builds) if not d.startswith(".") and d != "current") if os.path.isdir(builds) else []
-    state = {"current": current_id, "builds": listed, "record": None, "version": None, "binaries": {}}
+    state = {"current": current_id, "builds": listed, "record": None, "version": None, "binaries": {},
+             # what each installed folder was installed from: a switch to one of them downloads nothing
+             "installed": {b: (read_json(os.path.join(builds, b, "install.json")) or {}).get("artifacts_sha256")
+                           for b in listed}}
     if current_id:
         bin_dir = os.path.join(builds, current_id)
         state.update(record=read_json(os.path.join(bin_dir, "install.json")),
@@ -576,7 +683,7 @@ def state(spec):
     }
 
 
-COMMANDS = {"state": state, "fetch": fetch, "install": install, "wait": wait}
+COMMANDS = {"state": state, "fetch": fetch, "install": install, "switch": switch, "rollback": rollback, "wait": wait}
 
 
 def main(argv):
@@ -587,7 +694,7 @@ def main(argv):
             result = COMMANDS[argv[0]](json.loads(argv[1]))
             print(json.dumps(result, sort_keys=True) if argv[0] == "state" else "llamafleet: %s" % result)
         else:
-            raise Failure("usage: lf_host.py state|fetch|install|wait SPEC_JSON | token PATH USER")
+            raise Failure("usage: lf_host.py state|fetch|install|switch|rollback|wait SPEC_JSON | token PATH USER")
     except Failure as err:
         sys.stderr.write("llamafleet: %s\n" % err)
         return err.code

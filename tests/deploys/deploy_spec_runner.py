@@ -4,6 +4,8 @@ pyinfra-testing itself imports ``pyinfra_cli``, which monkey-patches the whole t
 gevent; that would change every other test in the session, so the same format is run here directly.
 Operation spec: ``args``/``kwargs`` in, ``commands`` out (or ``exception: {name, message}``).
 Fact spec: ``arg`` in, ``command`` (optional) and ``output`` -> ``fact``.
+A Python callback an operation yields (pyinfra's FunctionCommand, run on the controller at execution
+time) is written ``[function, <name>, <args>...]``.
 In expected commands, ``B64(<json>)`` stands for that JSON as the deploy base64-encodes it for
 Windows (compact, sorted keys), so the specs stay readable.
 """
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pyinfra.api import FileUploadCommand, StringCommand
+from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand
 
 
 def command_json(command):
@@ -30,6 +32,8 @@ def command_json(command):
         src = command.src
         data = src.getvalue().decode() if hasattr(src, "getvalue") else str(src)
         return ["upload", data, str(command.dest)]
+    if isinstance(command, FunctionCommand):  # runs on the controller while the deploy executes
+        return ["function", command.function.__name__, *command.args]
     raise AssertionError(f"unexpected command type {command!r}")
 
 

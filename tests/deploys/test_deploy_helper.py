@@ -103,7 +103,7 @@ def test_state_of_a_fresh_host(tmp_path):
             "files": [str(tmp_path / "lf" / "x.conf")], "drivers": []}
     result = helper("state", spec)
     state = json.loads(result.stdout)
-    assert state["install"] == {"current": None, "builds": [], "record": None, "version": None, "binaries": {}}
+    assert state["install"] == {"current": None, "builds": [], "record": None, "version": None, "binaries": {}, "installed": {}}
     assert state["models"] == {spec["models"][0]["path"]: {"present": None, "verified": False, "partial_size": 0}}
     assert state["files"] == {spec["files"][0]: None}
     assert state["disk_free"] > 0 and isinstance(state["listening"], list)
@@ -122,7 +122,7 @@ def test_reported_build(line, build):
 def test_bad_input_is_one_line_not_a_traceback():
     result = subprocess.run([sys.executable, str(HELPER), "explode"], capture_output=True, text=True)
     assert result.returncode == 2
-    assert result.stderr.startswith("llamafleet: usage: lf_host.py state|fetch|install|wait SPEC_JSON")
+    assert result.stderr.startswith("llamafleet: usage: lf_host.py state|fetch|install|switch|rollback|wait SPEC_JSON")
 
 
 @pytest.mark.slow

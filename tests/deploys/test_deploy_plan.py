@@ -210,7 +210,10 @@ def _commands(plan, state) -> list[str]:
 
     out = []
     for planned in planned_operations(plan, state):
-        out += [c if isinstance(c, str) else f"upload {c[2]}" for c in map(command_json, planned.operation._inner(**planned.kwargs))]
+        if planned.when == "failed":
+            continue  # rollback and report: only after a failed readiness
+        out += [c if isinstance(c, str) else f"{c[0]} {c[1] if c[0] == 'function' else c[2]}"
+                for c in map(command_json, planned.operation._inner(**planned.kwargs))]
     return out
 
 
