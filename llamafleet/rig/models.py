@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from llamafleet.rig.cache import _exclusive, _log, _stamp, _stamped, cache_root, ensure_smollm2
+from llamafleet.config import builds
+from llamafleet.rig.cache import LLAMA_CPP_BUILD, _exclusive, _log, _stamp, _stamped, cache_root, ensure_smollm2
 
 RIG_VERSION = "rig-v1"
 PADDING_BLOCKS = 200
@@ -80,16 +81,22 @@ def _write(source: Path, model: Path, stamp_dir: Path, key: str, *, extra_blocks
     _stamp(stamp_dir, key)
 
 
-def native_target_args(draft: Path, rpc_address: str, n_max: int, device: str = "none") -> list[str]:
-    """llama-server flags for native speculation with the draft on a ggml-rpc-server's device.
+def native_target_args(draft: Path, rpc_address: str, n_max: int, device: str = "none",
+                       build: str = LLAMA_CPP_BUILD) -> list[str]:
+    """llama-server flags for native speculation with the draft on an RPC worker's device, spelled
+    the way ``build`` spells them (``llamafleet.config.builds``).
 
     ``-dev none`` keeps the target on the local CPU (``CPU`` is not a valid device name); a GPU run
     passes its device (e.g. ``CUDA0``, as the GPU benchmark does) and offloads every target layer.
     The draft goes to the first RPC device, fully offloaded.
     """
-    placement = ["-dev", device] if device == "none" else ["-dev", device, "-ngl", "99"]
-    return ["--rpc", rpc_address, *placement, "-md", str(draft), "-devd", "RPC0", "-ngld", "99",
-            "--spec-type", "draft-simple", "--spec-draft-n-max", str(n_max)]
+    caps = builds.caps_for(build)
+    if caps is None:
+        raise ValueError(f"no capability data for llama.cpp {build}")
+    flag = caps.deploy_flags
+    placement = [flag["devices"], device] + ([] if device == "none" else [flag["gpu_layers"], "99"])
+    return [flag["rpc"], rpc_address, *placement, flag["draft_model"], str(draft), flag["draft_device"], "RPC0",
+            flag["draft_gpu_layers"], "99", *caps.draft_args(n_max, 0)]
 
 
 def write_padded(source: Path, dest: Path, *, extra_blocks: int, ffn_down_scale: float) -> None:
