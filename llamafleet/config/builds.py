@@ -159,11 +159,6 @@ class FlagTable:
 
 # --- deploy purposes -----------------------------------------------------------------------------
 
-DEPLOY_PURPOSES = ("model", "host", "port", "ctx_size", "slots", "gpu_layers", "devices", "rpc",
-                   "draft_model", "draft_device", "draft_gpu_layers", "draft_max", "draft_min",
-                   "spec_type", "no_repack", "no_webui", "api_key_file",
-                   "rpc_host", "rpc_port", "rpc_device", "rpc_cache")
-
 # purpose -> (program, spellings in order of preference). The first spelling the build has (and does
 # not list as removed) is the build's spelling for that purpose. Newer and older llama.cpp names both
 # appear, so that a build learned from its --help alone maps as well as the shipped ones.
@@ -190,7 +185,7 @@ PURPOSE_SPELLINGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "rpc_device": ("rpc", ("-d", "--device")),
     "rpc_cache": ("rpc", ("-c", "--cache")),
 }
-assert tuple(PURPOSE_SPELLINGS) == DEPLOY_PURPOSES
+DEPLOY_PURPOSES = tuple(PURPOSE_SPELLINGS)
 # The --spec-type value that selects speculation with a draft model, in builds that need one named
 # (b11434 does; in b8942 a draft model alone turns it on and --spec-type lists no draft-* type).
 DRAFT_SPEC_TYPE = "draft-simple"
@@ -239,8 +234,7 @@ class BuildCaps:
         spelling = self.flag(purpose)
         if spelling is None:
             program, spellings = PURPOSE_SPELLINGS[purpose]
-            binary = self.server_binary if program == "server" else self.rpc_binary
-            raise UserError(f"llama.cpp {self.build}: {binary} has no option for {purpose.replace('_', ' ')} "
+            raise UserError(f"llama.cpp {self.build}: {self.binary(program)} has no option for {purpose.replace('_', ' ')} "
                             f"(none of {', '.join(spellings)}), which {why} needs")
         return spelling
 

@@ -115,7 +115,7 @@ def start_llama_server(
 def start_rpc_server(build: LlamaCpp, *, log_dir: Path, port: int | None = None, threads: int = 1) -> RunningProcess:
     port = port or free_port()
     argv = [str(build.rpc_server), "-H", "127.0.0.1", "-p", str(port), "-t", str(threads)]
-    server = _spawn("ggml-rpc-server", argv, port, log_dir, None)
+    server = _spawn(build.rpc_server.name, argv, port, log_dir, None)
     wait_for_port(server)
     return server
 
