@@ -18,7 +18,8 @@ from llamafleet.report import add_output_options, emit, selected_hosts
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "doctor",
-        help="check the running cluster over HTTP: health, build, vocabulary, slots, proxy auth, RPC exposure",
+        help="check the running cluster over HTTP: health, build, vocabulary, slots, proxy auth, speculation speed "
+        "against plain decoding, RPC exposure",
         description=f"Check the running services of an inventory (default: ${INVENTORY_ENV} or {DEFAULT_INVENTORY}). "
         "Exit 0: all good; 2: something differs; 1: something could not be checked.",
     )
