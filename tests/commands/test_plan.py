@@ -172,6 +172,20 @@ def test_invalid_inventory_ends_like_validate(capsys, tmp_path, name, text, as_j
         assert "not valid" in out.splitlines()[-1]
 
 
+def test_default_inventory_is_the_same_as_validates(capsys, monkeypatch, tmp_path):
+    """No INVENTORY argument: $LLAMAFLEET_INVENTORY, else inventory/cluster.yaml, as validate."""
+    monkeypatch.setenv("LLAMAFLEET_INVENTORY", str(SEED))
+    _, out, _ = plan(capsys, "--json")
+    assert json.loads(out)["file"] == str(SEED)
+    monkeypatch.delenv("LLAMAFLEET_INVENTORY")
+    monkeypatch.chdir(tmp_path)  # no inventory/cluster.yaml here: validate's "cannot read" finding
+    code, out, err = plan(capsys)
+    validate_code = main(["validate"])
+    validated = capsys.readouterr()
+    assert (code, out, err) == (validate_code, validated.out, validated.err) and code == 1
+    assert "inventory/cluster.yaml" in out
+
+
 def test_a_reader_that_stops_early_gets_no_traceback():
     """`llamafleet plan | head`: the reader is gone before the plan is written (EPIPE on write)."""
     proc = subprocess.Popen([sys.executable, "-m", "llamafleet.cli", "plan", str(SEED)], stdout=subprocess.PIPE,
@@ -193,3 +207,4 @@ def test_a_build_without_capability_data_is_said(capsys, tmp_path):
     assert "WARNING: no capability data for llama.cpp b7000" in text
     _, out, _ = plan(capsys, path, "--json")
     assert json.loads(out)["llama_cpp"]["capabilities"] is None
+
