@@ -141,8 +141,9 @@ def wait_spec(plan: HostPlan, build: str | None = None) -> dict:
 # The deploy's steps, in order. pyinfra identifies an operation by its call site, and every planned
 # operation is called from the same line, so each step's fixed position here is what tells pyinfra
 # that calls on different hosts (with different sets of steps) are the same operation. Inside
-# "rollout" an operation's position also carries (group, phase, host position, index), which makes
-# pyinfra run the groups one after another and, within a group, the hosts one after another.
+# "rollout" an operation's position also carries (group, phase, host position, index), and barriers
+# that every host shares (_between_barriers) make pyinfra run the groups one after another and,
+# within a group, the hosts one after another.
 STEPS = ("helper", "driver", "build", "check", "models", "secrets", "proxy", "rollout")
 STOP, SWITCH, ROLLBACK = 0, 1, 2  # rollout phases
 
@@ -208,23 +209,24 @@ def planned_operations(plan: HostPlan, state: dict) -> list[PlannedOperation]:
         ops.append(PlannedOperation("proxy", "llamafleet proxy (wheel)", proxy.project, proxy.project_kwargs(plan, state)))
     files = rendered_files(plan)
     clients = rpc_clients(plan)
+    steps: list[PlannedOperation] = []  # the rollout's, placed between barriers below
     if upgrade and clients:
-        ops.append(_stop(plan, clients, at(STOP, 0)))
+        steps.append(_stop(plan, clients, at(STOP, 0)))
     if upgrade:
-        ops.append(PlannedOperation("rollout", f"switch {current} -> {plan.build.build_id}", llama_cpp.switch, {
+        steps.append(PlannedOperation("rollout", f"switch {current} -> {plan.build.build_id}", llama_cpp.switch, {
             "helper": helper, "install_dir": plan.host.install_dir, "build_id": plan.build.build_id,
             "files": sorted(files), "current": current}, at(SWITCH, 0), "healthy", "switch"))
-    ops.append(PlannedOperation("rollout", "service units and configs", file_ops.text_files, {
+    steps.append(PlannedOperation("rollout", "service units and configs", file_ops.text_files, {
         "files": files, "state_files": seen, "windows": windows}, at(SWITCH, 1), "healthy", "units"))
     restart = unit_names(plan) if changes.build and changes.build.startswith("reinstall") else []
-    ops.append(_services(plan, state, changes, restart, at(SWITCH, 2)))
+    steps.append(_services(plan, state, changes, restart, at(SWITCH, 2)))
     if changes.build or changes.units or changes.stopped or changes.models:
-        ops.append(PlannedOperation("rollout", "services ready", readiness.wait_for_services, {
+        steps.append(PlannedOperation("rollout", "services ready", readiness.wait_for_services, {
             "helper": helper, "spec": wait_spec(plan), "windows": windows}, at(SWITCH, 3), "healthy", "wait"))
         if upgrade:
             previous = (installed.get("record") or {}).get("build")
             everything = HostChanges(units=unit_names(plan), files=[plan.supervisor_conf])
-            ops += [
+            steps += [
                 PlannedOperation("rollout", f"roll back to {current}", llama_cpp.rollback, {
                     "helper": helper, "install_dir": plan.host.install_dir}, at(ROLLBACK, 0), "failed", "rollback"),
                 # supervisord is running (the switch restarted programs under it): reload them all.
@@ -236,9 +238,27 @@ def planned_operations(plan: HostPlan, state: dict) -> list[PlannedOperation]:
             ]
         what = f"rolled back to {current} after a failed switch to {plan.build.build_id}" if upgrade \
             else "services not ready after the change"
-        ops.append(PlannedOperation("rollout", "report", readiness.report_failure, {
+        steps.append(PlannedOperation("rollout", "report", readiness.report_failure, {
             "message": f"hosts.{plan.name}: {what}"}, at(ROLLBACK, 3), "failed", "report"))
-    return ops
+    return ops + _between_barriers(plan, steps)
+
+
+def _between_barriers(plan: HostPlan, steps: list[PlannedOperation]) -> list[PlannedOperation]:
+    """This host's rollout operations in the cluster-wide order, with a barrier after every slot
+    (a group's stop phase, each of its hosts' switch, its rollback) that every host runs: pyinfra
+    orders operations as a graph of each host's own sequence, so only operations that all hosts share
+    keep one host's switch after another's readiness, and the next group after this one's rollback."""
+    # First, every host has installed and checked its build: a refusal anywhere is known before any stop.
+    out = [PlannedOperation("rollout", "rollout: every host installed and checked", readiness.barrier, {}, (-1, 0, 0, 99))]
+    for g, hosts in enumerate(rollout.groups(plan.inventory)):
+        label = f"rollout {'+'.join(hosts)}"
+        for phase, slots, what in ((STOP, [0], lambda p: "RPC clients stopped"),
+                                   (SWITCH, range(len(hosts)), lambda p: f"{hosts[p]} switched"),
+                                   (ROLLBACK, [0], lambda p: "done")):
+            for p in slots:
+                out += [op for op in steps if op.position[:3] == (g, phase, p)]
+                out.append(PlannedOperation("rollout", f"{label}: {what(p)}", readiness.barrier, {}, (g, phase, p, 99)))
+    return out
 
 
 def _without_completion() -> dict:

@@ -12,7 +12,7 @@ import ntpath
 import posixpath
 import re
 
-from llamafleet.config.builds import BuildCaps, FlagTable, nearest_flags
+from llamafleet.config.builds import PURPOSE_SPELLINGS, BuildCaps, FlagTable, nearest_flags
 
 PROGRAM_OF_ROLE = {"target": "server", "target-plain": "server", "drafter": "server", "rpc-worker": "rpc"}
 _NUMBER = re.compile(r"^-?[0-9.]+$")
@@ -38,6 +38,15 @@ def argv_problems(table: FlagTable, args: list[str]) -> list[tuple[str, str]]:
     return problems
 
 
+def valid_spellings(caps: BuildCaps, program: str, flag: str) -> list[str]:
+    """What to write instead of ``flag``: the build's own spelling when ``flag`` is another build's
+    name for a deploy purpose (``--draft-max`` -> ``--spec-draft-n-max``), else the closest option."""
+    for purpose, (owner, spellings) in PURPOSE_SPELLINGS.items():
+        if owner == program and flag in spellings and caps.flag(purpose):
+            return list(caps.table(program).usable(caps.flag(purpose)).flags)
+    return nearest_flags(caps, program, flag)
+
+
 def command_line_problems(host: str, services: list[dict], caps: BuildCaps, windows: bool = False) -> list[str]:
     """One message per refusal. ``services``: ``{"service", "role", "argv"}`` as the deploy renders them."""
     messages = []
@@ -52,7 +61,7 @@ def command_line_problems(host: str, services: list[dict], caps: BuildCaps, wind
                             f"{caps.binary(program)}")
         for flag, problem in argv_problems(caps.table(program), list(svc["argv"][1:])):
             if problem == "unknown":
-                nearest = nearest_flags(caps, program, flag)
+                nearest = valid_spellings(caps, program, flag)
                 hint = f"nearest valid: {' / '.join(nearest)}" if nearest else "no similar flag"
                 messages.append(f"{where}: {caps.binary(program)} {caps.build} has no flag {flag} ({hint})")
             else:

@@ -28,3 +28,11 @@ def report_failure(message: str, detail=None):
     ``detail``, a callable, adds what is known only once the run is under way (the failed readiness
     output). Runs on the controller: nothing is sent to the host."""
     yield FunctionCommand(_report, (message, detail), {})
+
+
+@operation()
+def barrier():
+    """Yields nothing. Every host runs it at the same point of a rollout: pyinfra orders operations as
+    one graph of each host's sequence, so an operation all hosts share is where every host has finished
+    what comes before it, and none has started what comes after."""
+    yield from ()

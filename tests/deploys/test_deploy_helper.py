@@ -175,3 +175,44 @@ def test_wait_sees_an_rpc_worker_that_a_target_holds(llama_build, log_dir):
     assert "all services answer" in result.stdout + result.stderr
     stopped = helper("wait", {"tcp": [f"127.0.0.1:{worker.port}"], "timeout": 2})
     assert stopped.returncode != 0 and f"127.0.0.1:{worker.port}" in stopped.stderr
+
+
+def test_switch_saves_what_a_rollback_restores(tmp_path):
+    """An upgrade's switch keeps the build in use and the files about to be rewritten; the rollback
+    puts both back (a file that did not exist goes away again)."""
+    lf = tmp_path / "lf"
+    for build_id in ("b8942-cpu", "b11434-cpu"):
+        (lf / "builds" / build_id).mkdir(parents=True)
+        (lf / "builds" / build_id / "install.json").write_text("{}")
+    (lf / "builds" / "current").symlink_to("b8942-cpu")
+    unit, added = lf / "supervisor" / "conf.d" / "llamafleet-target.conf", lf / "supervisor" / "conf.d" / "new.conf"
+    unit.parent.mkdir(parents=True)
+    unit.write_text("command=/lf/builds/b8942-cpu/llama-server\n")
+    spec = {"install_dir": str(lf), "build_id": "b11434-cpu", "files": [str(unit), str(added)]}
+    switched = helper("switch", spec)
+    assert switched.returncode == 0 and switched.stdout.strip() == "llamafleet: switched b8942-cpu -> b11434-cpu"
+    assert os.readlink(lf / "builds" / "current") == "b11434-cpu"
+    assert oct((lf / "state" / "rollback.json").stat().st_mode & 0o777) == "0o600"
+    assert helper("switch", spec).stdout.strip() == "llamafleet: b11434-cpu is already current"
+    unit.write_text("command=/lf/builds/b11434-cpu/llama-server\n")  # what the deploy writes next
+    added.write_text("[program:new]\n")
+    back = helper("rollback", {"install_dir": str(lf)})
+    assert back.returncode == 0 and back.stdout.strip() == "llamafleet: rolled back b11434-cpu -> b8942-cpu"
+    assert unit.read_text() == "command=/lf/builds/b8942-cpu/llama-server\n" and not added.exists()
+    assert os.readlink(lf / "builds" / "current") == "b8942-cpu"
+    again = helper("rollback", {"install_dir": str(lf)})
+    assert again.returncode == 2 and "nothing to roll back" in again.stderr
+    missing = helper("switch", {**spec, "build_id": "b9999-cpu"})
+    assert missing.returncode == 2 and "b9999-cpu is not installed" in missing.stderr
+
+
+def test_wait_checks_the_props_build_and_one_completion(smollm2_server, llama_build):
+    """Against a real llama-server of the rig's build: /props must report the expected build and a
+    2-token completion must answer; another build number fails readiness."""
+    base = smollm2_server.url
+    number = int(llama_build.build.removeprefix("b"))
+    ok = helper("wait", {"http": [f"{base}/health"], "props": {base: number}, "completion": [base], "timeout": 30})
+    assert ok.returncode == 0, ok.stderr
+    wrong = helper("wait", {"http": [f"{base}/health"], "props": {base: number + 1}, "timeout": 30})
+    assert wrong.returncode == 3
+    assert f"{base}/props reports build_info 'b{number}-" in wrong.stderr and f"not build b{number + 1}" in wrong.stderr
