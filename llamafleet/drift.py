@@ -475,11 +475,26 @@ def run_drift(inventory: Inventory, path: Path, hosts: list[str], *, deep: bool,
         for host in state.inventory:
             if host.connected:
                 host.disconnect()
+    report.extend(mixed_build_findings(inventory, report.findings))
     if not deep and any(p.models for p in plans.values()):
         report.notes.append(DEEP_NOTE)
     report.stats = {"seconds": round(time.monotonic() - started, 3), "host_seconds": seconds,
                     "remote_commands": commands, "deep": deep}
     return report
+
+
+def mixed_build_findings(inventory: Inventory, findings: list[Finding]) -> list[Finding]:
+    """One cluster-wide line when the hosts read run different llama.cpp builds (a rollout that stopped
+    part-way: a failed group, or a --limit canary), whatever each host's own findings say."""
+    running = {f.host: f.actual.split("-")[0] for f in findings
+               if f.check == "llama.cpp build" and f.actual != "nothing installed"}
+    builds = sorted(set(running.values()))
+    if len(builds) < 2:
+        return []
+    actual = "; ".join(f"{', '.join(sorted(h for h, b in running.items() if b == build))}: {build}" for build in builds)
+    return [Finding("cluster", "mixed builds", Severity.fail, f"every host on {inventory.llama_cpp.build}", actual,
+                    hint="a rollout stopped part-way (a failed group or a --limit canary): the deploy without "
+                         "--limit finishes it, and says why a group failed")]
 
 
 def check_host(host, plan: HostPlan, deep: bool, connect_errors: _ConnectErrors) -> tuple[list[Finding], int]:

@@ -136,3 +136,18 @@ def test_the_installed_binary_decides_and_what_it_says_is_saved(llama_build, b89
     posix = [{**s, "argv": [str(Path(b8942_build.bin_dir) / Path(s["argv"][0].replace("\\", "/")).name.removesuffix(".exe")),
                             *s["argv"][1:]]} for s in services_of(desktop)]
     assert verify_flags(state, host, "desktop", str(b8942_build.bin_dir), "b8942", posix, "b8942") is True
+
+
+def test_drift_names_a_cluster_left_on_mixed_builds(seed):
+    from llamafleet.drift import mixed_build_findings
+    from llamafleet.report import Finding, Severity
+
+    def build(host, actual):
+        return Finding(host, "llama.cpp build", Severity.ok, "b11434-cpu", actual)
+
+    same = [build("a", "b11434-cpu"), build("b", "b11434-cuda-src"), build("c", "nothing installed")]
+    assert mixed_build_findings(seed, same) == []
+    [mixed] = mixed_build_findings(seed, [*same, build("d", "b8942-cpu")])
+    assert (mixed.host, mixed.check, mixed.severity, mixed.actual) == (
+        "cluster", "mixed builds", Severity.fail, "a, b: b11434; d: b8942")
+    assert mixed.expected == "every host on b8111"

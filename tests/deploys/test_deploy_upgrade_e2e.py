@@ -256,6 +256,8 @@ def test_a_canary_limit_upgrades_one_rpc_group_and_the_mixed_cluster_is_reported
     assert builds[("gamma", "llama.cpp build")]["severity"] == "fail"
     assert builds[("gamma", "llama.cpp build")]["actual"] == "b8942-cpu"
     assert builds[("alpha", "llama.cpp build")]["severity"] == "ok"
+    mixed = [f for f in report["findings"] if f["check"] == "mixed builds"]
+    assert [(f["host"], f["severity"], f["actual"]) for f in mixed] == [("cluster", "fail", "alpha, beta: b11434; gamma: b8942")]
 
     code, report = run_cli(capsys, "doctor", str(cluster["files"]["b11434"]), "--json")
     assert code != 0
