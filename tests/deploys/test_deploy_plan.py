@@ -11,7 +11,7 @@ import pytest
 
 from llamafleet.config import load_inventory
 from llamafleet.config.models import OS, Backend, Inventory, ServiceManager
-from llamafleet.deploys.plan import plan_host, upstream_release_name
+from llamafleet.deploys.plan import plan_caps, plan_host, upstream_release_name
 from llamafleet.deploys.render import render_unit, rendered_files
 from llamafleet.errors import UserError
 
@@ -80,7 +80,8 @@ def test_windows_cuda_installs_llama_and_cudart_zips_into_one_build(seed):
     assert [a.file for a in plan.build.artifacts] == ["llama-b8111-bin-win-cuda-12.4-x64.zip",
                                                       "cudart-llama-bin-win-cuda-12.4-x64.zip"]
     assert plan.build.artifacts[0].url == "http://192.168.86.40:8765/llama.cpp/llama-b8111-bin-win-cuda-12.4-x64.zip"
-    assert plan.build.binaries == ("llama-server", "ggml-rpc-server")  # desktop runs an RPC worker
+    # desktop runs an RPC worker; b8111 is not known here, so the names are the nearest known build's
+    assert plan.build.binaries == ("llama-server", plan_caps("b8111")[0].rpc_binary)
 
 
 def test_missing_release_names_the_upstream_file(seed):
@@ -92,16 +93,19 @@ def test_missing_release_names_the_upstream_file(seed):
 
 
 def test_native_speculation_target_flags(seed):
-    target = next(s for s in plan_host(seed, "akiva").services if s.service == "target")
+    """The seed pinned to b11434 (shipped data): the exact command line in b11434's spellings."""
+    data = seed.model_dump(mode="json", exclude_none=True)
+    data["llama_cpp"]["build"] = "b11434"
+    target = next(s for s in plan_host(Inventory.model_validate(data), "akiva").services if s.service == "target")
     assert list(target.argv) == [
-        "/opt/llamafleet/builds/b8111-rocm-src/llama-server",
+        "/opt/llamafleet/builds/b11434-rocm-src/llama-server",
         "-m", "/opt/llamafleet/models/gpt-oss-120b-UD-Q4_K_XL-00001-of-00002.gguf",
         "--host", "192.168.86.29", "--port", "8080", "-c", "8192", "-np", "1", "-ngl", "26", "--no-webui", "-nr",
         "--rpc", "192.168.86.36:50052",
         "-md", "/opt/llamafleet/models/gpt-oss-20b-mxfp4.gguf", "-devd", "RPC0", "-ngld", "99",
         "--spec-type", "draft-simple", "--spec-draft-n-max", "8", "--spec-draft-n-min", "0",
         "-dev", "ROCm0", "--jinja"]
-    assert ("LD_LIBRARY_PATH", "/opt/llamafleet/builds/b8111-rocm-src") in target.env
+    assert ("LD_LIBRARY_PATH", "/opt/llamafleet/builds/b11434-rocm-src") in target.env
 
 
 def test_native_draft_model_is_placed_on_the_target_host(seed):
@@ -111,7 +115,8 @@ def test_native_draft_model_is_placed_on_the_target_host(seed):
 
 def test_rpc_worker_binds_only_its_declared_address(seed):
     rpc = next(s for s in plan_host(seed, "desktop").services if s.role == "rpc-worker")
-    assert list(rpc.argv) == ["C:\\llamafleet\\builds\\b8111-cuda\\ggml-rpc-server.exe", "-H", "192.168.86.36",
+    rpc_binary = plan_caps("b8111")[0].rpc_binary  # b8111 is not known: the nearest known build's name
+    assert list(rpc.argv) == [f"C:\\llamafleet\\builds\\b8111-cuda\\{rpc_binary}.exe", "-H", "192.168.86.36",
                               "-p", "50052", "-d", "CUDA0"]
 
 
