@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from llamafleet.errors import UserError
@@ -18,6 +19,7 @@ COMMANDS = (
     "doctor",
     "drift",
     "demo",
+    "model",
 )
 
 
@@ -32,7 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # The reader stopped early (``| head``). Python would fail again flushing stdout at exit:
+        # point it at /dev/null, and end as a process killed by SIGPIPE would.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 141
     except UserError as err:
         print(f"llamafleet {args.command}: {err}", file=sys.stderr)
         return err.exit_code
