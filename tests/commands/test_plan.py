@@ -208,3 +208,101 @@ def test_a_build_without_capability_data_is_said(capsys, tmp_path):
     _, out, _ = plan(capsys, path, "--json")
     assert json.loads(out)["llama_cpp"]["capabilities"] is None
 
+
+# --- the same inventory at two pinned builds --------------------------------------------------------
+
+OLD, NEW = "b11434", "b8942"
+DRAFT_PURPOSES = ("draft_max", "draft_min", "spec_type")
+
+
+def plan_at(capsys, tmp_path, build: str, plain: str = "sidecar") -> dict:
+    """The local example at ``build`` (archive names follow the tag). The plain path is pinned to a
+    sidecar by default, so the topology is the same at both builds and only build-specific names and
+    flags remain."""
+    yaml = YAML()
+    data = yaml.load((ROOT / "inventory" / "examples" / "local.yaml").read_text().replace(OLD, build))
+    for svc in data["services"].values():
+        if svc.get("native_draft"):
+            svc["native_draft"]["plain"] = plain
+    folder = tmp_path / f"{build}-{plain}"
+    folder.mkdir()
+    path = folder / "cluster.yaml"
+    with path.open("w") as out:
+        yaml.dump(data, out)
+    code, out, err = plan(capsys, path, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def build_renames(inventory_path: Path):
+    """What must change from OLD to NEW, from the two builds' capability data alone: the tag, the RPC
+    worker's binary, each deploy flag's spelling, and the native draft's arguments."""
+    from llamafleet.config.builds import DEPLOY_PURPOSES, caps_for
+
+    old, new = caps_for(OLD), caps_for(NEW)
+    assert old is not None and new is not None, "capability data for both builds is shipped"
+    draft = [(old.draft_args(d["n_max"], d.get("n_min", 0)), new.draft_args(d["n_max"], d.get("n_min", 0)))
+             for d in (s.get("native_draft") for s in YAML().load(inventory_path.read_text())["services"].values()) if d]
+    flags = {old.flag(p): new.flag(p) for p in DEPLOY_PURPOSES
+             if p not in DRAFT_PURPOSES and old.flag(p) and new.flag(p) and old.flag(p) != new.flag(p)}
+    binaries = {old.rpc_binary: new.rpc_binary, old.server_binary: new.server_binary}
+
+    def argv(args: list[str]) -> list[str]:
+        args = list(args)
+        for before, after in draft:
+            for i in range(len(args) - len(before) + 1):
+                if args[i:i + len(before)] == before:
+                    args[i:i + len(before)] = after
+                    break
+        return [text(flags.get(a, a)) for a in args]
+
+    def text(s: str) -> str:
+        for before, after in draft:
+            s = s.replace(shlex.join(before), shlex.join(after))
+        for before, after in flags.items():
+            s = s.replace(f" {before} ", f" {after} ").replace(f" {before}\n", f" {after}\n")
+        for before, after in binaries.items():
+            s = s.replace(f"/{before}", f"/{after}").replace(f"\\{before}", f"\\{after}")
+        return s.replace(OLD, NEW).replace(f"LLAMA_BUILD_NUMBER={OLD[1:]}", f"LLAMA_BUILD_NUMBER={NEW[1:]}")
+
+    return argv, text, binaries
+
+
+def test_plans_at_two_builds_differ_exactly_in_build_specific_names_and_flags(capsys, tmp_path):
+    old, new = plan_at(capsys, tmp_path, OLD), plan_at(capsys, tmp_path, NEW)
+    argv, text, binaries = build_renames(ROOT / "inventory" / "examples" / "local.yaml")
+
+    def expected(node, key=None):
+        if isinstance(node, dict):
+            return {k: expected(v, k) for k, v in node.items()}
+        if isinstance(node, list):
+            return argv(node) if key == "argv" else [binaries.get(b, b) for b in node] if key == "binaries" \
+                else [expected(v) for v in node]
+        return text(node) if isinstance(node, str) else node
+
+    for plan_ in (old, new):
+        plan_.pop("file")
+        for h in plan_["hosts"].values():
+            for f in h["files"]:  # size and hash follow from the content
+                f.pop("bytes"), f.pop("sha256")
+    assert old != new
+    assert expected(old) == new
+    # Something build-specific really changed on the command lines (not only the tag in paths).
+    old_args = {a for h in old["hosts"].values() for s in h["services"].values() for a in s["argv"]}
+    new_args = {a for h in new["hosts"].values() for s in h["services"].values() for a in s["argv"]}
+    assert {a for a in old_args - new_args if OLD not in a}, "only the tag differs: no build-specific flag"
+
+
+@pytest.mark.parametrize("build", [OLD, NEW])
+def test_the_plain_path_follows_the_builds_per_request_switch(capsys, tmp_path, build):
+    """With ``plain: auto``, a build that reads per-request speculative.n_max gets no sidecar (the
+    proxy turns drafting off per request); one that does not gets a sidecar on this CPU host."""
+    from llamafleet.config.builds import caps_for
+
+    reads_switch = caps_for(build).per_request_speculative
+    host = plan_at(capsys, tmp_path, build, plain="auto")["hosts"]["local"]
+    [route] = host["plain_paths"].values()
+    assert route["kind"] == ("request" if reads_switch else "sidecar")
+    assert ("target-plain" in host["services"]) is (not reads_switch)
+    [proxy] = route["proxies"].values()
+    assert proxy["request_fields"] == ({"speculative.n_max": 0} if reads_switch else {})
