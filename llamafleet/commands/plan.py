@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import ntpath
-import os
 import shlex
 import subprocess
 import sys
@@ -64,15 +63,7 @@ def selected(inventory: Inventory, wanted: list[str]) -> list[str]:
 
 
 def _write(text: str, code: int) -> int:
-    """Print ``text``; a reader that stops early (``| head``) ends the output, not with a traceback."""
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # Python would fail again flushing stdout at exit: point it at /dev/null first.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+    sys.stdout.write(text)  # a reader that stops early (``| head``) is handled by llamafleet.cli
     return code
 
 
