@@ -84,19 +84,19 @@ def cluster_plan(path: Path, inventory: Inventory, findings: list[Finding], host
 
 
 def capabilities(build: str) -> dict:
-    """Where the pinned build's names and flags come from, or that nothing is known about them."""
-    from llamafleet.config.builds import caps_for, known_builds
+    """Whose names and flags the plan is rendered with: the pinned build's own, or (for a build with
+    no capability data) the nearest known build's, said in words."""
+    from llamafleet.config.builds import caps_for
+    from llamafleet.deploys.plan import plan_caps
 
-    caps = caps_for(build)
-    if caps is None:
-        note = (f"no capability data for llama.cpp {build} (known: {', '.join(known_builds()) or 'none'}): the "
-                "binary names and flags below are not checked offline; the deploy checks them against the "
-                "installed binary's --help before it writes any unit, and saves what it learns for the next run")
-    elif caps.origin == "learned":
-        note = f"capabilities of llama.cpp {build} learned from an installed binary's --help (saved locally)"
-    else:
-        note = f"capabilities of llama.cpp {build} shipped with llamafleet (generated from its binaries)"
-    return {"build": build, "capabilities": None if caps is None else caps.origin, "note": note}
+    own = caps_for(build)
+    caps, note = plan_caps(build)
+    if own is not None:
+        how = "learned from an installed binary's --help (saved locally)" if own.origin == "learned" else \
+            "shipped with llamafleet (generated from its binaries)"
+        note = f"names and flags of llama.cpp {build}: {how}"
+    return {"build": build, "capabilities": None if own is None else own.origin, "rendered_with": caps.build,
+            "note": note}
 
 
 def host_plan(plan) -> dict:

@@ -105,7 +105,7 @@ def test_json_shape_is_stable(capsys):
     data = json.loads(out)
     assert list(data) == ["format", "file", "cluster", "llama_cpp", "warnings", "hosts"]
     assert data["format"] == 1
-    assert set(data["llama_cpp"]) == {"build", "capabilities", "note"}
+    assert set(data["llama_cpp"]) == {"build", "capabilities", "rendered_with", "note"}
     for h in data["hosts"].values():
         assert list(h) == ["os", "arch", "backend", "service_manager", "install_dir", "build", "models", "services",
                            "secrets", "plain_paths", "files"]
@@ -197,6 +197,8 @@ def test_a_reader_that_stops_early_gets_no_traceback():
 
 
 def test_a_build_without_capability_data_is_said(capsys, tmp_path):
+    from llamafleet.config.builds import known_builds
+
     path = tmp_path / "unknown-build.yaml"
     yaml = YAML()
     data = yaml.load(SEED.read_text())
@@ -204,9 +206,11 @@ def test_a_build_without_capability_data_is_said(capsys, tmp_path):
     with path.open("w") as out:
         yaml.dump(data, out)
     _, text, _ = plan(capsys, path)
-    assert "WARNING: no capability data for llama.cpp b7000" in text
     _, out, _ = plan(capsys, path, "--json")
-    assert json.loads(out)["llama_cpp"]["capabilities"] is None
+    pin = json.loads(out)["llama_cpp"]
+    assert pin["capabilities"] is None and pin["rendered_with"] in known_builds()
+    [warning] = [line for line in text.splitlines() if line.startswith("WARNING: ")]
+    assert "b7000" in warning and pin["rendered_with"] in warning and warning == "WARNING: " + pin["note"]
 
 
 # --- the same inventory at two pinned builds --------------------------------------------------------
