@@ -134,9 +134,9 @@ def check_flags(inventory: Inventory) -> Findings:
     services = list(_llama_services(inventory))
     if caps is None:
         known = builds.known_builds()
-        if any(s.extra_args for _, s in services):
+        if any(not isinstance(s, ProxyService) for s in inventory.services.values()):
             yield Finding("LF103", f"llama.cpp {build} is not known here (known: {', '.join(known) or 'none'}): "
-                          "extra_args are checked against the known builds only",
+                          "what its binaries accept is not checked, only extra_args against the known builds",
                           f"pin a known build, or learn {build} from its binaries: `python -m llamafleet.config.builds "
                           f"--bin-dir DIR --build {build} --learn` (a deploy learns it from the installed binaries)",
                           ("llama_cpp", "build"), Severity.warning)
