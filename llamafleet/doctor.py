@@ -367,7 +367,14 @@ class Doctor:
                                 "llamafleet plan shows the target's plain path; give it one (native_draft.plain)")
         slower = controller["slower_than_plain"]
         if slower:
-            actual = "; ".join(f"{s['path']} {s['speed_vs_plain']:.2f}x of plain ({s['sampling']})" for s in slower)
+            acceptance = controller.get("proxy_acceptance") or {}
+
+            def accepted(s: dict) -> str:  # the proxy path's own acceptance, where measured
+                rate = acceptance.get(s["sampling"]) if s["path"] == "proxy" else None
+                return "" if rate is None else f" at {rate:.0%} acceptance"
+
+            actual = "; ".join(f"{s['path']} {s['speed_vs_plain']:.2f}x of plain ({s['sampling']}){accepted(s)}"
+                               for s in slower)
             return Finding(svc.host, check, Severity.warning, expected, actual,
                            hint="speculation costs more than it saves on this traffic, whatever its acceptance "
                                 "rate: auto routes around a slower path, but a cheaper draft (or none) frees its cost")
