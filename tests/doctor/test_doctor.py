@@ -14,6 +14,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from llamafleet.cli import main
+from llamafleet.config import load_inventory
 from llamafleet.rig import servers
 
 from .conftest import write_inventory
@@ -255,6 +256,24 @@ def test_doctor_warns_when_speculation_is_slower_than_plain(proxy_inventory, lla
     if severity == "warning":
         [case] = [c for c in junit.iter("testcase") if c.get("name") == "speculation speed proxy"]
         assert "0.50x of plain" in case.find("system-out").text
+
+
+def test_doctor_warns_when_the_proxy_has_no_plain_path(proxy_inventory, llama_build, tmp_path, capsys, monkeypatch):
+    """A proxy whose target also speculates natively on every request (the target *is* the native
+    server and nothing turns drafting off): nothing plain to measure against, said as a warning."""
+    from llamafleet.proxy.background import BackgroundProxy
+    from llamafleet.proxy.config import BackendRef, ProxyConfig
+
+    monkeypatch.setenv("LF_DOCTOR_TOKEN", "s3cret")
+    config = ProxyConfig.from_inventory(load_inventory(proxy_inventory), "proxy")
+    config = config.model_copy(update={"native": BackendRef(name="target", url=config.target.url)})
+    assert config.native_is_target
+    with BackgroundProxy(config, token="s3cret"):
+        code, findings, _ = doctor(tmp_path, capsys, proxy_inventory, "--expect-build-info",
+                                   version_build_info(llama_build))
+    finding = findings["speculation speed proxy"]
+    assert (finding["severity"], finding["actual"]) == ("warning", "no plain path to compare with")
+    assert "native_draft.plain" in finding["hint"] and code == 0
 
 
 def test_doctor_speed_finding_agrees_with_the_proxys_stats_on_real_traffic(proxy_inventory, llama_build, tmp_path,
