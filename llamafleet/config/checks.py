@@ -149,11 +149,11 @@ def check_flags(inventory: Inventory) -> Findings:
         for purpose, where, why in _rendered_purposes(caps, name, service):
             if caps.flag(purpose) is None:
                 program, spellings = builds.PURPOSE_SPELLINGS[purpose]
+                having = [b for b in builds.known_builds() if (c := builds.caps_for(b)) and c.flag(purpose)]
                 yield Finding("LF107", f"llama.cpp {build} cannot express {why}: its {caps.binary(program)} has no "
                               f"{purpose.replace('_', ' ')} option (none of {', '.join(spellings)})",
-                              "pin a build that has it (known: " + ", ".join(
-                                  b for b in builds.known_builds() if (c := builds.caps_for(b)) and c.flag(purpose))
-                              + "), or drop the feature", where)
+                              f"pin a build that has it ({', '.join(having) or 'none known'}), or drop the feature",
+                              where)
 
 
 def _rendered_purposes(caps: builds.BuildCaps, name: str, service) -> Iterator[tuple[str, tuple, str]]:
@@ -161,12 +161,13 @@ def _rendered_purposes(caps: builds.BuildCaps, name: str, service) -> Iterator[t
     base = ("services", name)
     if isinstance(service, LlamaServerService):
         for purpose, field_name in (("model", "model"), ("host", "bind"), ("port", "port"), ("ctx_size", "ctx_size"),
-                                    ("slots", "parallel"), ("gpu_layers", "gpu_layers"), ("no_webui", "model")):
+                                    ("slots", "parallel"), ("gpu_layers", "gpu_layers")):
             yield purpose, base + (field_name,), f"a {service.role}'s {field_name}"
+        yield "no_webui", base, f"a {service.role} without the web UI"
         if service.devices:
             yield "devices", base + ("devices",), "devices"
     if isinstance(service, TargetService):
-        yield "no_repack", base + ("model",), "a target without weight repacking (exact verification)"
+        yield "no_repack", base, "a target without weight repacking (exact verification)"
         if service.rpc_workers:
             yield "rpc", base + ("rpc_workers",), "rpc_workers"
         draft = service.native_draft
