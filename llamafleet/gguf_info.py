@@ -17,6 +17,7 @@ is always handled as the whole set: naming any one shard finds the others, and e
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import sys
 import tempfile
@@ -35,7 +36,7 @@ MAX_HEADER_BYTES = 64 * 1024 * 1024  # the largest vocabularies make headers of 
 FIRST_CHUNK = 64 * 1024
 MAX_CHUNK = 8 * 1024 * 1024
 HTTP_TIMEOUT_S = 30
-HF_ENDPOINT = "https://huggingface.co"
+HF_ENDPOINT = "https://huggingface.co"  # $HF_ENDPOINT overrides it, as for huggingface_hub (mirrors, tests)
 SHARD_NAME = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 EXPERT_TENSOR = "_exps."  # llama.cpp names stacked expert weights blk.N.ffn_{gate,up,down,gate_up}_exps.*
 
@@ -50,8 +51,8 @@ class SourceError(UserError):
 def resolve(source: str) -> str:
     """``hf://org/repo[@revision]/path/file.gguf`` -> the Hub's download URL; other sources unchanged.
 
-    >>> resolve("hf://unsloth/gpt-oss-20b-GGUF/gpt-oss-20b-F16.gguf")
-    'https://huggingface.co/unsloth/gpt-oss-20b-GGUF/resolve/main/gpt-oss-20b-F16.gguf'
+    ``hf://unsloth/gpt-oss-20b-GGUF/gpt-oss-20b-F16.gguf`` ->
+    ``https://huggingface.co/unsloth/gpt-oss-20b-GGUF/resolve/main/gpt-oss-20b-F16.gguf``
     """
     if not source.startswith("hf://"):
         return source
@@ -64,7 +65,8 @@ def resolve(source: str) -> str:
     if not repo or any(p in (".", "..") for p in parts):
         raise SourceError(f"{source}: not a valid Hugging Face reference (hf://ORG/REPO/FILE.gguf)")
     quote = lambda s: urllib.parse.quote(s, safe="")  # noqa: E731
-    return "/".join([HF_ENDPOINT, quote(org), quote(repo), "resolve", quote(revision or "main"),
+    endpoint = (os.environ.get("HF_ENDPOINT") or HF_ENDPOINT).rstrip("/")
+    return "/".join([endpoint, quote(org), quote(repo), "resolve", quote(revision or "main"),
                      *map(quote, path)])
 
 
