@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 from inventory_testlib import EXAMPLES, REPO, edit, line_of, run_cli
@@ -34,7 +35,8 @@ def real_build(request, llama_build, b8942_build):
 
 
 def _run(binary, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=60,
+    # In the temp folder: an option whose value names a file must not leave one in the checkout.
+    return subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=60, cwd=tempfile.gettempdir(),
                           env={**os.environ, "LD_LIBRARY_PATH": str(binary.parent)})
 
 
