@@ -83,8 +83,12 @@ def plain_route(inventory: Inventory, name: str) -> PlainRoute | None:
     if per_request:
         return PlainRoute(name, PlainPath.request,
                           f"llama.cpp {inventory.llama_cpp.build} reads per-request speculative.n_max")
-    build_says = ("has no per-request speculation switch" if per_request is False
-                  else "has no capability data, so its per-request switch is unknown")
+    if per_request is False:
+        build_says = "has no per-request speculation switch"
+    elif caps is None:
+        build_says = "has no capability data, so its per-request speculation switch is unknown"
+    else:  # learned from the installed binary's --help, which does not show what the server reads
+        build_says = "was learned from its --help alone, which does not show a per-request speculation switch"
     if shared:
         return sidecar(f"llama.cpp {inventory.llama_cpp.build} {build_says}; on a {host.backend.value} host the "
                        "second process shares the model file's pages and costs its KV cache")
