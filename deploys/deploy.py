@@ -5,7 +5,7 @@ differs. :func:`host_changes` is also what ``drift`` reports, so both agree by c
 
 A build change is a rolling, health-gated switch (:mod:`llamafleet.deploys.rollout`): hosts switch
 group by group and host by host, each must pass readiness, and a failed group goes back to its
-previous build. The gates between hosts are decided while the run executes (pyinfra ``_if``), from
+previous build. The gates between hosts are decided while the run executes (``readiness.gated``), from
 the results of the operations before them (:class:`Rollout`).
 """
 
@@ -281,7 +281,7 @@ def _stop(plan: HostPlan, units: list[str], position: tuple[int, ...]) -> Planne
 
 class Rollout:
     """One pyinfra run's rollout, shared by every host's deploy code: the operations' results by host
-    and tag, read by the gates (pyinfra ``_if``) while the run executes."""
+    and tag, read by the gates (``readiness.gated``) while the run executes."""
 
     def __init__(self, pyinfra_state, inventory: Inventory):
         self.state = pyinfra_state
@@ -392,17 +392,18 @@ def deploy_host(host) -> HostChanges:
     run = _rollout_for(host.state, inventory)
     group = rollout.slot(inventory, plan.name).group
     for planned in planned_operations(plan, state):
-        extra = {}
-        if planned.when != "always":
-            extra["_if"] = run.gate(planned, plan.name)
-        if planned.tag == "wait":
-            extra["_ignore_errors"] = True  # a failed readiness is answered by the rollback and report below
+        operation, kwargs = planned.operation, dict(planned.kwargs)
         if planned.tag == "report":
-            planned.kwargs["detail"] = lambda: run.failure_detail(group)
+            kwargs["detail"] = lambda: run.failure_detail(group)
+        if planned.when != "always":
+            operation, kwargs = readiness.gated, {"gate": run.gate(planned, plan.name), "operation": operation,
+                                                  "kwargs": kwargs}
+        if planned.tag == "wait":
+            kwargs["_ignore_errors"] = True  # a failed readiness is answered by the rollback and report below
         position = [STEPS.index(planned.step), *planned.position]
         host.loop_position.extend(position)
         try:
-            meta = planned.operation(name=planned.name, **planned.kwargs, **extra)
+            meta = operation(name=planned.name, **kwargs)
         finally:
             del host.loop_position[-len(position):]
         run.record(plan.name, planned.tag, meta)

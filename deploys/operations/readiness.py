@@ -36,3 +36,12 @@ def barrier():
     one graph of each host's sequence, so an operation all hosts share is where every host has finished
     what comes before it, and none has started what comes after."""
     yield from ()
+
+
+@operation()
+def gated(gate, operation, kwargs: dict):
+    """``operation``'s commands when ``gate()`` is true, decided each time pyinfra asks: while it
+    plans (and in a dry run) the rollout is healthy, so a switch is a change and a rollback is not;
+    while it executes, the results of the operations before decide (``deploy.Rollout``)."""
+    if gate():
+        yield from operation._inner(**kwargs)
