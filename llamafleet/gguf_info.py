@@ -260,9 +260,10 @@ def _reader_class():
 
         def _get(self, offset, dtype, count=1, override_order=None):
             count = int(count)
-            itemsize = np.dtype(dtype).itemsize
-            arr = np.frombuffer(self.prefix.read_at(int(offset), itemsize * count), dtype=dtype, count=count)
-            return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
+            dtype = np.dtype(dtype)
+            arr = np.frombuffer(self.prefix.read_at(int(offset), dtype.itemsize * count), dtype=dtype, count=count)
+            order = self.byte_order if override_order is None else override_order
+            return arr if order == "I" else arr.view(dtype.newbyteorder(order))  # "I": as the host (no swap)
 
         def _build_tensors(self, start_offs, fields) -> None:
             for f in fields:
