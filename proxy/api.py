@@ -1,22 +1,28 @@
-"""OpenAI request bodies (validated, unknown fields rejected) and response shapes.
+"""Which OpenAI requests the token-level paths serve exactly, and their response shapes.
 
-Fields the proxy cannot honour exactly (n > 1, logprobs, echo, penalties, tools, ...) are rejected
-with a 400 naming the field, rather than silently ignored.
+:class:`CompletionBody` and :class:`ChatBody` describe exactly the requests the proxy can run on token
+ids (the proxy path, auto's probes): plain text or chat, ``temperature``/``top_p``/``top_k``/``min_p``/
+``seed``, ``stop``, ``max_tokens``, ``stream`` and ``stream_options.include_usage``. Any other field or
+value (tools, the ``tool`` role, ``response_format``, ``logprobs``, ``n`` > 1, penalties, ``logit_bias``,
+fields this proxy does not know) is not refused: :func:`token_path_body` names it, and the request goes
+whole to the server's own endpoint (pass-through), which answers it or refuses it itself.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from llamafleet.proxy.backend import Sampling
 
 # llama-server's own default temperature: a request without one behaves as it would on the target.
 DEFAULT_TEMPERATURE = 0.8
-COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default for /v1/completions
+# The fields llama-server reads as the token limit (n_predict first, then its aliases).
+MAX_TOKENS_FIELDS = ("n_predict", "max_completion_tokens", "max_tokens")
 
 
 class _Body(BaseModel):
@@ -91,9 +97,6 @@ class CompletionBody(_Body):
             raise ValueError("the prompt is empty")
         return v
 
-    def default_max_tokens(self, cap: int) -> int:
-        return COMPLETIONS_DEFAULT_MAX_TOKENS
-
 
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -107,24 +110,62 @@ class Message(BaseModel):
     content: str | list[TextPart]
     name: str | None = None
 
-    def plain(self) -> dict:
-        content = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
-        return {"role": self.role, "content": content}
-
 
 class ChatBody(_Body):
+    """The messages reach the target's template as the client sent them (``/apply-template`` parses
+    them exactly as the target's own ``/v1/chat/completions`` does)."""
+
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=0)
 
-    def default_max_tokens(self, cap: int) -> int:
-        return cap
-
 
 def max_tokens_of(body: _Body, cap: int) -> int:
+    """The request's token limit; without one llama-server generates until the end (here: the cap)."""
     value = body.max_tokens
     if isinstance(body, ChatBody) and body.max_completion_tokens is not None:
         value = body.max_completion_tokens
-    return body.default_max_tokens(cap) if value is None else value
+    return cap if value is None else value
+
+
+def token_path_body(data: dict, chat: bool) -> tuple[_Body | None, str | None]:
+    """(body, None) when the token-level paths serve this request exactly; else (None, the feature that
+    rules them out, e.g. ``tools`` or ``messages[2].role="tool"``)."""
+    try:
+        return (ChatBody if chat else CompletionBody).model_validate(data), None
+    except ValidationError as err:
+        # The first field in the request's own order; within it an unknown field names the feature best.
+        order = {key: i for i, key in enumerate(data)}
+        first = min(err.errors(), key=lambda e: (order.get(e["loc"][0] if e["loc"] else None, len(order)),
+                                                 e["type"] != "extra_forbidden"))
+        return None, _feature(data, first["loc"], with_value=first["type"] != "extra_forbidden")
+
+
+def _feature(data: dict, loc: tuple, with_value: bool) -> str:
+    """Where in the request ``loc`` points (pydantic's union tags dropped); for a value the token-level
+    paths cannot serve (not an unknown field), the value too when it is a short scalar."""
+    where, node = "", data
+    for part in loc:
+        if isinstance(part, int) and isinstance(node, list) and 0 <= part < len(node):
+            where, node = f"{where}[{part}]", node[part]
+        elif isinstance(part, str) and isinstance(node, dict) and part in node:
+            where, node = f"{where}.{part}" if where else part, node[part]
+        else:
+            break
+    if not where:
+        return f"{'.'.join(str(p) for p in loc)} (missing)"
+    if with_value and (isinstance(node, (bool, int, float, str)) or node is None):
+        value = json.dumps(node, ensure_ascii=False)
+        if len(value) <= 40:
+            return f"{where}={value}"
+    return where
+
+
+def requested_max_tokens(data: dict) -> tuple[str, Any] | None:
+    """The (field, value) llama-server takes as the token limit of a request, or None when it has none."""
+    for name in MAX_TOKENS_FIELDS:
+        if data.get(name) is not None:
+            return name, data[name]
+    return None
 
 
 # --- responses -----------------------------------------------------------------------------------
@@ -154,8 +195,8 @@ def chunk(*, chat: bool, rid: str, model: str, text: str | None, finish: str | N
     if chat:
         delta: dict = {}
         if first:
-            delta["role"] = "assistant"
-        if text is not None:
+            delta["role"] = "assistant"  # with "content": null, as llama-server's first chunk
+        if text is not None or first:
             delta["content"] = text
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
     else:

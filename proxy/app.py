@@ -1,8 +1,10 @@
 """The aiohttp application: HTTP in, one engine call, HTTP out.
 
 Layers: handler (parse, auth, limits, text) → :class:`Engine` (which path, speculation loop) →
-:class:`LlamaServer` (one upstream call at a time). Errors from any layer are turned into the
-OpenAI error envelope by one middleware.
+:class:`LlamaServer` (one upstream call at a time). A request runs whole on a server's own OpenAI
+endpoint (:class:`_Relay`: direct and native, and every request the token-level paths cannot serve
+exactly) or on token ids (:class:`_Run`: the proxy path, auto's probes). Errors from any layer are
+turned into the OpenAI error envelope by one middleware.
 
 Other parts add pages by appending to :data:`ROUTES` (``(method, path, handler)``); a handler reads
 the proxy's state with ``request.app[STATE]`` (``.stats_snapshot()`` is what /stats serves).
@@ -24,7 +26,7 @@ from llamafleet.proxy import api
 from llamafleet.proxy.backend import BackendError
 from llamafleet.proxy.config import ProxyConfig
 from llamafleet.proxy.dashboard import handle_dashboard
-from llamafleet.proxy.engine import Engine, ModeUnavailable
+from llamafleet.proxy.engine import Engine, ModeUnavailable, Route
 from llamafleet.proxy.errors import ApiError, from_backend, from_validation, internal, invalid
 from llamafleet.proxy.speculation import PROXY_SAMPLING_METHOD, Job, Report
 from llamafleet.proxy.stats import Stats, controller_gauges
@@ -136,7 +138,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 # --- helpers -------------------------------------------------------------------------------------
 
 
-async def _read_body(request: web.Request, model: type[api._Body]) -> api._Body:
+async def _read_json(request: web.Request) -> dict:
     limit = request.app[STATE].config.limits.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, f"request body larger than {limit} bytes", "invalid_request_error", "body_too_large")
@@ -147,10 +149,32 @@ async def _read_body(request: web.Request, model: type[api._Body]) -> api._Body:
         raise invalid(f"the body is not valid JSON: {err}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise invalid("the body must be a JSON object", code="invalid_json")
-    try:
-        return model.model_validate(data)
-    except ValidationError as err:
-        raise from_validation(err) from None
+    return data
+
+
+def _check_model(state: ProxyState, data: dict) -> None:
+    """A request's ``model`` must be one /v1/models lists (or absent); the server behind ignores it."""
+    model = data.get("model")
+    if model is not None and model != state.config.model_name:
+        raise ApiError(404, f"model {json.dumps(model)} is not served here; this proxy serves "
+                       f"{json.dumps(state.config.model_name)} (GET /v1/models)", "invalid_request_error",
+                       "model_not_found", param="model")
+
+
+def _check_max_tokens(data: dict, cap: int) -> None:
+    """The proxy's cap on the token limit, whichever field carries it (a non-number is the serving
+    path's to refuse). A negative n_predict means no limit on llama-server."""
+    requested = api.requested_max_tokens(data)
+    if requested is None:
+        return
+    name, value = requested
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not 0 <= value <= cap:
+        raise invalid(f"{name} {value} is above this proxy's limit of {cap}", param=name)
+
+
+def _greedy(data: dict) -> bool:
+    temperature = data.get("temperature")
+    return isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature <= 0
 
 
 async def _vocab_size(state: ProxyState) -> int:
@@ -159,30 +183,52 @@ async def _vocab_size(state: ProxyState) -> int:
     return state.n_vocab
 
 
-async def _prompt_tokens(state: ProxyState, body: api._Body, chat: bool) -> list[int]:
+async def _tokens_of(state: ProxyState, text: str) -> list[int]:
+    """The target's tokens for a prompt text, as it tokenises its own /v1 prompts."""
+    limit = state.config.limits.max_prompt_tokens
+    # A cheap bound before asking the target to tokenise: no token is shorter than one character.
+    if len(text) > limit * 32:
+        raise invalid(f"prompt longer than {limit} tokens", param="prompt", code="prompt_too_long")
+    return await state.target.tokenize(text)
+
+
+def _check_prompt_length(state: ProxyState, n_tokens: int) -> None:
+    limit = state.config.limits.max_prompt_tokens
+    if n_tokens > limit:
+        raise invalid(f"prompt is {n_tokens} tokens; the limit is {limit}", param="prompt", code="prompt_too_long")
+
+
+async def _prompt_tokens(state: ProxyState, body: api._Body, data: dict, chat: bool) -> list[int]:
     """Token ids of the prompt, made exactly as the target makes them for its own /v1 endpoints."""
-    limits = state.config.limits
     if chat:
-        text = await state.target.apply_template([m.plain() for m in body.messages])
+        tokens = await _tokens_of(state, await state.target.apply_template({"messages": data["messages"]}))
     elif isinstance(body.prompt, list):
         n_vocab = await _vocab_size(state)
         if any(not 0 <= t < n_vocab for t in body.prompt):
             raise invalid(f"prompt token ids must be in [0, {n_vocab})", param="prompt")
         tokens = list(body.prompt)
-        text = None
     else:
-        text = body.prompt
-    if text is not None:
-        # A cheap bound before asking the target to tokenise: no token is shorter than one character.
-        if len(text) > limits.max_prompt_tokens * 32:
-            raise invalid(f"prompt longer than {limits.max_prompt_tokens} tokens", param="prompt", code="prompt_too_long")
-        tokens = await state.target.tokenize(text)
+        tokens = await _tokens_of(state, body.prompt)
     if not tokens:
         raise invalid("the prompt is empty", param="prompt")
-    if len(tokens) > limits.max_prompt_tokens:
-        raise invalid(f"prompt is {len(tokens)} tokens; the limit is {limits.max_prompt_tokens}",
-                      param="prompt", code="prompt_too_long")
+    _check_prompt_length(state, len(tokens))
     return tokens
+
+
+async def _check_relayed_prompt(state: ProxyState, data: dict, chat: bool) -> None:
+    """The prompt-length limit on a relayed request, counted by the target the way its endpoint will
+    count it (a chat body through the same template parser). A prompt the target cannot read is left
+    for its endpoint to refuse."""
+    if chat:
+        _check_prompt_length(state, len(await _tokens_of(state, await state.target.apply_template(data))))
+        return
+    prompt = data.get("prompt")
+    prompts = prompt if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int) else [prompt]
+    for one in prompts:
+        if isinstance(one, str):
+            _check_prompt_length(state, len(await _tokens_of(state, one)))
+        elif isinstance(one, list):
+            _check_prompt_length(state, len(one))
 
 
 @contextlib.contextmanager
@@ -207,30 +253,133 @@ def _sse(data: dict | str) -> bytes:
 
 async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
     state = request.app[STATE]
-    body = await _read_body(request, api.ChatBody if chat else api.CompletionBody)
+    data = await _read_json(request)
+    _check_model(state, data)
     try:
         mode = state.engine.resolve_mode(request.headers.get(MODE_HEADER))
     except ModeUnavailable as err:
         raise invalid(str(err), param=MODE_HEADER, code="mode_unavailable") from None
     cap = state.config.limits.max_tokens
-    max_tokens = api.max_tokens_of(body, cap)
-    if max_tokens > cap:
-        raise invalid(f"max_tokens {max_tokens} is above this proxy's limit of {cap}", param="max_tokens")
+    _check_max_tokens(data, cap)
+    body, reason = api.token_path_body(data, chat)
     with _concurrency_slot(state):
-        prompt = await _prompt_tokens(state, body, chat)
-        job = Job(prompt=prompt, max_tokens=max_tokens, sampling=body.sampling(), stop=tuple(body.stop_list()),
-                  stream=body.stream)
-        run = _Run(state, job, mode, chat, body)
+        route = state.engine.route(mode, body.sampling().greedy if body else _greedy(data), reason)
+        if route.whole:
+            # Without a token limit llama-server generates until the end: the proxy's cap is the limit.
+            forwarded = data if api.requested_max_tokens(data) else {**data, "max_tokens": cap}
+            relay = _Relay(state, route, mode, chat, forwarded)
+            try:
+                await _check_relayed_prompt(state, data, chat)
+            except BackendError as err:  # the target's parser refused the body: its own words
+                raise _relayed_error(state, err) from None
+            return await (relay.stream(request) if data.get("stream") is True else relay.complete())
+        prompt = await _prompt_tokens(state, body, data, chat)
+        job = Job(prompt=prompt, max_tokens=api.max_tokens_of(body, cap), sampling=body.sampling(),
+                  stop=tuple(body.stop_list()), stream=body.stream)
+        run = _Run(state, job, mode, chat, body, route)
         if body.stream:
             return await run.stream(request)
         return web.json_response(await run.complete())
 
 
+def _relayed_error(state: ProxyState, err: BackendError) -> ApiError:
+    return from_backend(err, state.config.target.name, relayed=True)
+
+
+def _may_end(event: dict) -> bool:
+    """An event that can be a stream's last one: a finish, usage or the server's timings."""
+    choices = event.get("choices")
+    finished = isinstance(choices, list) and any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
+    return finished or choices == [] or "usage" in event or "timings" in event
+
+
+class _Relay:
+    """One request relayed whole to a server's own OpenAI endpoint: its answer (or stream) as it is,
+    with this proxy's ``model`` and the ``llamafleet`` object added."""
+
+    def __init__(self, state: ProxyState, route: Route, mode: str, chat: bool, body: dict):
+        self.state, self.route, self.chat, self.body = state, route, chat, body
+        self.endpoint = "/v1/chat/completions" if chat else "/v1/completions"
+        self.report = Report(path=route.path, mode=mode, reason=route.reason)
+        self.greedy = _greedy(body)
+        self.model = state.config.model_name
+        self.usage: dict = {}
+        self.finish = "length"
+        self.started = time.perf_counter()
+
+    def _note(self, answer: dict) -> None:
+        """Rename the model to this proxy's; remember usage and the finish for the stats."""
+        if "model" in answer:
+            answer["model"] = self.model
+        if isinstance(answer.get("usage"), dict):
+            self.usage = answer["usage"]
+        for choice in answer.get("choices") or []:
+            if isinstance(choice, dict) and choice.get("finish_reason"):
+                self.finish = choice["finish_reason"]
+
+    def _finished(self) -> dict:
+        def count(key: str) -> int:
+            value = self.usage.get(key)
+            return value if isinstance(value, int) else 0
+        self.state.stats.record(self.report, endpoint="chat" if self.chat else "completions",
+                                prompt_tokens=count("prompt_tokens"), completion_tokens=count("completion_tokens"),
+                                seconds=time.perf_counter() - self.started, finish=self.finish)
+        return self.report.as_dict()
+
+    async def complete(self) -> web.StreamResponse:
+        try:
+            answer = await self.state.engine.relay(self.route, self.endpoint, self.body, self.report, self.greedy)
+        except BackendError as err:
+            raise _relayed_error(self.state, err) from None
+        self._note(answer)
+        answer["llamafleet"] = self._finished()
+        return web.json_response(answer, dumps=lambda d: json.dumps(d, ensure_ascii=False))
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        events = self.state.engine.relay_stream(self.route, self.endpoint, self.body, self.report, self.greedy)
+        held: dict | None = None  # an event that may be the last one: it gets the llamafleet object
+        async with contextlib.aclosing(events):
+            try:  # the first event comes before the headers, so an early failure is still a proper status
+                event = await anext(events, None)
+            except BackendError as err:
+                raise _relayed_error(self.state, err) from None
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+            await response.prepare(request)
+            while event is not None:
+                if isinstance(event, dict):
+                    self._note(event)
+                if held is not None:
+                    await response.write(_sse(held))
+                    held = None
+                if isinstance(event, dict) and _may_end(event):
+                    held = event
+                else:
+                    await response.write(_sse(event))
+                try:
+                    event = await anext(events, None)
+                except BackendError as err:
+                    # Headers are gone: report the failure as one error event, then end the stream.
+                    error = _relayed_error(self.state, err)
+                    self.state.stats.record_error(error.code)
+                    if held is not None:
+                        await response.write(_sse(held))
+                    await response.write(_sse(error.envelope()))
+                    return response
+        report = self._finished()  # the server's timings arrived with its last event
+        if held is not None:
+            held["llamafleet"] = report
+            await response.write(_sse(held))
+        await response.write(_sse("[DONE]"))
+        await response.write_eof()
+        return response
+
+
 class _Run:
     """One generation request: drives the engine, assembles text, records stats."""
 
-    def __init__(self, state: ProxyState, job: Job, mode: str, chat: bool, body: api._Body):
+    def __init__(self, state: ProxyState, job: Job, mode: str, chat: bool, body: api._Body, route: Route):
         self.state, self.job, self.mode, self.chat, self.body = state, job, mode, chat, body
+        self.segments = route.segments
         self.report = Report(path=mode)
         self.text = TextAssembler(list(job.stop), self._detokenize)
         self.rid = api.new_id("chatcmpl" if chat else "cmpl")
@@ -249,7 +398,7 @@ class _Run:
         """(text to send, done) per engine piece; stops the engine as soon as the text is finished."""
         if self.job.max_tokens == 0:
             return
-        async with contextlib.aclosing(self.state.engine.generate(self.job, self.mode, self.report)) as pieces:
+        async with contextlib.aclosing(self.state.engine.generate(self.job, self.mode, self.report, self.segments)) as pieces:
             async for piece in pieces:
                 final = piece.finish is not None
                 t0, detokenizing = time.perf_counter(), self.report.detokenize_ms
@@ -284,7 +433,7 @@ class _Run:
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
             await response.prepare(request)
             if self.chat:
-                await response.write(_sse(api.chunk(chat=True, rid=self.rid, model=self.model, text="", finish=None, first=True)))
+                await response.write(_sse(api.chunk(chat=True, rid=self.rid, model=self.model, text=None, finish=None, first=True)))
             new = first
             while new is not None:
                 if new:
@@ -298,12 +447,18 @@ class _Run:
                     await response.write(_sse(error.envelope()))
                     return response
         usage = self._finished()
+        # As llama-server's own stream: a completion's last chunk always carries the usage; a chat
+        # stream sends it in a chunk of its own, after the finish, only when include_usage asks.
+        # The llamafleet object rides on the last chunk.
         last = api.chunk(chat=self.chat, rid=self.rid, model=self.model, text=None if self.chat else "", finish=self.finish)
+        if not self.chat:
+            last["usage"] = usage
+        elif self.body.include_usage:
+            await response.write(_sse(last))
+            last = {"id": self.rid, "object": last["object"], "created": last["created"], "model": self.model,
+                    "choices": [], "usage": usage}
         last["llamafleet"] = self.report.as_dict()
         await response.write(_sse(last))
-        if self.body.include_usage:
-            await response.write(_sse({"id": self.rid, "object": last["object"], "created": last["created"],
-                                       "model": self.model, "choices": [], "usage": usage}))
         await response.write(_sse("[DONE]"))
         await response.write_eof()
         return response
@@ -318,6 +473,30 @@ async def handle_completions(request: web.Request) -> web.StreamResponse:
 
 async def handle_chat(request: web.Request) -> web.StreamResponse:
     return await _generate(request, chat=True)
+
+
+async def handle_embeddings(request: web.Request) -> web.StreamResponse:
+    """Relayed whole to the target's own /v1/embeddings (a target started with --embeddings serves it;
+    one without answers its own error)."""
+    state = request.app[STATE]
+    data = await _read_json(request)
+    _check_model(state, data)
+    with _concurrency_slot(state):
+        started = time.perf_counter()
+        try:
+            answer = await state.target.openai("/v1/embeddings", data)
+        except BackendError as err:
+            raise _relayed_error(state, err) from None
+        report = Report(path="direct", mode="direct", reason="embeddings")
+        usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
+        prompt_tokens = usage.get("prompt_tokens")
+        state.stats.record(report, endpoint="embeddings", completion_tokens=0, finish="embedding",
+                           prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else 0,
+                           seconds=time.perf_counter() - started)
+        if "model" in answer:
+            answer["model"] = state.config.model_name
+        answer["llamafleet"] = report.as_dict()
+        return web.json_response(answer)
 
 
 async def handle_models(request: web.Request) -> web.StreamResponse:
@@ -352,6 +531,7 @@ async def handle_metrics(request: web.Request) -> web.StreamResponse:
 ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/v1/completions", handle_completions),
     ("POST", "/v1/chat/completions", handle_chat),
+    ("POST", "/v1/embeddings", handle_embeddings),
     ("GET", "/v1/models", handle_models),
     ("GET", "/health", handle_health),
     ("GET", "/metrics", handle_metrics),

@@ -1,8 +1,10 @@
 """The one narrow interface between the speculation core and the llama-servers behind it.
 
-The core (``speculation.py``, ``controller.py``) only sees :class:`Backend`; the aiohttp client in
-``upstream.py`` implements it for real servers and tests can pass a recording fake. Everything here is
-token ids: text never crosses this boundary except for the target's own pieces in pass-through paths.
+The core (``speculation.py``, ``controller.py``, ``engine.py``) only sees :class:`Backend` and
+:class:`OpenAIBackend`; the aiohttp client in ``upstream.py`` implements both for real servers and
+tests can pass a recording fake. :class:`Backend` is token ids: text never crosses it except for the
+target's own pieces in pass-through paths. :class:`OpenAIBackend` relays a client's OpenAI request
+whole to the server's own ``/v1`` endpoint (the default shape of the direct and native paths).
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ from typing import AsyncIterator, Protocol
 class BackendError(Exception):
     """A backend could not be reached or answered with an error. ``status`` is its HTTP status, if any."""
 
-    def __init__(self, backend: str, message: str, status: int | None = None, timeout: bool = False):
+    def __init__(self, backend: str, message: str, status: int | None = None, timeout: bool = False,
+                 upstream: dict | None = None):
         super().__init__(f"{backend}: {message}")
         self.backend = backend
         self.status = status
         self.timeout = timeout
+        # The server's own error object ({"message", "type", ...}) when it answered with one.
+        self.upstream = upstream or {}
 
 
 @dataclass(frozen=True)
@@ -85,3 +90,19 @@ class Backend(Protocol):
 
     async def next_tokens(self, contexts: list[list[int]], sampling: Sampling, seeds: list[int | None]) -> Verification:
         """The next token after each context, all in one round trip."""
+
+
+class OpenAIBackend(Protocol):
+    """A server's own OpenAI endpoints (``/v1/chat/completions``, ``/v1/completions``, ``/v1/embeddings``).
+
+    The body goes as the client sent it (a plain path adds its request fields); an error answer is a
+    :class:`BackendError` carrying the server's status and its own error object.
+    """
+
+    name: str
+
+    async def openai(self, route: str, body: dict) -> dict:
+        """One non-streaming call; the server's JSON answer."""
+
+    def openai_stream(self, route: str, body: dict) -> AsyncIterator[dict]:
+        """One streaming call: each server-sent event's JSON, in order, until ``[DONE]``."""

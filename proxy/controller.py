@@ -163,6 +163,20 @@ class Controller:
         self.decisions[best] = self.decisions.get(best, 0) + 1
         return Plan(path=best, draft_len=self.draft_len(greedy, max_width), probe=probe)
 
+    def plan_whole(self, greedy: bool, candidates: list[str]) -> tuple[str, bool]:
+        """(path, is_probe) for a request that runs whole on one path, through the server's own endpoint
+        (it cannot switch paths on token ids): the fastest measured candidate; a candidate never measured
+        nor probed runs the whole request once first, so later requests can compare it."""
+        estimates = {p: s for p, s in self.estimates(greedy, 1).items() if p in candidates}
+        measured = {p: s for p, s in estimates.items() if s is not None}
+        for path in candidates:
+            if estimates.get(path) is None and self.last_probe_at.get(path) == 0.0 and measured:
+                self.last_probe_at[path] = max(self.generation_seconds, 1e-9)
+                return path, True
+        best = min(measured, key=measured.get) if measured else candidates[0]
+        self.decisions[best] = self.decisions.get(best, 0) + 1
+        return best, False
+
     def _due_probe(self, estimates: dict[str, float | None], best: str) -> str | None:
         for path in self.paths:
             if path == best:

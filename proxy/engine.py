@@ -1,24 +1,44 @@
-"""Runs one job along the path its mode asks for, switching paths on token ids when needed. Pure Python.
+"""Runs one request along the path its mode asks for. Pure Python.
 
-``auto`` asks the controller for a plan (maybe a short probe of another path, then the fastest one);
-a proxy segment that loses every drafter hands the rest of the job to the target, so a drafter fault
-never changes the output. Every switch is on token ids: the next path continues from exactly the
-tokens emitted so far.
+A request runs one of two ways (:meth:`Engine.route` decides):
+
+- **whole**: relayed unchanged to the chosen server's own OpenAI endpoint (direct or native), through
+  :class:`OpenAIBackend`. The default shape of the direct and native paths, and the only one for a
+  request the token-level paths cannot serve exactly (tools, response_format, logprobs, ...). The
+  server's ``timings`` still feed the controller, so ``auto`` stays informed.
+- **on token ids** (:meth:`Engine.generate`): the proxy path, and ``auto`` while it probes another
+  path inside a request. ``auto`` asks the controller for a plan (maybe a short probe of another path,
+  then the fastest one); a proxy segment that loses every drafter hands the rest of the job to the
+  target, so a drafter fault never changes the output. Every switch is on token ids: the next path
+  continues from exactly the tokens emitted so far.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
-from llamafleet.proxy.backend import Backend, Piece
+from llamafleet.proxy.backend import Backend, OpenAIBackend, Piece
 from llamafleet.proxy.controller import Controller
-from llamafleet.proxy.speculation import DrafterPool, Job, Paths, Report
+from llamafleet.proxy.speculation import DrafterPool, Job, Paths, Report, account_timings
 
 
 class ModeUnavailable(ValueError):
     pass
+
+
+@dataclass
+class Route:
+    """How one request runs: ``whole`` through ``path``'s own OpenAI endpoint, or on token ids along
+    ``segments`` ((path, token limit or None for the rest, is_probe) in order)."""
+
+    path: str
+    whole: bool
+    probe: bool = False  # a whole request sent to a path auto has not measured yet
+    segments: list[tuple[str, int | None, bool]] = field(default_factory=list)
+    reason: str | None = None  # the feature that ruled out the token-level paths
 
 
 class Engine:
@@ -45,6 +65,28 @@ class Engine:
             raise ModeUnavailable(f"mode {mode!r} is not available here; available: {', '.join(self.modes)}")
         return mode
 
+    def route(self, mode: str, greedy: bool, reason: str | None = None) -> Route:
+        """Whole (pass-through) unless the request runs on the proxy path or auto probes inside it.
+        ``reason``: why this request cannot run on token ids (then it runs whole whatever the mode)."""
+        if reason is not None or mode in ("direct", "native"):
+            path, probe = self._whole_path(mode, greedy)
+            return Route(path, whole=True, probe=probe, reason=reason)
+        if mode == "auto":
+            plan = self.controller.plan(greedy, self.max_width)
+            if plan.probe is None and plan.path != "proxy":
+                return Route(plan.path, whole=True)
+            probe = [(plan.probe, plan.probe_tokens, True)] if plan.probe else []
+            return Route(plan.path, whole=False, segments=probe + [(plan.path, None, False)])
+        return Route(mode, whole=False, segments=[(mode, None, False)])
+
+    def _whole_path(self, mode: str, greedy: bool) -> tuple[str, bool]:
+        if mode == "native":
+            return "native", False
+        if mode == "auto":
+            return self.controller.plan_whole(greedy, [p for p in self.controller.paths if p != "proxy"])
+        # direct, or a forced proxy request the proxy path cannot serve exactly: the plain path.
+        return ("native" if self.native_is_target else "direct"), False
+
     def _segments(self, mode: str, greedy: bool) -> list[tuple[str, int | None, bool]]:
         """(path, token limit or None for the rest, is_probe) in order."""
         if mode == "auto":
@@ -55,11 +97,13 @@ class Engine:
             return [("native", None, False)]
         return [(mode, None, False)]
 
-    async def generate(self, job: Job, mode: str, report: Report) -> AsyncIterator[Piece]:
+    async def generate(self, job: Job, mode: str, report: Report,
+                       segments: list[tuple[str, int | None, bool]] | None = None) -> AsyncIterator[Piece]:
+        """The job on token ids, along ``segments`` (a token-level :class:`Route`'s; default: the mode's)."""
         greedy = job.sampling.greedy
         context, remaining = list(job.prompt), job.max_tokens
         report.mode = mode
-        segments = self._segments(mode, greedy)
+        segments = segments or self._segments(mode, greedy)
         report.path = segments[-1][0]
         for path, limit, probe in segments:
             budget = remaining if limit is None else min(limit, remaining)
@@ -85,6 +129,50 @@ class Engine:
         async with contextlib.aclosing(self._run("direct", job, context, remaining, report, greedy)) as pieces:
             async for piece in pieces:
                 yield piece
+
+    # --- whole requests (pass-through) ---------------------------------------------------------------
+
+    def _server(self, path: str) -> OpenAIBackend:
+        return self.paths.native if path == "native" else self.paths.target
+
+    async def relay(self, route: Route, endpoint: str, body: dict, report: Report, greedy: bool) -> dict:
+        """The server's own answer to ``body`` on ``endpoint`` (e.g. ``/v1/chat/completions``)."""
+        report.path, report.reason = route.path, route.reason
+        started = self.clock()
+        answer = await self._server(route.path).openai(endpoint, body)
+        self._relayed(route, body, answer.get("timings"), self.clock() - started, report, greedy)
+        return answer
+
+    async def relay_stream(self, route: Route, endpoint: str, body: dict, report: Report,
+                           greedy: bool) -> AsyncIterator[dict]:
+        """The server's own stream of events for ``body``, as they arrive."""
+        report.path, report.reason = route.path, route.reason
+        started, timings = self.clock(), None
+        try:
+            async with contextlib.aclosing(self._server(route.path).openai_stream(endpoint, body)) as events:
+                async for event in events:
+                    if isinstance(event, dict) and isinstance(event.get("timings"), dict):
+                        timings = event["timings"]  # llama-server sends them with its last event
+                    yield event
+        finally:
+            self._relayed(route, body, timings, self.clock() - started, report, greedy)
+
+    def _relayed(self, route: Route, body: dict, timings: dict | None, seconds: float, report: Report,
+                 greedy: bool) -> None:
+        """Account the server's own timings; its decode speed feeds the controller (one choice only:
+        with ``n`` > 1 the server decodes several sequences at once)."""
+        timings = timings or {}
+        account_timings(report, timings)
+        tokens = int(timings.get("predicted_n", 0) or 0)
+        decode = float(timings.get("predicted_ms", 0.0) or 0.0) / 1000 or None
+        segment = {"path": route.path, "tokens": tokens, "seconds": seconds}
+        if decode:
+            segment["decode_seconds"] = decode
+        report.segments.append(segment)
+        if tokens > 0 and body.get("n") in (None, 1):
+            self.controller.observe_segment(route.path, greedy, tokens, seconds, route.probe, decode_seconds=decode)
+            if route.probe:
+                self.controller.probe_finished(route.path, greedy, self.max_width)
 
     def _observe(self, path: str, greedy: bool, tokens: int, seconds: float, probe: bool, report: Report) -> None:
         last = report.segments[-1] if report.segments else {}

@@ -38,8 +38,18 @@ def from_validation(err: ValidationError) -> ApiError:
     return invalid("; ".join(problems[:8]), param=first)
 
 
-def from_backend(err: BackendError, target_name: str) -> ApiError:
-    """A target failure: 504 on timeout, 503 when unreachable or overloaded, 502 otherwise."""
+def from_backend(err: BackendError, target_name: str, relayed: bool = False) -> ApiError:
+    """A target failure: 504 on timeout, 503 when unreachable or overloaded, 502 otherwise.
+
+    ``relayed``: the client's own request went to the server's own endpoint (pass-through). An answer
+    there is the server's verdict on that request, so its status and message reach the client as they
+    are (a build that does not support a feature refuses it with its own words), in this envelope.
+    """
+    if relayed and (err.status is not None or err.upstream) and err.status != 503:
+        status = err.status or 502  # no status: an error event in the middle of the server's stream
+        message = str(err.upstream.get("message") or err)
+        type_ = str(err.upstream.get("type") or ("invalid_request_error" if status < 500 else "upstream_error"))
+        return ApiError(status, message, type_, "upstream_rejected" if status < 500 else "upstream_failed")
     if err.timeout:
         return ApiError(504, f"the target did not answer in time ({err})", "upstream_error", "upstream_timeout")
     if err.status is None:

@@ -52,6 +52,9 @@ class Report:
     segments: list[dict] = field(default_factory=list)
     fallbacks: list[str] = field(default_factory=list)
     sampling_method: str = "target"
+    # Why a request went pass-through instead of the token-level paths (the feature that needs the
+    # server's own endpoint, e.g. "tools"); None when it did not need to.
+    reason: str | None = None
 
     @property
     def acceptance_rate(self) -> float | None:
@@ -162,7 +165,7 @@ class Paths:
             async for piece in source:
                 produced += len(piece.tokens)
                 if piece.finish:
-                    _account_passthrough(report, piece.timings)
+                    account_timings(report, piece.timings)
                     if piece.timings.get("predicted_ms"):
                         # The server's own decode time: what the controller compares (prompt time excluded).
                         segment["decode_seconds"] = float(piece.timings["predicted_ms"]) / 1000
@@ -236,7 +239,7 @@ async def _iterate(pieces: list[Piece]) -> AsyncIterator[Piece]:
         yield piece
 
 
-def _account_passthrough(report: Report, timings: dict) -> None:
+def account_timings(report: Report, timings: dict) -> None:
     """Target work in a pass-through call: prompt tokens it processed, plus one per round it decoded.
 
     With native speculation each round evaluates the sampled token plus that round's draft, so the

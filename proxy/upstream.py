@@ -1,6 +1,7 @@
 """The aiohttp client for llama-server: the only module that makes upstream HTTP calls.
 
-It implements :class:`proxy.backend.Backend` plus the target-only text helpers (tokenise, detokenise,
+It implements :class:`proxy.backend.Backend` (token ids), :class:`proxy.backend.OpenAIBackend` (the
+server's own /v1 endpoints, for pass-through) plus the target-only text helpers (tokenise, detokenise,
 chat template). Every failure becomes a :class:`BackendError`, so the app translates errors in one place.
 """
 
@@ -15,6 +16,8 @@ import aiohttp
 from llamafleet.proxy.backend import BackendError, Piece, Sampling, Verification
 
 _FINISH = {"eos": "eos", "limit": "limit", "word": "stop"}
+# The OpenAI routes that generate: a plain path's request fields go into their bodies.
+GENERATION_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 
 class LlamaServer:
@@ -56,7 +59,7 @@ class LlamaServer:
             async with resp:
                 payload = await resp.read()
             if resp.status != 200:
-                raise BackendError(self.name, f"{path} answered {resp.status}: {_error_text(payload)}", resp.status)
+                raise _answered(self.name, path, resp.status, payload)
             return json.loads(payload)
         except asyncio.TimeoutError:
             raise BackendError(self.name, f"{path} timed out after {timeout:.1f}s", timeout=True) from None
@@ -89,7 +92,7 @@ class LlamaServer:
             resp = await self._open("/completion", body, self.timeout)
             async with resp:
                 if resp.status != 200:
-                    raise BackendError(self.name, f"/completion answered {resp.status}: {_error_text(await resp.read())}", resp.status)
+                    raise _answered(self.name, "/completion", resp.status, await resp.read())
                 held: Piece | None = None
                 async for line in resp.content:
                     if not line.startswith(b"data: "):
@@ -145,6 +148,36 @@ class LlamaServer:
         return {"prompt": prompt, "n_predict": 1, "return_tokens": True, "cache_prompt": True, **sampling.fields(seed),
                 **self.request_fields}
 
+    # --- OpenAIBackend --------------------------------------------------------------------------------
+
+    def _openai_body(self, route: str, body: dict) -> dict:
+        return {**body, **self.request_fields} if route in GENERATION_ROUTES else body
+
+    async def openai(self, route: str, body: dict) -> dict:
+        return await self._post(route, self._openai_body(route, body))
+
+    async def openai_stream(self, route: str, body: dict) -> AsyncIterator[dict]:
+        try:
+            resp = await self._open(route, self._openai_body(route, body), self.timeout)
+            async with resp:
+                if resp.status != 200:
+                    raise _answered(self.name, route, resp.status, await resp.read())
+                async for line in resp.content:
+                    if not line.startswith(b"data: "):
+                        continue  # blank separators, SSE comments (pings)
+                    payload = line[6:].strip()
+                    if payload == b"[DONE]":
+                        return
+                    data = json.loads(payload)
+                    if isinstance(data, dict) and "error" in data:
+                        raise BackendError(self.name, f"{route} stream error: {_error_text(payload)}",
+                                           upstream=_error_object(payload))
+                    yield data
+        except asyncio.TimeoutError:
+            raise BackendError(self.name, f"{route} timed out after {self.timeout:.1f}s", timeout=True) from None
+        except (aiohttp.ClientError, ValueError) as err:
+            raise BackendError(self.name, f"{route} stream failed: {err or type(err).__name__}") from None
+
     # --- text helpers (target only) ---------------------------------------------------------------
 
     async def tokenize(self, text: str) -> list[int]:
@@ -163,8 +196,9 @@ class LlamaServer:
         except (KeyError, IndexError, TypeError, ValueError):
             raise BackendError(self.name, "/v1/models did not report n_vocab") from None
 
-    async def apply_template(self, messages: list[dict]) -> str:
-        data = await self._post("/apply-template", {"messages": messages})
+    async def apply_template(self, body: dict) -> str:
+        """The prompt the server's own /v1/chat/completions makes of this chat body (same parser)."""
+        data = await self._post("/apply-template", body)
         return data["prompt"]
 
 
@@ -176,11 +210,20 @@ def _piece(data: dict, final: bool) -> Piece:
                  timings=data.get("timings") or {})
 
 
-def _error_text(payload: bytes) -> str:
-    """The upstream's own error message, shortened; never the whole body."""
+def _error_object(payload: bytes) -> dict:
+    """The upstream's own error object ({"message", "type", ...}); {} when it sent none."""
     try:
         err = json.loads(payload).get("error", {})
-        message = err.get("message") if isinstance(err, dict) else str(err)
     except (ValueError, AttributeError):
-        message = payload.decode(errors="replace")
-    return (message or "no message")[:300]
+        return {}
+    return err if isinstance(err, dict) else {"message": str(err)}
+
+
+def _error_text(payload: bytes) -> str:
+    """The upstream's own error message, shortened; never the whole body."""
+    message = _error_object(payload).get("message") or payload.decode(errors="replace")
+    return str(message or "no message")[:300]
+
+
+def _answered(name: str, path: str, status: int, payload: bytes) -> BackendError:
+    return BackendError(name, f"{path} answered {status}: {_error_text(payload)}", status, upstream=_error_object(payload))

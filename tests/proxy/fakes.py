@@ -1,4 +1,5 @@
-"""A recording fake backend for the pure speculation core (no HTTP, no llama.cpp).
+"""A recording fake backend for the pure speculation core (no HTTP, no llama.cpp): token ids
+(``Backend``) and whole OpenAI requests (``OpenAIBackend``).
 
 Its "model" is a fixed function of the context, so the exact greedy continuation is known; a drafter
 fake can be told to disagree at chosen positions or to fail after some calls (fault injection).
@@ -68,6 +69,29 @@ class FakeModel:
         nexts = [self.next(c) for c in contexts]
         return Verification(tokens=[EOS if t is None else t for t in nexts], eos=[t is None for t in nexts],
                             evaluated=sum(len(c) for c in contexts))
+
+    # --- OpenAIBackend: the fake's own /v1 endpoints, answering with its greedy continuation ----------
+
+    def _answer(self, route: str, body: dict) -> tuple[list[int], dict]:
+        prompt = [ord(c) % 97 for c in str(body.get("prompt") or body.get("messages"))]
+        piece = self._generate(prompt, int(body.get("max_tokens") or 16))
+        return piece.tokens, {"predicted_ms": 1.0 * len(piece.tokens), **piece.timings}  # 1 ms a token unless timed
+
+    async def openai(self, route: str, body: dict) -> dict:
+        self.calls.append(("openai", route, dict(body)))
+        self._check()
+        tokens, timings = self._answer(route, body)
+        n = body.get("n") or 1
+        return {"choices": [{"index": i, "text": " ".join(map(str, tokens)), "finish_reason": "length"} for i in range(n)],
+                "usage": {"prompt_tokens": timings["prompt_n"], "completion_tokens": len(tokens)}, "timings": timings}
+
+    async def openai_stream(self, route: str, body: dict):
+        self.calls.append(("openai_stream", route, dict(body)))
+        self._check()
+        tokens, timings = self._answer(route, body)
+        for token in tokens:
+            yield {"choices": [{"index": 0, "text": f" {token}", "finish_reason": None}]}
+        yield {"choices": [{"index": 0, "text": "", "finish_reason": "length"}], "timings": timings}
 
 
 def greedy_reference(target: FakeModel, prompt: list[int], n: int) -> list[int]:

@@ -66,21 +66,38 @@ def test_auth_on_every_endpoint_but_health(partial_rig):
     assert httpx.get(url + "/health").status_code == 200
 
 
-@pytest.mark.parametrize("body, status, needle", [
-    (b"{not json", 400, "not valid JSON"),
-    (b"[1, 2]", 400, "JSON object"),
-    (json.dumps({"prompt": "x", "n": 2}).encode(), 400, "n:"),
-    (json.dumps({"prompt": "x", "logprobs": 3}).encode(), 400, "logprobs"),
-    (json.dumps({"prompt": "x", "frobnicate": 1}).encode(), 400, "frobnicate: unknown"),
-    (json.dumps({"prompt": "x", "max_tokens": 9}).encode(), 400, "limit of 8"),
-    (json.dumps({"prompt": "word " * 200, "max_tokens": 2}).encode(), 400, "limit is 64"),
-    (json.dumps({"prompt": [99999999], "max_tokens": 2}).encode(), 400, "token ids"),
-    (json.dumps({"prompt": "x" * 5000}).encode(), 413, "larger than 4096"),
+# The proxy's own refusals: what is not JSON, its limits (on every path, relayed requests included:
+# logprobs and tools go to the target's own endpoint) and the model it does not serve. A feature the
+# proxy path cannot serve is no refusal: test_openai_surface.py relays those.
+@pytest.mark.parametrize("path, body, status, needle", [
+    ("/v1/completions", b"{not json", 400, "not valid JSON"),
+    ("/v1/completions", b"[1, 2]", 400, "JSON object"),
+    ("/v1/completions", json.dumps({"prompt": "x", "max_tokens": 9}).encode(), 400, "limit of 8"),
+    ("/v1/completions", json.dumps({"prompt": "x", "max_tokens": 9, "logprobs": 2}).encode(), 400, "limit of 8"),
+    ("/v1/completions", json.dumps({"prompt": "x", "n_predict": -1}).encode(), 400, "n_predict -1 is above"),
+    ("/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 99,
+                                         "tools": []}).encode(), 400, "max_completion_tokens 99"),
+    ("/v1/completions", json.dumps({"prompt": "word " * 200, "max_tokens": 2}).encode(), 400, "limit is 64"),
+    ("/v1/completions", json.dumps({"prompt": "word " * 200, "max_tokens": 2, "logprobs": 1}).encode(), 400, "limit is 64"),
+    ("/v1/completions", json.dumps({"prompt": ["x", "word " * 200], "max_tokens": 2}).encode(), 400, "limit is 64"),
+    ("/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": "word " * 200}], "max_tokens": 2,
+                                         "tools": []}).encode(), 400, "limit is 64"),
+    ("/v1/completions", json.dumps({"prompt": "x", "model": "gpt-4"}).encode(), 404, "not served here"),
+    ("/v1/embeddings", json.dumps({"input": "x", "model": "gpt-4"}).encode(), 404, "not served here"),
+    ("/v1/completions", json.dumps({"prompt": "x" * 5000}).encode(), 413, "larger than 4096"),
 ])
-def test_bad_bodies_get_a_clear_4xx(limited_proxy, body, status, needle):
-    r = httpx.post(limited_proxy.url + "/v1/completions", content=body, headers={**AUTH, "Content-Type": "application/json"})
+def test_bad_bodies_get_a_clear_4xx(limited_proxy, path, body, status, needle):
+    r = httpx.post(limited_proxy.url + path, content=body, headers={**AUTH, "Content-Type": "application/json"})
     assert r.status_code == status, r.text
     assert needle in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("mode, needle", [("proxy", "token ids must be in"), ("direct", "invalid tokens")])
+def test_token_ids_outside_the_vocabulary(limited_proxy, mode, needle):
+    """On token ids the proxy checks them itself; relayed, the target refuses them in its own words."""
+    r = httpx.post(limited_proxy.url + "/v1/completions", json={"prompt": [99999999], "max_tokens": 2},
+                   headers={**AUTH, "X-Llamafleet-Mode": mode})
+    assert r.status_code == 400 and needle in r.json()["error"]["message"], r.text
 
 
 def test_unavailable_mode_header_is_a_400(limited_proxy):
@@ -112,10 +129,17 @@ bodies = st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=6), json_val
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=bodies, chat=st.booleans())
-def test_fuzzed_bodies_never_get_a_5xx(limited_proxy, body, chat):
+def test_fuzzed_bodies_never_get_a_5xx_of_the_proxys_own(limited_proxy, partial_target_server, body, chat):
+    """Every answer is a proper one; a 5xx only where the target's own endpoint answers the same body
+    (as relayed: with the proxy's token cap) with that status, since relayed requests get its verdict."""
     path = "/v1/chat/completions" if chat else "/v1/completions"
     r = httpx.post(limited_proxy.url + path, json=body, headers=AUTH, timeout=60)
-    assert r.status_code < 500, (body, r.status_code, r.text)
+    if r.status_code >= 500:
+        relayed = body if any(body.get(k) is not None for k in ("n_predict", "max_completion_tokens", "max_tokens")) \
+            else {**body, "max_tokens": 8}
+        own = httpx.post(partial_target_server.url + path, json=relayed, timeout=60)
+        assert own.status_code == r.status_code, (body, r.status_code, r.text, own.status_code, own.text)
+        assert r.json()["error"]["message"] == own.json()["error"]["message"]
     if r.status_code >= 400:
         assert set(r.json()["error"]) == {"message", "type", "param", "code"}
 
