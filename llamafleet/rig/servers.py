@@ -112,10 +112,11 @@ def start_llama_server(
     return server
 
 
-def start_rpc_server(build: LlamaCpp, *, log_dir: Path, port: int | None = None, threads: int = 1) -> RunningProcess:
+def start_rpc_server(build: LlamaCpp, *, log_dir: Path, port: int | None = None, threads: int = 1,
+                     args: Sequence[str] = (), env: dict[str, str] | None = None) -> RunningProcess:
     port = port or free_port()
-    argv = [str(build.rpc_server), "-H", "127.0.0.1", "-p", str(port), "-t", str(threads)]
-    server = _spawn(build.rpc_server.name, argv, port, log_dir, None)
+    argv = [str(build.rpc_server), "-H", "127.0.0.1", "-p", str(port), "-t", str(threads), *args]
+    server = _spawn(build.rpc_server.name, argv, port, log_dir, env)
     wait_for_port(server)
     return server
 
