@@ -23,7 +23,9 @@ import os
 import socket
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -37,7 +39,7 @@ from llamafleet.config.models import (
     RpcWorkerService,
     TargetService,
 )
-from llamafleet.report import Finding, Report, Severity
+from llamafleet.report import Finding, Report, Severity, by_host, parallel_count
 
 # Probes cover plain English, code, digits, whitespace runs and non-ASCII text, so a vocabulary that
 # differs anywhere common shows up as different ids.
@@ -147,29 +149,39 @@ class Doctor:
         self.proxy_token = proxy_token
         self.props: dict[str, dict] = {}  # service -> /props, filled by the health pass
 
-    def run(self, hosts: Iterable[str]) -> Report:
+    def run(self, hosts: Iterable[str], parallel: int | None = None) -> Report:
         """Check the services on ``hosts``; a target on another host is still asked (silently)
-        when a selected drafter has to be compared with it."""
+        when a selected drafter has to be compared with it.
+
+        Two passes, each over the hosts side by side (at most ``parallel`` at a time, one host's
+        services one after another): first every llama-server's health, build and slots, then what
+        compares servers or needs their answers (vocabularies, proxies, rpc workers). A host that
+        does not answer makes only its own checks wait for the timeout. Findings keep the order of
+        the inventory's services, whatever order the hosts answer in."""
         selected = set(hosts)
+        parallel = parallel or parallel_count(None, len(selected))
         report = Report("doctor")
         pairs = [(d, t) for d, t in self.vocabulary_pairs() if self.inv.services[d].host in selected]
         needed = {n for pair in pairs for n in pair}
-        for name, svc in self.inv.services.items():
-            if isinstance(svc, LlamaServerService) and (svc.host in selected or name in needed):
-                findings = self.check_llama_server(name, svc)
-                if svc.host in selected:
-                    report.extend(findings)
+        servers = [(name, svc) for name, svc in self.inv.services.items()
+                   if isinstance(svc, LlamaServerService) and (svc.host in selected or name in needed)]
+        answers = by_host([(svc.host, partial(self.check_llama_server, name, svc)) for name, svc in servers], parallel)
+        for (_, svc), findings in zip(servers, answers):
+            if svc.host in selected:
+                report.extend(findings)
         report.extend(self.check_same_build(selected))
-        for drafter, target in pairs:
-            report.extend(self.check_vocabulary(drafter, target))
+        second: list[tuple[str, Callable[[], list[Finding]]]] = [
+            (self.inv.services[d].host, partial(self.check_vocabulary, d, t)) for d, t in pairs]
         for name, svc in self.inv.services.items():
             if svc.host not in selected:
                 continue
             if isinstance(svc, ProxyService):
-                report.extend(self.check_proxy(name, svc))
-                report.add(self.check_speculation_speed(name, svc))
+                second.append((svc.host, partial(self.check_proxy, name, svc)))
+                second.append((svc.host, lambda name=name, svc=svc: [self.check_speculation_speed(name, svc)]))
             elif isinstance(svc, RpcWorkerService):
-                report.extend(self.check_rpc_worker(name, svc))
+                second.append((svc.host, partial(self.check_rpc_worker, name, svc)))
+        for findings in by_host(second, parallel):
+            report.extend(findings)
         return report
 
     # llama-server: health, build, slots
@@ -229,7 +241,8 @@ class Doctor:
 
     def check_same_build(self, selected: set[str]) -> list[Finding]:
         """All llama-servers must run one build, whatever the expectation says."""
-        builds = {name: str(p.get("build_info", "")) for name, p in self.props.items()}
+        # In the inventory's order, not the order the servers answered in: ties and output stay stable.
+        builds = {name: str(self.props[name].get("build_info", "")) for name in self.inv.services if name in self.props}
         if len(set(builds.values())) <= 1:
             return []
         counts: dict[str, int] = {}

@@ -36,7 +36,9 @@ from llamafleet.deploys.operations.proxy import record_text
 from llamafleet.deploys.plan import HostPlan, plan_host
 from llamafleet.deploys.render import rendered_files
 from llamafleet.errors import UserError
-from llamafleet.report import Finding, Report, Severity
+from llamafleet.report import Finding, Report, Severity, by_host, parallel_count
+
+CONNECT_TIMEOUT = 10.0  # seconds, pyinfra's default for the TCP connect
 
 DEEP_NOTE = ("model files were checked by their verified stamp (size and mtime): a file replaced by other "
              "bytes of the same size and mtime is only caught with --deep, which re-hashes every file")
@@ -358,10 +360,12 @@ class _ConnectErrors(BaseStateCallback):
         self.errors[host.name] = str(error.args[0] if getattr(error, "args", None) else error)
 
 
-def pyinfra_state(inventory: Inventory, path: Path, hosts: list[str],
-                  override: dict[str, str]) -> tuple[State, _ConnectErrors]:
+def pyinfra_state(inventory: Inventory, path: Path, hosts: list[str], override: dict[str, str],
+                  timeout: float = CONNECT_TIMEOUT) -> tuple[State, _ConnectErrors]:
     """A pyinfra State over ``hosts`` with the same names and host data as inventory/cluster.py
-    (``override`` as pyinfra's ``--data``: e.g. ssh_known_hosts_file)."""
+    (``override`` as pyinfra's ``--data``: e.g. ssh_known_hosts_file). ``timeout`` bounds each part of
+    connecting: the TCP connect (pyinfra's CONNECT_TIMEOUT), then paramiko's wait for the SSH banner
+    and for authentication, so a host that accepts connections but never speaks SSH ends in time."""
     entries: dict[str, tuple[str, dict]] = {}
     member: dict[str, list[str]] = {}
     for group, group_entries in groups(inventory, path).items():
@@ -369,9 +373,10 @@ def pyinfra_state(inventory: Inventory, path: Path, hosts: list[str],
             if data["llamafleet_host"] in hosts:
                 entries[data["llamafleet_host"]] = (name, data)
                 member.setdefault(group, []).append(name)
+    override = {**override, "ssh_paramiko_connect_kwargs": {"banner_timeout": timeout, "auth_timeout": timeout}}
     py_inventory = PyinfraInventory(([entries[h] for h in hosts], {}), override_data=override,
                                     **{g: (names, {}) for g, names in member.items()})
-    state = State(py_inventory, Config())
+    state = State(py_inventory, Config(CONNECT_TIMEOUT=timeout))
     errors = _ConnectErrors()
     state.add_callback_handler(errors)
     return state, errors
@@ -456,30 +461,42 @@ _MISSING = "llamafleet-missing-file"
 
 
 def run_drift(inventory: Inventory, path: Path, hosts: list[str], *, deep: bool,
-              override: dict[str, str] | None = None) -> Report:
-    """Read every host in ``hosts`` and compare it with its plan; unreachable hosts are errors."""
+              override: dict[str, str] | None = None, parallel: int | None = None,
+              timeout: float = CONNECT_TIMEOUT) -> Report:
+    """Read every host in ``hosts`` and compare it with its plan; unreachable hosts are errors.
+
+    Hosts are read side by side, at most ``parallel`` at a time (default: all, up to
+    ``DEFAULT_PARALLEL``): a host's time is the SSH handshake and its state script, spent waiting on
+    the host, so one thread per host overlaps them. pyinfra's own CLI runs hosts side by side on
+    gevent after monkey-patching the process; drift uses its API without that patch, so it brings
+    its own threads. The findings keep the order of ``hosts`` whatever order the hosts answer in."""
     report = Report("drift")
     plans = {name: plan_host(inventory, name) for name in hosts}
-    state, connect_errors = pyinfra_state(inventory, path, hosts, override or {})
+    state, connect_errors = pyinfra_state(inventory, path, hosts, override or {}, timeout)
     by_name = {host.data.llamafleet_host: host for host in state.inventory}
-    commands: dict[str, int] = {}
-    seconds: dict[str, float] = {}
+    parallel = parallel or parallel_count(None, len(hosts))
+
+    def timed(name: str) -> tuple[list[Finding], int, float]:
+        host_started = time.monotonic()
+        findings, commands = check_host(by_name[name], plans[name], deep, connect_errors)
+        return findings, commands, round(time.monotonic() - host_started, 3)
+
     started = time.monotonic()
     try:
-        for name in hosts:
-            host_started = time.monotonic()
-            findings, commands[name] = check_host(by_name[name], plans[name], deep, connect_errors)
-            seconds[name] = round(time.monotonic() - host_started, 3)
-            report.extend(findings)
+        results = by_host([(name, lambda name=name: timed(name)) for name in hosts], parallel)
     finally:
         for host in state.inventory:
             if host.connected:
                 host.disconnect()
+    for findings, _, _ in results:
+        report.extend(findings)
     report.extend(mixed_build_findings(inventory, report.findings))
     if not deep and any(p.models for p in plans.values()):
         report.notes.append(DEEP_NOTE)
-    report.stats = {"seconds": round(time.monotonic() - started, 3), "host_seconds": seconds,
-                    "remote_commands": commands, "deep": deep}
+    report.stats = {"seconds": round(time.monotonic() - started, 3), "parallel": parallel,
+                    "host_seconds": {name: seconds for name, (_, _, seconds) in zip(hosts, results)},
+                    "remote_commands": {name: commands for name, (_, commands, _) in zip(hosts, results)},
+                    "deep": deep}
     return report
 
 

@@ -15,11 +15,13 @@ import argparse
 import json
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from fnmatch import fnmatch
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Iterable, TextIO
+from typing import Iterable, TextIO, TypeVar
 
 from llamafleet.config.models import Inventory
 from llamafleet.config.pyinfra_groups import groups
@@ -199,6 +201,51 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="only these hosts or groups (as pyinfra: a group name or a host glob; repeatable)",
     )
+
+
+def add_parallel_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--parallel", metavar="N", default=None,
+                        help=f"{what} at most N hosts at a time (default: all of them, up to {DEFAULT_PARALLEL})")
+
+
+DEFAULT_PARALLEL = 16
+
+
+def parallel_count(value: str | None, hosts: int) -> int:
+    """``--parallel``: a whole number of hosts, 1 or more; by default every host at once, up to
+    ``DEFAULT_PARALLEL`` (each host holds one thread and, for drift, one SSH connection)."""
+    if value is None:
+        return max(1, min(DEFAULT_PARALLEL, hosts))
+    try:
+        count = int(value.strip())
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise UserError(f"--parallel {value}: expected a whole number of hosts, 1 or more")
+    return count
+
+
+T = TypeVar("T")
+
+
+def by_host(tasks: Iterable[tuple[str, Callable[[], T]]], parallel: int) -> list[T]:
+    """Run ``(host, task)`` pairs on at most ``parallel`` threads: one host's tasks one after another
+    (a dead host makes only its own tasks wait for their timeouts), different hosts side by side.
+    The results come back in the order of ``tasks``, whatever order the hosts finish in."""
+    tasks = list(tasks)
+    per_host: dict[str, list[int]] = {}
+    for index, (host, _) in enumerate(tasks):
+        per_host.setdefault(host, []).append(index)
+    results: list = [None] * len(tasks)
+
+    def run_host(indexes: list[int]) -> None:
+        for index in indexes:
+            results[index] = tasks[index][1]()
+
+    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(per_host)))) as pool:
+        for future in [pool.submit(run_host, indexes) for indexes in per_host.values()]:
+            future.result()  # re-raises a task's unexpected exception here, in the caller's thread
+    return results
 
 
 def emit(report: Report, args: argparse.Namespace, out: TextIO | None = None) -> int:

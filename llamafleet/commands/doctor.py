@@ -12,7 +12,7 @@ from pathlib import Path
 from llamafleet.config.loader import DEFAULT_INVENTORY, INVENTORY_ENV, default_inventory_path, load_inventory
 from llamafleet.doctor import Doctor, Http, expectation
 from llamafleet.errors import UserError
-from llamafleet.report import add_output_options, emit, selected_hosts
+from llamafleet.report import add_output_options, add_parallel_option, emit, parallel_count, selected_hosts
 
 
 def register(subparsers) -> None:
@@ -31,6 +31,7 @@ def register(subparsers) -> None:
         help="exact /props build_info every llama-server must report (default: starts with the pinned tag)",
     )
     parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="per request (default 10)")
+    add_parallel_option(parser, "check")
     parser.add_argument(
         "--proxy-token-env",
         metavar="VAR",
@@ -45,6 +46,7 @@ def run(args) -> int:
     path = args.inventory or default_inventory_path()
     inventory = load_inventory(path)
     hosts = selected_hosts(inventory, path, args.limit)
+    parallel = parallel_count(args.parallel, len(hosts))
     token = None
     if args.proxy_token_env:
         token = os.environ.get(args.proxy_token_env)
@@ -52,5 +54,5 @@ def run(args) -> int:
             raise UserError(f"--proxy-token-env {args.proxy_token_env}: that variable is not set")
     doctor = Doctor(inventory, http=Http(args.timeout), expect=expectation(inventory, args.expect_build_info),
                     proxy_token=token)
-    return emit(doctor.run(hosts), args)
+    return emit(doctor.run(hosts, parallel), args)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from llamafleet.config.loader import DEFAULT_INVENTORY, INVENTORY_ENV, default_inventory_path, load_inventory
 from llamafleet.errors import UserError
-from llamafleet.report import add_output_options, emit, selected_hosts
+from llamafleet.report import add_output_options, add_parallel_option, emit, parallel_count, selected_hosts
 
 
 def register(subparsers) -> None:
@@ -26,16 +26,23 @@ def register(subparsers) -> None:
                         help="re-hash every model file (catches a replacement with the same size and mtime)")
     parser.add_argument("--data", metavar="KEY=VALUE", action="append", default=[],
                         help="override pyinfra host data, as pyinfra's --data (e.g. ssh_known_hosts_file=PATH)")
+    add_parallel_option(parser, "read")
+    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="per host, for each part of the SSH connect: TCP, banner, authentication (default 10)")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
     from llamafleet.drift import run_drift  # pyinfra and the deploys load only when drift runs
 
+    if not args.timeout > 0:
+        raise UserError(f"--timeout must be positive, got {args.timeout}")
     path = args.inventory or default_inventory_path()
     inventory = load_inventory(path)
     hosts = selected_hosts(inventory, path, args.limit)
-    return emit(run_drift(inventory, path, hosts, deep=args.deep, override=parse_data(args.data)), args)
+    parallel = parallel_count(args.parallel, len(hosts))
+    return emit(run_drift(inventory, path, hosts, deep=args.deep, override=parse_data(args.data), parallel=parallel,
+                          timeout=args.timeout), args)
 
 
 def parse_data(items: list[str]) -> dict[str, str]:

@@ -1,7 +1,8 @@
-"""A real OpenSSH server for the deploy tests: one sshd process, and for each stand-in host its own
-loopback address (127.0.0.2, 127.0.0.3, ...: all of 127/8 is local on Linux) and its own free port,
-so services bound to "their host's address" are reachable across hosts as on a LAN. Keys and config
-live in a temp folder."""
+"""A real OpenSSH server for the deploy tests: sshd, and for each stand-in host its own loopback
+address (127.0.0.2, 127.0.0.3, ...: all of 127/8 is local on Linux) and its own free port, so
+services bound to "their host's address" are reachable across hosts as on a LAN. Keys and config
+live in a temp folder. One sshd listens on at most 16 addresses (OpenSSH's MAX_LISTEN_SOCKS), so
+more hosts get more sshd processes sharing the same keys."""
 
 from __future__ import annotations
 
@@ -29,9 +30,12 @@ def unavailable_reason() -> str | None:
     return None
 
 
+MAX_LISTEN_SOCKS = 16  # per sshd process (OpenSSH's sshd.c)
+
+
 @dataclass
 class Sshd:
-    process: subprocess.Popen
+    processes: list[subprocess.Popen]
     ports: list[int]
     addresses: list[str]
     key_file: Path
@@ -40,12 +44,17 @@ class Sshd:
     log: Path
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=10)
 
 
-def start_sshd(folder: Path, hosts: int) -> Sshd:
+def start_sshd(folder: Path, hosts: int, *, startup_files: bool = True) -> Sshd:
+    """``startup_files=False``: sessions skip the user's shell startup files. bash sources ~/.bashrc
+    for a command over SSH only as a top-level shell; SHLVL=1 in the session makes it a nested one.
+    The stand-in hosts all share this machine's cores, so a heavy ~/.bashrc (here: root's runs
+    ``pyenv init``) costs the whole "fleet" at once what real hosts each pay on their own CPU."""
     folder.mkdir(parents=True, exist_ok=True)
     host_key, client_key = folder / "host_ed25519", folder / "client_ed25519"
     for key in (host_key, client_key):
@@ -54,35 +63,47 @@ def start_sshd(folder: Path, hosts: int) -> Sshd:
     os.chmod(folder / "authorized_keys", 0o600)
     ports = [free_port() for _ in range(hosts)]
     addresses = [f"127.0.0.{i + 2}" for i in range(hosts)]
-    config = folder / "sshd_config"
-    config.write_text("\n".join([
-        *(f"ListenAddress {a}:{p}" for a, p in zip(addresses, ports)),
-        f"HostKey {host_key}",
-        f"AuthorizedKeysFile {folder / 'authorized_keys'}",
-        f"PidFile {folder / 'sshd.pid'}",
-        "PermitRootLogin prohibit-password",
-        "PasswordAuthentication no",
-        "KbdInteractiveAuthentication no",
-        "UsePAM no",
-        "StrictModes no",
-        "Subsystem sftp internal-sftp",
-        "LogLevel ERROR",
-    ]) + "\n")
+    configs = []
+    for first in range(0, hosts, MAX_LISTEN_SOCKS):
+        config = folder / f"sshd_config.{first // MAX_LISTEN_SOCKS}"
+        chunk = zip(addresses[first:first + MAX_LISTEN_SOCKS], ports[first:first + MAX_LISTEN_SOCKS])
+        config.write_text("\n".join([
+            *(f"ListenAddress {a}:{p}" for a, p in chunk),
+            f"HostKey {host_key}",
+            f"AuthorizedKeysFile {folder / 'authorized_keys'}",
+            f"PidFile {config.with_suffix('.pid')}",
+            "PermitRootLogin prohibit-password",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "UsePAM no",
+            "StrictModes no",
+            "Subsystem sftp internal-sftp",
+            "LogLevel ERROR",
+            # Each address stands in for a machine with its own sshd: no shared limit on connections
+            # still authenticating (the default, 10:30:100, drops some when many hosts connect at once).
+            "MaxStartups 200",
+            *([] if startup_files else ["SetEnv SHLVL=1"]),
+        ]) + "\n")
+        configs.append(config)
     # pyinfra checks host keys; a private known_hosts keeps ~/.ssh untouched.
     public = host_key.with_suffix(".pub").read_text().split()
     known = folder / "known_hosts"
     known.write_text("".join(f"[{a}]:{p} {public[0]} {public[1]}\n" for a, p in zip(addresses, ports)))
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
     log = folder / "sshd.log"
-    process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    with log.open("wb") as out:
+        processes = [subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=out, stderr=subprocess.STDOUT)
+                     for config in configs]
+    sshd = Sshd(processes, ports, addresses, client_key, known, getpass.getuser(), log)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        if process.poll() is not None:
+        if any(process.poll() is not None for process in processes):
+            sshd.stop()
             raise RuntimeError(f"sshd exited: {log.read_text()}")
         if all(_listening(a, p) for a, p in zip(addresses, ports)):
-            return Sshd(process, ports, addresses, client_key, known, getpass.getuser(), log)
+            return sshd
         time.sleep(0.1)
-    process.terminate()
+    sshd.stop()
     raise TimeoutError(f"sshd did not listen on {ports}: {log.read_text()}")
 
 
