@@ -496,6 +496,18 @@ def check_devices(inventory: Inventory) -> Findings:
                               ("services", name) + path)
 
 
+def check_gpu_layers(inventory: Inventory) -> Findings:
+    """LF116: gpu_layers above what the model has. llama.cpp offloads at most its blocks plus the output
+    layer ("offloaded 31/31 layers to GPU" for a 30-block model), so ``layers + 1`` is everything."""
+    for name, service in _llama_services(inventory):
+        model = inventory.models.get(service.model)
+        layers = model.architecture.layers if model is not None else None
+        if isinstance(service.gpu_layers, int) and layers is not None and service.gpu_layers > layers + 1:
+            yield Finding("LF116", f"gpu_layers {service.gpu_layers} is more than model {service.model!r} has "
+                          f"({layers} layers, plus the output layer: {layers + 1})",
+                          "write gpu_layers: all to offload everything", ("services", name, "gpu_layers"))
+
+
 def check_memory(inventory: Inventory) -> Findings:
     """LF110-LF114: weights plus KV cache fit each device (see llamafleet.config.memory)."""
     yield from memory_findings(inventory)
@@ -554,6 +566,10 @@ def check_proxies(inventory: Inventory) -> Findings:
         if service.mode.value == "native" and isinstance(target, TargetService) and target.native_draft is None:
             yield Finding("LF190", f"mode native needs target {service.target!r} to have native_draft",
                           "add native_draft to the target, or use mode: auto", base + ("mode",))
+        host = inventory.hosts.get(service.host)
+        if host is not None and host.os is OS.windows:
+            yield Finding("LF194", f"the proxy cannot run on host {service.host!r}: it runs on Linux or macOS hosts",
+                          "put the proxy on a linux or macos host", base + ("host",))
         auth = service.auth
         if auth is not None and (auth.token_file is None) == (auth.token_env is None):
             yield Finding("LF191", "auth needs exactly one of token_file and token_env",
@@ -592,5 +608,5 @@ def check_plain_routes(inventory: Inventory) -> Findings:
 
 
 CHECKS = (check_references, check_one_build, check_managed_args, check_flags, check_model_on_host, check_tokenizers, check_ports,
-          check_binds, check_hosts, check_devices, check_memory, check_downloads, check_proxies,
+          check_binds, check_hosts, check_devices, check_gpu_layers, check_memory, check_downloads, check_proxies,
           check_plain_routes)

@@ -12,6 +12,7 @@ import datetime
 import difflib
 import json
 import os
+import stat
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
@@ -25,6 +26,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from llamafleet.config.findings import DataPath, Finding, InventoryError, Severity
+from llamafleet.config import models
 from llamafleet.config.models import Inventory
 
 DEFAULT_INVENTORY = Path("inventory/cluster.yaml")
@@ -100,20 +102,60 @@ def _safe_lc(getter, key) -> tuple[int, int] | None:
 # --- reading and parsing -------------------------------------------------------------------------
 
 
+class NotRegularFile(ValueError):
+    """A directory, socket, FIFO or device where a file was expected."""
+
+
+class TooLarge(ValueError):
+    """A file larger than the limit for its kind."""
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def read_limited(path: str | os.PathLike, limit: int) -> bytes:
+    """At most ``limit`` bytes of the regular file at ``path``. What it is and how large it says it
+    is are checked before anything is read, so a socket, a FIFO or ``/dev/zero`` is refused rather
+    than read forever. Raises :class:`NotRegularFile`, :class:`TooLarge` or ``OSError``."""
+    def refuse_kind(mode: int) -> None:
+        for test, kind in _KINDS:
+            if test(mode):
+                raise NotRegularFile(f"is {kind}, not a regular file")
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile("is not a regular file")
+
+    refuse_kind(os.stat(path).st_mode)
+    # O_NONBLOCK: a FIFO swapped in after the stat must not block the open.
+    with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK)) as handle:
+        info = os.fstat(handle.fileno())
+        refuse_kind(info.st_mode)
+        if info.st_size > limit:
+            raise TooLarge(f"is {info.st_size} bytes; the limit is {limit}")
+        raw = handle.read(limit + 1)  # the size can change after fstat (and /proc files say 0)
+    if len(raw) > limit:
+        raise TooLarge(f"is more than {limit} bytes")
+    return raw
+
+
 def _read_text(path: Path, findings: list[Finding]) -> str | None:
     name = str(path)
-    if path.is_dir():
-        findings.append(Finding("LF002", "is a directory, not an inventory file",
-                             "pass the YAML file itself, e.g. inventory/cluster.yaml", file=name))
+    try:
+        raw = read_limited(path, MAX_FILE_BYTES)
+    except NotRegularFile as err:
+        findings.append(Finding("LF002", f"{err}", "pass the YAML file itself, e.g. inventory/cluster.yaml", file=name))
         return None
-    if not path.exists():
+    except TooLarge as err:
+        findings.append(Finding("LF003", f"file {err}: an inventory is at most {MAX_FILE_BYTES} bytes",
+                             "is this really an inventory file?", file=name))
+        return None
+    except FileNotFoundError:
         findings.append(Finding("LF001", "no such file",
                              f"check the path, or set {INVENTORY_ENV} to your inventory file", file=name))
         return None
-    raw = path.read_bytes()
-    if len(raw) > MAX_FILE_BYTES:
-        findings.append(Finding("LF003", f"file is {len(raw)} bytes; an inventory is at most {MAX_FILE_BYTES}",
-                             "is this really an inventory file?", file=name))
+    except OSError as err:
+        findings.append(Finding("LF009", f"cannot be read: {err.strerror or err}",
+                             "check the file's permissions and that it is a readable file", file=name))
         return None
     try:
         text = raw.decode("utf-8")
@@ -192,6 +234,8 @@ def _check_size(data: Any, name: str, findings: list[Finding]) -> bool:
 def _plain(node: Any, path: DataPath, positions: Positions, tags: list[DataPath]) -> Any:
     """ruamel's round-trip types -> plain JSON-like data, recording positions on the way."""
     positions.record(node, path)
+    if isinstance(node, (CommentedMap, CommentedSeq)) and getattr(node.tag, "value", None):
+        tags.append(path)  # a tag on a mapping or list (``!foo {...}``) asks for a type, like one on a scalar
     if isinstance(node, dict):
         return {str(k): _plain(v, path + (str(k),), positions, tags) for k, v in node.items()}
     if isinstance(node, list):
@@ -309,7 +353,7 @@ def _value_message(error: jsonschema.ValidationError) -> str:
         "maximum": lambda: f"must be at most {limit} (got {value!r})",
         "enum": lambda: f"{value!r} is not one of: {', '.join(map(str, limit))}",
         "const": lambda: f"must be {limit!r} (got {value!r})",
-        "pattern": lambda: f"{value!r} does not match {limit}",
+        "pattern": lambda: f"{value!r} {_PATTERNS[limit][0]}" if limit in _PATTERNS else f"{value!r} does not match {limit}",
         "minLength": lambda: "must not be empty" if limit == 1 else f"must be at least {limit} characters",
         "maxLength": lambda: f"must be at most {limit} characters",
         "minItems": lambda: f"needs at least {limit} entr{plural}",
@@ -318,17 +362,35 @@ def _value_message(error: jsonschema.ValidationError) -> str:
     return messages[error.validator]() if error.validator in messages else error.message
 
 
-_PATTERN_HINTS = {
-    r"^[a-z0-9][a-z0-9-]*$": "names use lower-case letters, digits and '-'",
-    r"^[0-9a-f]{64}$": "a sha256 is 64 lower-case hex digits (sha256sum FILE)",
-    r"^b[0-9]+$": "a llama.cpp build tag looks like b8111",
-    r"^[^/\\]+$": "a file name only: the path comes from the host's models_dir",
+# What each of the models' patterns means, in words: (what is wrong, how to fix it).
+_PATTERNS = {
+    models.NAME_PATTERN: ("is not a valid name", "names use lower-case letters, digits and '-'"),
+    models.SHA256_PATTERN: ("is not a sha256", "a sha256 is 64 lower-case hex digits (sha256sum FILE)"),
+    models.BUILD_PATTERN: ("is not a llama.cpp build tag", "a llama.cpp build tag looks like b8111"),
+    models.TEXT_PATTERN: ("holds a control character (newline, tab, NUL, ...)",
+                          "write it on one line, without control characters"),
+    models.FILE_NAME_PATTERN: ("is not a single file name",
+                               "a file name only (no '/', '\\', '..', control characters or <>:\"|?*): "
+                               "the path comes from the host's models_dir or install_dir"),
+    models.ABS_PATH_PATTERN: ("is not an absolute path",
+                              "an absolute path of the host's os: /opt/llamafleet, or C:\\llamafleet on windows"),
+    models.POSIX_PATH_PATTERN: ("is not an absolute POSIX path", "an absolute path such as /etc/llamafleet/proxy.token"),
+    models.ADDRESS_PATTERN: ("is not an address", "an IP address (192.168.1.10, ::1) or a host name (gpu-1.lan)"),
+    models.URL_PATTERN: ("is not an http(s) URL with a host and no credentials",
+                         "http:// or https:// only; no user:password@ (they end up in process lists and logs), "
+                         "no spaces (percent-encode them)"),
+    models.ENV_KEY_PATTERN: ("is not an environment variable name", "letters, digits and '_', not starting with a digit"),
+    models.USER_PATTERN: ("is not a user name", "letters, digits, '_', '.', '@' and '-'"),
+    models.DEVICE_PATTERN: ("is not a device name", "a backend device such as CUDA0, ROCm1, Vulkan0, MTL0 or none"),
+    models.MACOS_VERSION_PATTERN: ("is not a macOS version", "the product version, e.g. 14.4.1 (sw_vers -productVersion)"),
+    models.NVIDIA_DRIVER_PATTERN: ("is not an NVIDIA driver version", "e.g. 550.120 or 576.88 (nvidia-smi)"),
+    models.ROCM_VERSION_PATTERN: ("is not a ROCm release", "e.g. 6.3.1 (/opt/rocm/.info/version)"),
 }
 
 
 def _value_hint(error: jsonschema.ValidationError) -> str:
     if error.validator == "pattern":
-        return _PATTERN_HINTS.get(error.validator_value, "")
+        return _PATTERNS.get(error.validator_value, ("", ""))[1]
     if error.validator == "enum":
         return _suggest(str(error.instance), [str(v) for v in error.validator_value])
     return ""
@@ -369,7 +431,18 @@ def _pydantic_path(loc: tuple, data: Any) -> DataPath:
 
 
 # Hints for the few rules only the pydantic models can say (validators the JSON schema cannot express).
-_MODEL_HINTS = {"bind": "bind an address of the host: its LAN address, or 127.0.0.1"}
+_MODEL_HINTS = {"bind": "bind an address of the host: its LAN address, or 127.0.0.1",
+                "install_dir": "an absolute, normalised path in the host os's own style",
+                "models_dir": "an absolute, normalised path in the host os's own style",
+                "token_file": "an absolute, normalised path",
+                "usable_gb": "usable_gb is at most vram_gb",
+                "active_experts": "read experts and active_experts from the GGUF header (llamafleet model add)",
+                "n_min": "n_min is at most n_max",
+                "macos_version": "upgrade macOS to 13.3 or later, or use backend: cpu",
+                "url": "http:// or https:// with an IP address or host name",
+                "mirror": "http:// or https:// with an IP address or host name",
+                "address": "an IP address or a DNS host name",
+                "addresses": "IP addresses or DNS host names"}
 
 
 def _validate_models(data: Any) -> tuple[Inventory | None, list[Finding]]:
@@ -380,7 +453,8 @@ def _validate_models(data: Any) -> tuple[Inventory | None, list[Finding]]:
         for e in err.errors(include_url=False):
             message = e["msg"].removeprefix("Value error, ")
             path = _pydantic_path(tuple(e["loc"]), data)
-            findings.append(Finding("LF014", message, _MODEL_HINTS.get(str(path[-1]) if path else "", ""), path))
+            field = next((part for part in reversed(path) if isinstance(part, str)), "")
+            findings.append(Finding("LF014", message, _MODEL_HINTS.get(field, ""), path))
         return None, findings
 
 

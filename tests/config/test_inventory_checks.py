@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from bad_inventories import CASES as BAD_VALUES
 from inventory_testlib import EXAMPLES, REPO, edit, line_of
 
 from llamafleet.config import InventoryError, Severity, check_inventory, load_inventory
@@ -110,6 +111,8 @@ def test_every_code_is_documented_and_tested():
     tested |= {"LF103", "LF113"}  # the warnings, below
     tested |= {"LF192", "LF193"}  # test_plain_path
     tested |= {"LF107", "LF108"}  # test_builds
+    tested |= {c.code for c in BAD_VALUES}  # test_inventory_types
+    tested |= {"LF009"}  # tests/test_cli_bad_inputs.py (an inventory that cannot be read)
     tested |= {"LF001", "LF002", "LF003", "LF004", "LF005", "LF006", "LF007", "LF008", "LF010", "LF011", "LF012",
                "LF013", "LF015"}  # test_inventory_cli
     assert documented == tested, documented ^ tested

@@ -1,0 +1,173 @@
+"""Bad inventories, by class: each is one of the committed examples with one edit, and the finding it
+must end in (code, dotted path; the line is where ``snippet`` sits). ``test_inventory_types`` runs them;
+``docs/hardening.md`` lists them with the message each produced (``tests/hardening_doc.py`` writes it,
+and a test fails when the committed page differs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+LOCAL, SEED = "local.yaml", "seed-cluster.yaml"
+
+RPC_BIND = ("    bind: 127.0.0.1\n    port: 50052\n", "    bind: {}\n    port: 50052\n")
+SEED_NVIDIA = '    driver: {kind: nvidia, version: "576.88"}'
+SEED_ROCM = "    driver: {kind: rocm, version: 6.4.1}"
+LOCAL_INSTALL = "    install_dir: /opt/llamafleet\n"
+LOCAL_MODELS = "    models_dir: /opt/llamafleet/models\n"
+WIN_INSTALL = "    install_dir: C:\\llamafleet\n"
+MODEL_FILE = "      - name: SmolLM2-135M-Instruct.Q4_1.gguf\n"
+RELEASE_FILE = "    - file: llama-b11434-bin-ubuntu-x64.tar.gz\n"
+SOURCE_FILE = "    file: llama.cpp-b11434.tar.gz\n"
+MIRROR = "  mirror: http://127.0.0.1:8765\n"
+PROXY_AUTH = "    auth: {token_file: /opt/llamafleet/proxy.token}\n"
+DRAFTER_ARGS = '    ctx_size: 2048\n    extra_args: ["--threads", "1"]'
+M2_MACOS = 'M2, vram_gb: 16}\n    memory_gb: 16\n    macos_version: "15.3"'
+
+
+@dataclass(frozen=True)
+class Bad:
+    name: str
+    kind: str  # the class of mistake, for the docs
+    base: str
+    edits: tuple[tuple[str, str], ...]
+    code: str
+    path: str
+    snippet: str  # unique text on the line the finding must name
+
+
+def _one(name, kind, base, old, new, code, path, snippet=None):
+    return Bad(name, kind, base, ((old, new),), code, path, snippet if snippet is not None else new.strip().splitlines()[0])
+
+
+CASES = [
+    # --- control characters, in every kind of string field
+    _one("newline in an env value", "control character", LOCAL, PROXY_AUTH,
+         PROXY_AUTH + '    env: {A: "x\\nExecStartPre=/bin/touch /tmp/pwned"}\n', "LF013", "services.proxy.env.A", "    env: {A:"),
+    _one("newline in an extra_args value", "control character", LOCAL, DRAFTER_ARGS,
+         '    ctx_size: 2048\n    extra_args: ["--alias", "x\\n[program:x]\\ncommand=/bin/touch /tmp/pwned"]',
+         "LF013", "services.drafter.extra_args[1]", '    extra_args: ["--alias"'),
+    _one("newline in service_user", "control character", LOCAL, "    service_manager: supervisord\n",
+         '    service_manager: supervisord\n    service_user: "llama\\nuser=root"\n', "LF013", "hosts.local.service_user",
+         "    service_user:"),
+    _one("newline in the ssh user", "control character", SEED, "address: 192.168.86.29, user: harold}",
+         'address: 192.168.86.29, user: "harold\\nExecStartPre=/x"}', "LF013", "hosts.akiva.connection.user",
+         'address: 192.168.86.29, user: "harold'),
+    _one("tab in a quant", "control character", LOCAL, "        size: 98362432\n    quant: Q4_1\n",
+         '        size: 98362432\n    quant: "Q4\\t1"\n', "LF013", "models.smollm2.quant", '    quant: "Q4'),
+    _one("NUL in a tokenizer", "control character", LOCAL, "    tokenizer: smollm2\n    architecture:\n      family: llama\n      layers: 30\n",
+         '    tokenizer: "smol\\0lm2"\n    architecture:\n      family: llama\n      layers: 30\n', "LF013",
+         "models.smollm2.tokenizer"),
+    _one("NEL (C1) in a GPU model", "control character", SEED, "{vendor: apple, model: M4, vram_gb: 16}",
+         '{vendor: apple, model: "M4\\x85Pro", vram_gb: 16}', "LF013", "hosts.mac-mini.gpus[0].model",
+         '{vendor: apple, model: "M4'),
+    _one("Unicode line separator in a cmake option", "control character", LOCAL, '"-DLLAMA_BUILD_TESTS=OFF"]',
+         '"-DLLAMA_BUILD_TESTS=OFF\\u2028-DX=1"]', "LF013", "llama_cpp.source.cmake_options.cpu[2]", "cpu: ["),
+    _one("escape character in key_file", "control character", SEED, "address: 192.168.86.29, user: harold}",
+         'address: 192.168.86.29, user: harold, key_file: "/k\\x1b[2J"}', "LF013", "hosts.akiva.connection.key_file",
+         "address: 192.168.86.29, user: harold, key_file"),
+    # --- addresses
+    _one("rpc-worker bound to ::0", "address", LOCAL, RPC_BIND[0], RPC_BIND[1].format('"::0"'), "LF014",
+         "services.rpc.bind"),
+    _one("rpc-worker bound to 0.0.0.0", "address", LOCAL, RPC_BIND[0], RPC_BIND[1].format("0.0.0.0"), "LF014",
+         "services.rpc.bind"),
+    _one("rpc-worker bound to ::ffff:0.0.0.0", "address", LOCAL, RPC_BIND[0], RPC_BIND[1].format('"::ffff:0.0.0.0"'),
+         "LF014", "services.rpc.bind"),
+    _one("bind that is not an address", "address", LOCAL, "    bind: 127.0.0.1\n    port: 8080\n",
+         "    bind: localhost; touch /tmp/x\n    port: 8080\n", "LF013", "services.proxy.bind"),
+    _one("IPv4 address out of range", "address", SEED, "    bind: 192.168.86.41\n", "    bind: 192.168.86.410\n",
+         "LF014", "services.m2-drafter.bind"),
+    _one("ssh address with a bad label", "address", SEED, "address: 192.168.86.29, user: harold}",
+         "address: -gpu.lan, user: harold}", "LF014", "hosts.akiva.connection.address", "address: -gpu.lan"),
+    _one("IPv6 address with a zone", "address", SEED, "    os: linux\n    arch: x86_64\n    backend: rocm\n",
+         '    os: linux\n    addresses: ["fe80::1%eth0"]\n    arch: x86_64\n    backend: rocm\n', "LF013",
+         "hosts.akiva.addresses[0]", '    addresses: ["fe80'),
+    # --- driver versions by kind
+    _one("shell in an NVIDIA driver version", "driver version", SEED, SEED_NVIDIA,
+         "    driver: {kind: nvidia, version: \"576.88'; touch /tmp/pwned; '\"}", "LF013", "hosts.desktop.driver.version",
+         "    driver: {kind: nvidia"),
+    _one("ROCm-style version for NVIDIA", "driver version", SEED, SEED_NVIDIA,
+         '    driver: {kind: nvidia, version: "6.3.1"}', "LF013", "hosts.desktop.driver.version"),
+    _one("newline in a ROCm version", "driver version", SEED, SEED_ROCM,
+         '    driver: {kind: rocm, version: "6.4.1\\ndeb http://evil/ x main"}', "LF013", "hosts.akiva.driver.version"),
+    _one("ROCm version that is a word", "driver version", SEED, SEED_ROCM,
+         "    driver: {kind: rocm, version: latest}", "LF013", "hosts.akiva.driver.version"),
+    # --- paths per OS
+    _one("relative install_dir", "path", LOCAL, LOCAL_INSTALL, "    install_dir: opt/llamafleet\n", "LF013",
+         "hosts.local.install_dir"),
+    _one("'..' in models_dir", "path", LOCAL, LOCAL_MODELS, "    models_dir: /opt/llamafleet/../../etc\n", "LF014",
+         "hosts.local.models_dir"),
+    _one("trailing slash in install_dir", "path", LOCAL, LOCAL_INSTALL, "    install_dir: /opt/llamafleet/\n", "LF014",
+         "hosts.local.install_dir"),
+    _one("home-relative models_dir", "path", LOCAL, LOCAL_MODELS, "    models_dir: ~/models\n", "LF013",
+         "hosts.local.models_dir"),
+    _one("Windows path on a linux host", "path", LOCAL, LOCAL_INSTALL, "    install_dir: C:\\llamafleet\n", "LF014",
+         "hosts.local.install_dir"),
+    _one("POSIX path on a windows host", "path", SEED, WIN_INSTALL, "    install_dir: /opt/llamafleet\n", "LF014",
+         "hosts.desktop.install_dir", "    install_dir: /opt/llamafleet\n    models_dir: C:"),
+    _one("forward slashes on a windows host", "path", SEED, WIN_INSTALL, "    install_dir: C:/llamafleet\n", "LF014",
+         "hosts.desktop.install_dir"),
+    _one("'..' on a windows host", "path", SEED, WIN_INSTALL, "    install_dir: C:\\llamafleet\\..\\Windows\n", "LF014",
+         "hosts.desktop.install_dir"),
+    _one("relative token_file", "path", LOCAL, PROXY_AUTH, "    auth: {token_file: proxy.token}\n", "LF013",
+         "services.proxy.auth.token_file"),
+    _one("'..' in token_file", "path", LOCAL, PROXY_AUTH, "    auth: {token_file: /opt/llamafleet/../../root/.ssh/x}\n",
+         "LF014", "services.proxy.auth.token_file"),
+    # --- file names
+    _one("model file name climbing out", "file name", LOCAL, MODEL_FILE, "      - name: ../../etc/cron.d/x\n", "LF013",
+         "models.smollm2.files[0].name"),
+    _one("model file name '..'", "file name", LOCAL, MODEL_FILE, "      - name: ..\n", "LF013",
+         "models.smollm2.files[0].name"),
+    _one("model file name with NUL", "file name", LOCAL, MODEL_FILE, '      - name: "x.gguf\\0.txt"\n', "LF013",
+         "models.smollm2.files[0].name"),
+    _one("model file name with a backslash", "file name", LOCAL, MODEL_FILE, "      - name: ..\\x.gguf\n", "LF013",
+         "models.smollm2.files[0].name"),
+    _one("release file with '/'", "file name", LOCAL, RELEASE_FILE, "    - file: ../llama.tar.gz\n", "LF013",
+         "llama_cpp.releases[0].file"),
+    _one("source file with a drive", "file name", LOCAL, SOURCE_FILE, "    file: C:llama.tar.gz\n", "LF013",
+         "llama_cpp.source.file"),
+    # --- URLs
+    _one("mirror without scheme", "URL", LOCAL, MIRROR, "  mirror: 127.0.0.1:8765\n", "LF013", "llama_cpp.mirror"),
+    _one("file: mirror", "URL", LOCAL, MIRROR, "  mirror: file:///srv/mirror\n", "LF013", "llama_cpp.mirror"),
+    _one("ftp: mirror", "URL", LOCAL, MIRROR, "  mirror: ftp://127.0.0.1/mirror\n", "LF013", "llama_cpp.mirror"),
+    _one("mirror with credentials", "URL", LOCAL, MIRROR, "  mirror: http://user:secret@127.0.0.1:8765\n", "LF013",
+         "llama_cpp.mirror"),
+    _one("URL with a space", "URL", LOCAL, MIRROR, "  mirror: http://127.0.0.1:8765/a b\n", "LF013", "llama_cpp.mirror"),
+    _one("URL with a bad port", "URL", LOCAL, MIRROR, "  mirror: http://127.0.0.1:99999\n", "LF014", "llama_cpp.mirror"),
+    _one("model URL without a host", "URL", LOCAL, MODEL_FILE, MODEL_FILE + "        url: http:///x.gguf\n", "LF013",
+         "models.smollm2.files[0].url", "        url:"),
+    _one("javascript: URL", "URL", LOCAL, MODEL_FILE, MODEL_FILE + "        url: javascript:alert(1)\n", "LF013",
+         "models.smollm2.files[0].url", "        url:"),
+    # --- environment names
+    _one("env key with a space", "env key", LOCAL, PROXY_AUTH, PROXY_AUTH + '    env: {"A B": x}\n', "LF015",
+         "services.proxy.env['A B']", "    env:"),
+    _one("env key with '='", "env key", LOCAL, PROXY_AUTH, PROXY_AUTH + '    env: {"A=B": x}\n', "LF015",
+         "services.proxy.env['A=B']", "    env:"),
+    _one("token_env that is not a name", "env key", LOCAL, PROXY_AUTH, "    auth: {token_env: 1TOKEN}\n", "LF013",
+         "services.proxy.auth.token_env"),
+    # --- numbers and cross-field rules
+    _one("negative gpu_layers", "cross-field", SEED, "    gpu_layers: 26\n", "    gpu_layers: -1\n", "LF013",
+         "services.target.gpu_layers"),
+    _one("gpu_layers above the model's layers", "cross-field", SEED, "    gpu_layers: 20\n", "    gpu_layers: 999\n",
+         "LF116", "services.m2-drafter.gpu_layers"),
+    _one("n_min above n_max", "cross-field", LOCAL, "n_max: 8,", "n_max: 2, n_min: 3,", "LF014",
+         "services.target.native_draft.n_min", "    native_draft: {"),
+    _one("usable_gb above vram_gb", "cross-field", SEED, "{vendor: apple, model: M4, vram_gb: 16}",
+         "{vendor: apple, model: M4, vram_gb: 16, usable_gb: 20}", "LF014", "hosts.mac-mini.gpus[0].usable_gb"),
+    _one("active_experts above experts", "cross-field", SEED, "moe: {experts: 32, active_experts: 4}",
+         "moe: {experts: 32, active_experts: 40}", "LF014", "models.gpt-oss-20b.architecture.moe.active_experts"),
+    _one("macOS below Metal's minimum", "cross-field", SEED, M2_MACOS, M2_MACOS.replace("15.3", "12.6"), "LF014",
+         "hosts.m2-air.macos_version", '    macos_version: "12.6"'),
+    _one("macos_version on a linux host", "cross-field", LOCAL, "    service_manager: supervisord\n",
+         '    service_manager: supervisord\n    macos_version: "14.1"\n', "LF014", "hosts.local.macos_version",
+         "    macos_version:"),
+    _one("device name with a space", "device", SEED, "    devices: [CUDA1]\n", '    devices: ["CUDA 1"]\n', "LF013",
+         "services.desktop-drafter.devices[0]"),
+    # --- YAML
+    _one("tag on a mapping", "YAML tag", LOCAL, "    connection: {type: local}\n",
+         "    connection: !!python/object:os.system {type: local}\n", "LF008", "hosts.local.connection"),
+    _one("tag on a list", "YAML tag", LOCAL, "    models: [smollm2, smollm2-slow]\n",
+         "    models: !!python/object/apply:os.system [smollm2, smollm2-slow]\n", "LF008", "hosts.local.models"),
+    # --- placement
+    _one("proxy on a windows host", "placement", SEED, "    host: mac-mini\n    bind: 192.168.86.40\n",
+         "    host: desktop\n    bind: 192.168.86.36\n", "LF194", "services.proxy.host", "    host: desktop\n    bind: 192.168.86.36\n    port: 8000"),
+]
