@@ -31,12 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from llamafleet import gguf_info
 from llamafleet.rig import cache, servers
 from llamafleet.rig.cache import _exclusive, _stamp, _stamped, cache_root
-from llamafleet.rig.relay import CountingRelay
-
-HASH_THRESHOLD = 10 * 1024 * 1024  # ggml-rpc.cpp: tensors above this go through the hash/cache path
+from llamafleet.rig.relay import CountingRelay, cacheable_bytes, target_load_bytes
 WIDE = {"n_embd": 1024, "n_ff": 6144, "n_head": 16, "n_head_kv": 4, "layers": 4}
 MIB = 2**20
 
@@ -103,42 +100,10 @@ def _write_wide(tokenizer_source: Path, dest: Path) -> None:
     writer.close()
 
 
-def tensor_bytes(model: Path) -> tuple[int, int]:
-    """(all tensor bytes, bytes in tensors over HASH_THRESHOLD), from the GGUF header."""
-    import gguf
-
-    header = gguf_info.read_header(gguf_info.FileSource(model.name, path=model))
-    total = large = 0
-    for _name, shape, qtype in header.tensors:
-        block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(qtype)]
-        n = int(np.prod(shape, dtype=np.int64)) * type_size // block
-        total += n
-        large += n if n > HASH_THRESHOLD else 0
-    return total, large
-
-
-def target_start(build, model: Path, relay: CountingRelay, log_dir: Path) -> tuple[int, float]:
-    """Start a target on the worker (through the relay) until healthy, stop it: (bytes sent, seconds)."""
-    relay.reset()
+def timed_start(build, model: Path, relay: CountingRelay, log_dir: Path) -> tuple[int, float]:
     started = time.perf_counter()
-    target = servers.start_llama_server(build, model, log_dir=log_dir, name="target",
-                                        args=["--rpc", relay.address, "-dev", "RPC0", "-ngl", "99",
-                                              "-c", "256", "-np", "1"])
-    seconds = time.perf_counter() - started
-    sent = relay.counts.to_server  # healthy: the weights are on the worker
-    with servers.running(target):  # and it works: one completion (its compute traffic is not counted)
-        completion = servers_post(target.url + "/completion", {"prompt": "Hello", "n_predict": 4})
-        if "content" not in completion:
-            raise SystemExit(f"the target did not complete: {completion}")
-    return sent, seconds
-
-
-def servers_post(url: str, body: dict) -> dict:
-    import urllib.request
-
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=120) as response:
-        return json.load(response)
+    sent = target_load_bytes(build, model, relay, log_dir)
+    return sent, time.perf_counter() - started
 
 
 def measure(build, model: Path, use_cache: bool, starts: int, work: Path) -> dict:
@@ -151,11 +116,11 @@ def measure(build, model: Path, use_cache: bool, starts: int, work: Path) -> dic
     relay = CountingRelay(("127.0.0.1", worker.port))
     try:
         for _ in range(starts):
-            runs.append(target_start(build, model, relay, log_dir))
+            runs.append(timed_start(build, model, relay, log_dir))
         worker.stop()  # the worker restarts too: its cache is on disk
         worker = servers.start_rpc_server(build, log_dir=log_dir, args=args, env=env)
         relay.target = ("127.0.0.1", worker.port)
-        after_worker_restart = target_start(build, model, relay, log_dir)
+        after_worker_restart = timed_start(build, model, relay, log_dir)
     finally:
         relay.close()
         worker.stop()
@@ -173,7 +138,7 @@ def main() -> int:
     build = cache.ensure_llama_cpp()
     rows = []
     for label, model in (("SmolLM2-135M Q4_1", cache.ensure_smollm2()), ("wide F16 (4 x 1024/6144)", ensure_wide_model())):
-        total, large = tensor_bytes(model)
+        total, large = cacheable_bytes(model)
         for use_cache in (False, True):
             with tempfile.TemporaryDirectory(prefix="rpc-cache-") as tmp:
                 result = measure(build, model, use_cache, args.starts, Path(tmp))

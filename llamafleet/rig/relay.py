@@ -1,11 +1,20 @@
 """A TCP relay on loopback that counts the bytes it forwards each way: it sits between a client and a
-server (llama-server ``--rpc`` and a ``ggml-rpc-server``) to measure what crosses the wire."""
+server (llama-server ``--rpc`` and a ``ggml-rpc-server``) to measure what crosses the wire.
+
+:func:`target_load_bytes` measures what one start of a target sends to its RPC worker, and
+:func:`cacheable_bytes` what a worker's tensor cache (``ggml-rpc-server -c``) can spare: the bytes of
+weight tensors over ``HASH_THRESHOLD``, which the client announces by hash before sending
+(ggml/src/ggml-rpc/ggml-rpc.cpp).
+"""
 
 from __future__ import annotations
 
 import socket
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
+
+HASH_THRESHOLD = 10 * 1024 * 1024  # ggml-rpc.cpp: weight tensors above this go through the hash/cache path
 
 
 @dataclass
@@ -89,3 +98,42 @@ class CountingRelay:
         self._listener.close()
         for s in self._sockets:
             s.close()
+
+
+def cacheable_bytes(model: Path) -> tuple[int, int]:
+    """(all tensor bytes, bytes in tensors over ``HASH_THRESHOLD``), from the GGUF header."""
+    import gguf
+    import numpy as np
+
+    from llamafleet import gguf_info
+
+    header = gguf_info.read_header(gguf_info.FileSource(model.name, path=model))
+    total = large = 0
+    for _name, shape, qtype in header.tensors:
+        block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(qtype)]
+        n = int(np.prod(shape, dtype=np.int64)) * type_size // block
+        total += n
+        large += n if n > HASH_THRESHOLD else 0
+    return total, large
+
+
+def target_load_bytes(build, model: Path, relay: CountingRelay, log_dir: Path) -> int:
+    """Start llama-server with every layer on the worker behind ``relay`` (``-dev RPC0 -ngl 99``) until
+    it is healthy, check it completes, stop it: the bytes it sent to the worker while loading."""
+    import json
+    import urllib.request
+
+    from llamafleet.rig import servers
+
+    relay.reset()
+    target = servers.start_llama_server(build, model, log_dir=log_dir, name="rpc-target",
+                                        args=["--rpc", relay.address, "-dev", "RPC0", "-ngl", "99",
+                                              "-c", "256", "-np", "1"])
+    sent = relay.counts.to_server  # healthy: the weights are on the worker
+    with servers.running(target):  # and it works (its compute traffic is not counted)
+        request = urllib.request.Request(f"{target.url}/completion", headers={"Content-Type": "application/json"},
+                                         data=json.dumps({"prompt": "Hello", "n_predict": 4}).encode())
+        with urllib.request.urlopen(request, timeout=120) as response:
+            if "content" not in json.load(response):
+                raise RuntimeError(f"the target on the RPC worker did not complete:\n{target.log_tail()}")
+    return sent
