@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from llamafleet.config.models import Inventory, ServiceManager
@@ -118,8 +118,9 @@ LLAMA_SERVER_ROLES = ("target", "target-plain", "drafter")
 
 
 def wait_spec(plan: HostPlan, build: str | None = None) -> dict:
-    """Readiness: every service answers, and each llama-server reports ``build`` (default: the pin)
-    in /props and answers one short completion (a target with a native draft: over its RPC worker)."""
+    """Readiness: every service answers, and each llama-server reports ``build`` (default: the pin;
+    "" for no build check) in /props and answers one short completion (a target with a native draft:
+    over its RPC worker)."""
     def probe(bind: str) -> str:  # a wildcard bind is reachable on loopback
         return "127.0.0.1" if bind in ("0.0.0.0", "::", "") else (f"[{bind}]" if ":" in bind else bind)
 
@@ -127,7 +128,7 @@ def wait_spec(plan: HostPlan, build: str | None = None) -> dict:
     tcp = [f"{probe(s.bind)}:{s.port}" for s in plan.services if not s.http_health]
     spec = {"http": http, "tcp": tcp, "timeout": 300, "logs": plan.path("supervisor", "logs")}
     servers = [f"http://{probe(s.bind)}:{s.port}" for s in plan.services if s.role in LLAMA_SERVER_ROLES]
-    number = (build or plan.build.build).lstrip("b")
+    number = (plan.build.build if build is None else build).lstrip("b")
     if servers and number.isdigit():
         spec["props"] = {base: int(number) for base in servers}
         spec["completion"] = servers
@@ -224,16 +225,19 @@ def planned_operations(plan: HostPlan, state: dict) -> list[PlannedOperation]:
         steps.append(PlannedOperation("rollout", "services ready", readiness.wait_for_services, {
             "helper": helper, "spec": wait_spec(plan), "windows": windows}, at(SWITCH, 3), "healthy", "wait"))
         if upgrade:
-            previous = (installed.get("record") or {}).get("build")
-            everything = HostChanges(units=unit_names(plan), files=[plan.supervisor_conf])
+            # What ran before: the services whose unit was on the host (a unit the new build added,
+            # e.g. a plain sidecar, is removed by the rollback), on the build the install record names.
+            before = replace(plan, services=[s for s in plan.services if seen.get(plan.unit_path(s))])
+            previous = (installed.get("record") or {}).get("build") or ""
+            everything = HostChanges(units=unit_names(before), files=[plan.supervisor_conf])
             steps += [
                 PlannedOperation("rollout", f"roll back to {current}", llama_cpp.rollback, {
                     "helper": helper, "install_dir": plan.host.install_dir}, at(ROLLBACK, 0), "failed", "rollback"),
                 # supervisord is running (the switch restarted programs under it): reload them all.
-                _services(plan, {"services": {"supervisord": {"running": True}}}, everything, unit_names(plan),
+                _services(before, {"services": {"supervisord": {"running": True}}}, everything, unit_names(before),
                           at(ROLLBACK, 1), "failed"),
                 PlannedOperation("rollout", f"services ready on {current}", readiness.wait_for_services, {
-                    "helper": helper, "spec": wait_spec(plan, previous) | _without_completion(), "windows": windows},
+                    "helper": helper, "spec": wait_spec(before, previous) | _without_completion(), "windows": windows},
                     at(ROLLBACK, 2), "failed", "rolled back"),
             ]
         what = f"rolled back to {current} after a failed switch to {plan.build.build_id}" if upgrade \

@@ -151,3 +151,52 @@ def test_drift_names_a_cluster_left_on_mixed_builds(seed):
     assert (mixed.host, mixed.check, mixed.severity, mixed.actual) == (
         "cluster", "mixed builds", Severity.fail, "a, b: b11434; d: b8942")
     assert mixed.expected == "every host on b8111"
+
+
+def _pair_inventory(build: str) -> Inventory:
+    """A target on alpha drafting natively over beta's RPC worker (the upgrade e2e's RPC group)."""
+    def host(address):
+        return {"connection": {"type": "ssh", "address": address, "user": "lf"}, "os": "linux", "arch": "x86_64",
+                "backend": "cpu", "install_dir": "/lf", "models_dir": "/lf/models", "service_manager": "supervisord"}
+
+    return Inventory.model_validate({
+        "version": 1, "cluster": "pair", "llama_cpp": {"build": build, "mirror": "http://10.0.0.9/m",
+                                                      "releases": [{"file": f"llama-{build}-bin-ubuntu-x64.tar.gz",
+                                                                    "os": "linux", "arch": "x86_64", "backend": "cpu",
+                                                                    "sha256": "a" * 64}]},
+        "hosts": {"alpha": host("10.0.0.2"), "beta": host("10.0.0.3")},
+        "models": {"smol": {"files": [{"name": "smol.gguf", "sha256": "b" * 64, "size": 98362432}], "quant": "Q4_1",
+                            "tokenizer": "smollm2",
+                            "architecture": {"family": "llama", "layers": 30, "n_embd": 576, "kv_dim": 192}}},
+        "services": {
+            "target": {"role": "target", "host": "alpha", "bind": "10.0.0.2", "port": 8080, "model": "smol",
+                       "native_draft": {"model": "smol", "rpc_worker": "rpc", "n_max": 4}},
+            "rpc": {"role": "rpc-worker", "host": "beta", "bind": "10.0.0.3", "port": 50052},
+        },
+    })
+
+
+def test_an_upgrades_rollback_waits_for_what_ran_before_on_the_build_before(seed):
+    """alpha moves b8942 -> b11434: the new plan adds units the old one did not have (b11434 has no
+    per-request speculation switch, so the target gets a plain sidecar). The rollback's restart and
+    readiness cover only the units that were on the host, and expect b8942 in /props."""
+    from llamafleet.deploys.deploy import planned_operations
+
+    old, new = plan_host(_pair_inventory("b8942"), "alpha"), plan_host(_pair_inventory("b11434"), "alpha")
+    added = {s.unit_name for s in new.services} - {s.unit_name for s in old.services}
+    state = {"install": {"current": "b8942-cpu", "builds": ["b8942-cpu"], "installed": {"b8942-cpu": ["c" * 64]},
+                         "record": {"build": "b8942", "artifacts_sha256": ["c" * 64]}},
+             "files": {old.unit_path(s): {"sha256": "0" * 64, "mode": "0644", "owner": "lf"} for s in old.services},
+             "services": {"supervisord": {"running": True, "programs": {s.unit_name: "RUNNING" for s in old.services}}},
+             "models": {}, "disk_free": 1 << 40}
+    ops = {op.tag: op for op in planned_operations(new, state) if op.tag}
+    assert [ops[t].when for t in ("stop", "switch", "units", "services", "wait", "rollback", "restart", "rolled back",
+                                  "report")] == ["healthy"] * 5 + ["failed"] * 4
+    assert ops["stop"].kwargs["programs"] == ["llamafleet-target"]  # the RPC client, before beta switches
+    assert set(ops["switch"].kwargs["files"]) >= {new.unit_path(s) for s in new.services}
+    forward, back = ops["wait"].kwargs["spec"], ops["rolled back"].kwargs["spec"]
+    assert set(forward["props"].values()) == {11434} and forward["completion"]
+    assert added == {"llamafleet-target-plain"}
+    assert back["supervisord"]["programs"] == ["llamafleet-target"] and len(back["http"]) == 1
+    assert set(back["props"].values()) == {8942} and back["completion"] == []
+    assert ops["report"].kwargs["message"] == "hosts.alpha: rolled back to b8942-cpu after a failed switch to b11434-cpu"
