@@ -82,7 +82,8 @@ per prompt with llama-server alone (agreeing target direct: {results['agreeing']
 """ + "\n".join(rows) + """
 
 On this 2-core CPU every server shares the same two cores, so a draft costs the target time; the
-proxy path's verification batch is no cheaper per token than decoding (FACTS.md). `auto` therefore
+proxy path's verification batch is no cheaper per token than decoding (each prefix is re-evaluated,
+and here a prompt token costs about as much as a generated one). `auto` therefore
 routes to the fastest measured path, which here is the plain target or native speculation. In this
 table `auto` serves only 6 requests from a cold start, so its first probes of each path weigh
 heavily; `proxy_fast_target` measures it over 24 requests. The proxy path starts with 2-token drafts

@@ -5,7 +5,7 @@ themselves, from wherever it runs (a laptop, a CI runner):
 
 - every llama-server answers ``/health``;
 - every llama-server's ``/props`` ``build_info`` is the expected one, and all of them agree
-  (the seed report's cluster ran b8112, b8100 and b8079 side by side);
+  (machines upgraded one by one by hand drift apart, e.g. b8112, b8100 and b8079 side by side);
 - ``/props`` ``total_slots`` equals the inventory's ``parallel``;
 - each drafter shares its target's vocabulary: ``/v1/models`` metadata, then ``/tokenize`` of probe
   strings, which must give identical ids (the same family name can still hide a changed vocabulary);

@@ -1,2 +1,2 @@
-"""``llamafleet bench``: baseline against each speculation path (and Tightwad), in the seed report's
-tables, with the analytic speedup bound, JSON and charts."""
+"""``llamafleet bench``: baseline against each speculation path (and Tightwad), as per-category
+tables and speculation statistics, with the analytic speedup bound, JSON and charts."""

@@ -10,7 +10,7 @@ from typing import Iterable, Sequence
 from llamafleet.bench.bound import alpha_from_tokens_per_round, speedup_bound
 from llamafleet.bench.runner import Sample
 
-ALL = "all"  # the pooled row, the seed report's "Average"
+ALL = "all"  # the pooled row, the tables' "Average"
 
 
 def summarize(samples: Sequence[Sample], conditions: Sequence[str], *, max_tokens: int,
@@ -91,7 +91,8 @@ def output_checks(samples: Sequence[Sample], max_tokens: int) -> dict:
 
 
 def speculation_stats(samples: Sequence[Sample], speedup: dict | None, cost_ratio: float | None) -> dict:
-    """The seed report's proxy statistics, pooled over a condition's requests, plus the bound."""
+    """The proxy statistics (rounds, drafted, accepted, tokens per round), pooled over a condition's
+    requests, plus the bound."""
     specs = [s.spec for s in samples if s.spec]
     totals = {k: _total(spec.get(k) for spec in specs) for k in
               ("rounds", "drafted", "accepted", "target_tokens_evaluated", "draft_ms", "verify_ms")}

@@ -1,4 +1,5 @@
-"""The benchmark's prompts: the seed report's five categories, several prompts each, or a user file.
+"""The benchmark's prompts: five categories (factual, code, creative, reasoning, list), several
+prompts each, or a user file.
 
 A prompt file is YAML or JSON: either a mapping ``{category: [prompt, ...]}`` or a list of
 ``{category: ..., prompt: ...}`` items. Every problem is reported with the file and the item.

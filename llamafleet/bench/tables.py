@@ -1,5 +1,6 @@
-"""The seed report's tables, as Markdown pipe tables (they read on a terminal and paste into docs):
-one per-category table per condition, then the proxy statistics side by side."""
+"""The benchmark's tables, as Markdown pipe tables (they read on a terminal and paste into docs):
+one per-category table per condition (time, tokens, tok/s per prompt category, and their average),
+then the proxy statistics side by side (rounds, drafted, accepted, acceptance, tokens per round)."""
 
 from __future__ import annotations
 

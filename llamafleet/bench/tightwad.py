@@ -24,7 +24,7 @@ from llamafleet.rig.cache import cache_root
 from llamafleet.rig.servers import RunningProcess, free_port
 
 TIGHTWAD_VERSION = "0.5.4"
-DRAFT_TOKENS = 8  # Tightwad's default max_draft_tokens, as in FACTS.md's measurements
+DRAFT_TOKENS = 8  # Tightwad's default max_draft_tokens
 
 _SERVE = (
     "import uvicorn; from tightwad.config import load_proxy_from_env; from tightwad.proxy import create_app; "

@@ -1,5 +1,6 @@
-"""``llamafleet bench [INVENTORY] [--rig]``: baseline against each speculation path, in the seed
-report's tables, with Tightwad side by side when it is installed. See docs/benchmarks.md."""
+"""``llamafleet bench [INVENTORY] [--rig]``: baseline against each speculation path, as per-category
+tables and speculation statistics, with Tightwad side by side when it is installed. See
+docs/benchmarks.md."""
 
 from __future__ import annotations
 
