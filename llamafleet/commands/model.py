@@ -165,6 +165,46 @@ def _commented(data):
     return data
 
 
+def _last_line(node) -> tuple | None:
+    """``(container, key, slot)`` of the last value written in ``node`` (block style): ruamel keeps the
+    comments and blank lines that follow a section on that value, ``container.ca.items[key][slot]``."""
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+    while isinstance(node, (CommentedMap, CommentedSeq)) and len(node):
+        key = list(node)[-1] if isinstance(node, CommentedMap) else len(node) - 1
+        value = node[key]
+        if isinstance(value, (CommentedMap, CommentedSeq)) and len(value) and not value.fa.flow_style():
+            node = value
+            continue
+        return node, key, 2 if isinstance(node, CommentedMap) else 0
+    return None
+
+
+def _move_trailing_lines(before: tuple | None, after: tuple | None) -> None:
+    """Keep what followed the models section (blank lines, the next section's comment) after it: move it
+    from the value that ended the section before the edit to the value that ends it now."""
+    import copy
+
+    if before is None or after is None or before[:2] == after[:2]:
+        return
+    old, key, slot = before
+    slots = old.ca.items.get(key)
+    token = slots[slot] if slots and len(slots) > slot else None
+    if token is None or "\n" not in token.value:
+        return
+    eol, _, rest = token.value.partition("\n")
+    if not rest:
+        return
+    if eol.strip():
+        token.value = eol + "\n"
+    else:
+        slots[slot] = None
+    moved = copy.copy(token)
+    moved.value = "\n" + rest
+    new, new_key, new_slot = after
+    new.ca.items.setdefault(new_key, [None] * 4)[new_slot] = moved
+
+
 def write_entries(path: Path, entries: dict[str, dict]) -> bool:
     """Set ``models.<name>`` for each entry, keeping the rest of the file; validate, then replace
     atomically. False when the file already said all of it (and is left untouched)."""
@@ -173,10 +213,11 @@ def write_entries(path: Path, entries: dict[str, dict]) -> bool:
     original = target.read_text(encoding="utf-8")
     document = yaml.load(original)
     models = document.get("models")
-    if models is None:
+    if not models:  # no models: key, "models:" with nothing, or "models: {}"
         from ruamel.yaml.comments import CommentedMap
 
         models = document["models"] = CommentedMap()
+    section_end = _last_line(models)
     for name, data in entries.items():
         if name in models:
             for key, value in data.items():  # fill in, keeping the entry's own order and comments
@@ -187,6 +228,7 @@ def write_entries(path: Path, entries: dict[str, dict]) -> bool:
                     models[name].setdefault(key, _commented(value))
         else:
             models[name] = _commented(data)
+    _move_trailing_lines(section_end, _last_line(models))
     text = io.StringIO()
     yaml.dump(document, text)
     if text.getvalue() == original:

@@ -283,6 +283,35 @@ def test_the_same_file_under_a_new_name_points_at_the_existing_entry(real_models
     assert inv.read_text() == before
 
 
+@pytest.mark.parametrize("tail", [
+    "",
+    "models: {}\n",
+    "models: {}  # none yet\n",
+    "\n# the models come last\nmodels:\n  other:\n    files: [{name: o.gguf, sha256: \"%s\", size: 1}]\n    quant: Q4_1\n"
+    "    tokenizer: x   # typed by hand\n# end of file\n" % ("b" * 64),
+    "models:\n  other:\n    files:\n      - name: o.gguf\n        sha256: \"%s\"\n        size: 1\n    quant: Q4_1\n"
+    "    tokenizer: x\n\n# no services yet\nservices: {}\n" % ("b" * 64),
+], ids=["no models key", "flow empty models", "flow empty with comment", "entries and comments",
+        "a section after the models"])
+def test_add_into_each_shape_of_models_section(tail, real_models, inventory, capsys):
+    inventory.write_text(BASE_INVENTORY + tail)
+    before = inventory.read_text()
+    code, _, err = add(real_models["partial"], inventory, capsys)
+    assert code == 0, err
+    after = inventory.read_text()
+    assert "  smollm2-partial-31:\n    files:\n      - name: smollm2-partial-31.gguf\n" in after
+    for line in before.splitlines():
+        if "{}" not in line:  # an empty flow mapping becomes a block one
+            assert line in after.splitlines(), line
+    assert set(load_inventory(inventory).models) >= {"smollm2-partial-31"}
+    # What followed the models section still follows it: the new entry is not put after it.
+    for trailer in ("# end of file", "# no services yet"):
+        if trailer in before:
+            assert after.index(trailer) > after.index("smollm2-partial-31:"), after
+    if "# typed by hand" in before:
+        assert "tokenizer: x   # typed by hand\n" in after
+
+
 def test_numeric_looking_hashes_are_written_as_strings(inventory):
     """A sha256 of digits only would read back as an integer unless quoted."""
     facts = gguf_info.ModelFacts(
