@@ -37,8 +37,8 @@ def test_speedup_bound(alpha, gamma, c, expected):
     assert speedup_bound(alpha, gamma, c) == pytest.approx(expected, rel=1e-12)
 
 
-def test_seed_report_pair_could_not_beat_0_39x_by_much_if_draft_was_slow():
-    # The seed's pair: 100% acceptance, 32-token drafts; a draft at 40% of the target's cost per
+def test_gpt_oss_pair_could_not_beat_0_39x_by_much_if_draft_was_slow():
+    # The GPT-OSS 120B/20B run in docs/benchmarks.md: 100% acceptance, 32-token drafts; a draft at 40% of the target's cost per
     # token bounds the speedup at 33 / (32 * 0.4 + 1) = 2.39x: the 0.39x it measured was overhead.
     assert speedup_bound(1.0, 32, 0.4) == pytest.approx(33 / 13.8)
 

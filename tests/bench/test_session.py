@@ -1,5 +1,5 @@
-"""`llamafleet bench INVENTORY`: what it derives from a real inventory file (the seed cluster and the
-local demo inventory), and its clear errors. No cluster is contacted here; the rig test covers runs."""
+"""`llamafleet bench INVENTORY`: what it derives from a real inventory file (the four-machine example
+cluster and the local demo inventory), and its clear errors. No cluster is contacted here; the rig test covers runs."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def test_cli_errors_are_one_line_not_tracebacks(tmp_path, capsys):
 
 
 def test_mode_not_offered_is_named(tmp_path, capsys):
-    # The seed proxy offers native and auto only; asking for proxy fails before any request is sent.
+    # The example's proxy offers native and auto only; asking for proxy fails before any request is sent.
     # (Addresses moved to loopback all the same: a regression must not send traffic to a LAN.)
     inventory = tmp_path / "seed-loopback.yaml"
     inventory.write_text(SEED.read_text().replace("192.168.86.", "127.0.0."))

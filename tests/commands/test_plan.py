@@ -147,7 +147,7 @@ def test_unknown_host_is_one_clear_error(capsys, args):
 
 BAD = [
     ("syntax", "version: 1\ncluster: [unclosed\n"),
-    ("schema", None),  # the seed with a port out of range
+    ("schema", None),  # the four-machine example with a port out of range
     ("missing-file", ""),
 ]
 

@@ -55,7 +55,7 @@ def test_regenerating_from_the_real_build_reproduces_the_shipped_data(real_build
 # What each build is known to do (its CMake files, arg.cpp, server sources and --version). Both rig
 # builds are compiled from sdists without git metadata, so their build_info says commit "unknown"
 # (llama.cpp's own b8942 release archive reports "b8942-f535774").
-FACTS = {
+KNOWN = {
     "b11434": dict(rpc_binary="ggml-rpc-server", per_request_speculative=False, props_build_info="b11434-unknown",
                    draft_args=["--spec-type", "draft-simple", "--spec-draft-n-max", "8", "--spec-draft-n-min", "2"],
                    has_spec_types={"none", "draft-simple", "ngram-mod"}),
@@ -65,9 +65,9 @@ FACTS = {
 }
 
 
-@pytest.mark.parametrize("build", sorted(FACTS))
+@pytest.mark.parametrize("build", sorted(KNOWN))
 def test_shipped_capabilities(build):
-    caps, facts = builds.caps_for(build), FACTS[build]
+    caps, facts = builds.caps_for(build), KNOWN[build]
     assert caps.origin == "shipped" and caps.server_binary == "llama-server"
     assert caps.rpc_binary == facts["rpc_binary"]
     assert caps.per_request_speculative is facts["per_request_speculative"]
@@ -250,7 +250,7 @@ def test_learned_store_round_trip_and_offline_validate(b8942_help, write, tmp_pa
     assert [p.name for p in path.parent.iterdir()] == ["b8111.json"]  # no temporary file left behind
     assert builds.caps_for("b8111") == learned
     assert "b8111" in builds.known_builds() and "b8111" in builds.builds_with_flag("server", "--draft-max")
-    # validate, offline, now checks the seed example (b8111) against what was learned
+    # validate, offline, now checks the four-machine example (b8111) against what was learned
     text = edit(SEED, TARGET_ARGS, '    extra_args: ["--np", "1", "--spec-type", "draft-simple"]\n')
     result = run_cli("validate", str(write(text)), env={"LLAMAFLEET_CACHE": str(tmp_path / "cache")})
     assert result.returncode == 1

@@ -1,5 +1,7 @@
-"""Each mistake of the seed report, written into the (otherwise valid) seed cluster example, fails
-``llamafleet validate`` with its own code at the line of the mistake."""
+"""Each classic mistake of a hand-set-up cluster (three builds side by side, a hand-typed model path,
+``--np``, a Q8_0 draft on a 16 GB M2, a MoE target split over RPC onto a 12 GB card), written into the
+(otherwise valid) four-machine example inventory/examples/seed-cluster.yaml, fails ``llamafleet
+validate`` with its own code at the line of the mistake."""
 
 from __future__ import annotations
 

@@ -41,7 +41,8 @@ def test_limit_to_a_group_checks_only_its_hosts(tmp_path, capsys):
 
 
 def test_a_build_without_git_metadata_gets_an_explaining_hint(tmp_path):
-    """What a llama.cpp source tree without git metadata reports (FACTS: b0-unknown) against the pin."""
+    """A llama.cpp built from a source tree without git metadata reports build_info "b0-unknown" (its
+    cmake/build-info.cmake counts commits with git): checked against the pin, with a hint."""
     from llamafleet.config import load_inventory
     from llamafleet.doctor import Doctor, Http, expectation
 
