@@ -1,17 +1,31 @@
-"""Render a host's service definitions and configs from templates/ (Jinja2). Pure: text in, text out."""
+"""Render a host's service definitions and configs from templates/ (Jinja2). Pure: text in, text out.
+
+Autoescaping is off because no single escape fits: every interpolated value goes through the filter of
+the format it lands in, and each filter belongs to the module of that format (``systemd_*``:
+:mod:`..operations.systemd`; ``supervisor_*``: :mod:`..operations.supervisord`; ``winsw*``:
+:mod:`..operations.winsw`; ``xml``: :func:`..operations.common.xml_text`). A value a format cannot
+carry unchanged is refused with a :class:`UserError`, never written altered.
+"""
 
 from __future__ import annotations
 
 import json
-import shlex
-import subprocess
 from functools import lru_cache
 from importlib import resources
 
 import jinja2
 
 from llamafleet.config.models import ServiceManager
+from llamafleet.deploys.operations import supervisord, systemd, winsw
+from llamafleet.deploys.operations.common import xml_text
 from llamafleet.deploys.plan import HostPlan, ServicePlan
+from llamafleet.errors import UserError
+
+FILTERS = {
+    "systemd_exec": systemd.exec_line, "systemd_env": systemd.environment_line, "systemd": systemd.setting,
+    "supervisor_command": supervisord.command, "supervisor_env": supervisord.environment,
+    "supervisor": supervisord.setting, "winsw": winsw.text, "winsw_args": winsw.arguments, "xml": xml_text,
+}
 
 TEMPLATES = {
     ServiceManager.systemd: "systemd.service.j2",
@@ -24,12 +38,17 @@ TEMPLATES = {
 @lru_cache(maxsize=1)
 def _environment() -> jinja2.Environment:
     folder = resources.files("llamafleet.templates")
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(folder)), undefined=jinja2.StrictUndefined,
-                              keep_trailing_newline=True, autoescape=False)
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(str(folder)), undefined=jinja2.StrictUndefined,
+                                     keep_trailing_newline=True, autoescape=False)
+    environment.filters.update(FILTERS)
+    return environment
 
 
-def _render(template: str, **values) -> str:
-    return _environment().get_template(template).render(**values)
+def _render(template: str, what: str, **values) -> str:
+    try:
+        return _environment().get_template(template).render(**values)
+    except ValueError as err:
+        raise UserError(f"{what}: {err}") from None
 
 
 def _log_dir(plan: HostPlan) -> str:
@@ -44,21 +63,19 @@ def render_unit(plan: HostPlan, svc: ServicePlan, manager: ServiceManager | None
     connection_user = getattr(plan.host.connection, "user", None)
     return _render(
         TEMPLATES[manager],
+        f"hosts.{plan.name}: service {svc.service} ({manager.value})",
         svc=svc,
         host=plan.name,
         install_dir=plan.host.install_dir,
         log_dir=_log_dir(plan),
-        command=shlex.join(svc.argv),
-        # WinSW takes one argument string, quoted the Windows way.
-        arguments=subprocess.list2cmdline(svc.argv[1:]),
         # supervisord can only switch users when it runs as root; name one only when it differs.
         run_as=svc.user if plan.host.service_user and svc.user != connection_user else None,
     )
 
 
 def render_supervisord_conf(plan: HostPlan) -> str:
-    return _render("supervisord.conf.j2", host=plan.name, dir=plan.supervisor_dir, conf=plan.supervisor_conf,
-                   install_dir=plan.host.install_dir)
+    return _render("supervisord.conf.j2", f"hosts.{plan.name}: supervisord.conf", host=plan.name,
+                   dir=plan.supervisor_dir, conf=plan.supervisor_conf, install_dir=plan.host.install_dir)
 
 
 def render_proxy_config(plan: HostPlan, service: str) -> str:

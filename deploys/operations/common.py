@@ -1,5 +1,9 @@
 """The helper every OS and service-manager module shares: decide from the gathered state, yield commands.
 
+It also owns the quoting of the formats that are not one service manager's: POSIX shell (``shlex.quote``
+on every interpolated value), PowerShell (:func:`ps_quote`) and XML (:func:`xml_text`). Each service
+manager's own format is quoted by its module (``systemd``, ``supervisord``, ``winsw``).
+
 Operations never read the host themselves: they get the slice of the one :mod:`HostState
 <llamafleet.deploys.facts.host_state>` fact they need, so a no-op deploy costs one remote command.
 """
@@ -11,8 +15,10 @@ import hashlib
 import json
 import ntpath
 import posixpath
+import re
 import shlex
 from io import BytesIO
+from xml.sax.saxutils import escape as xml_escape
 
 from pyinfra.api import FileUploadCommand
 
@@ -30,8 +36,24 @@ def file_matches(files: dict, path: str, content: str, mode: str | None = None) 
 
 
 def ps_quote(text: str) -> str:
-    """A PowerShell single-quoted literal."""
-    return "'" + text.replace("'", "''") + "'"
+    """A PowerShell single-quoted literal: nothing inside is expanded; a quote is doubled. PowerShell
+    also reads the typographic quotes (U+2018, U+2019, U+201A, U+201B) as single quotes, so they are
+    doubled as well."""
+    return "'" + re.sub("(['\u2018\u2019\u201a\u201b])", r"\1\1", text) + "'"
+
+
+# Characters XML 1.0 cannot hold at all, not even as a character reference.
+_XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_text(text: str) -> str:
+    """Text for an XML element or a double- or single-quoted attribute (WinSW's XML, launchd's plist).
+    Tab, newline and carriage return become character references, so a parser's attribute and line-end
+    normalisation gives them back unchanged; characters XML cannot carry are refused."""
+    bad = _XML_ILLEGAL.search(text)
+    if bad:
+        raise ValueError(f"{text!r}: XML cannot hold the character {bad.group()!r}")
+    return xml_escape(text, {'"': "&quot;", "'": "&apos;", "\t": "&#9;", "\n": "&#10;", "\r": "&#13;"})
 
 
 def upload_posix(path: str, content: str, mode: str):

@@ -7,9 +7,63 @@ in ``conf.d/``. ``supervisorctl update`` restarts exactly the programs whose con
 from __future__ import annotations
 
 import posixpath
+import re
 import shlex
 
 from pyinfra.api import operation
+
+# supervisord's config format (supervisor.options.UnhosedConfigParser, a configparser.RawConfigParser):
+# - every value is expanded with Python %-formatting (``%(here)s``, ``%(ENV_X)s``): ``%%`` is a ``%``;
+# - ``;`` or ``#`` after whitespace starts an inline comment, anywhere in the line;
+# - a value is trimmed, and a line break ends it (a newline cannot be written at all);
+# - command= is split by ``shlex.split`` (POSIX rules); environment= by a non-POSIX ``shlex.shlex``
+#   (one quoted word per value, no escapes inside quotes) that then strips quote characters off both
+#   ends of each value.
+_COMMENT = re.compile(r"(\s)([;#])")
+
+
+def _refuse_controls(text: str) -> None:
+    if any(ord(c) < 0x20 or c == "\x7f" for c in text):
+        raise ValueError(f"{text!r}: a supervisord config line cannot hold a control character")
+
+
+def _word(arg: str) -> str:
+    """One POSIX shell word (``shlex.quote``); a ``;`` or ``#`` after whitespace gets an empty ``''``
+    between them, which shlex joins away and the config parser does not read as a comment."""
+    return _COMMENT.sub(r"\1''\2", shlex.quote(arg))
+
+
+def command(argv: list[str] | tuple[str, ...]) -> str:
+    """The value of command= that supervisord splits back into exactly ``argv``."""
+    for arg in argv:
+        _refuse_controls(arg)
+    return " ".join(_word(arg) for arg in argv).replace("%", "%%")
+
+
+def environment(pairs: list[tuple[str, str]] | tuple[tuple[str, str], ...]) -> str:
+    """The value of environment=: ``KEY="value",...``. A value that supervisord cannot carry is refused:
+    one holding both kinds of quote, starting or ending with one (they are stripped), or holding a
+    ``;``/``#`` after whitespace (a comment, even inside quotes)."""
+    items = []
+    for key, value in pairs:
+        _refuse_controls(value)
+        quote = '"' if '"' not in value else "'" if "'" not in value else None
+        ends = value[:1] + value[-1:]
+        if quote is None or any(c in "'\"" for c in ends) or _COMMENT.search(value):
+            raise ValueError(f"supervisord's environment= cannot carry {key}={value!r} unchanged (quotes at its ends "
+                             "or of both kinds, or a ';'/'#' after a space); use a systemd host, or change the value")
+        items.append(f"{key}={quote}{value}{quote}")
+    return ",".join(items).replace("%", "%%")
+
+
+def setting(text: str) -> str:
+    """A plain value (directory=, user=, a log file): ``%`` doubled; refused when the parser would
+    trim it or read a comment in it."""
+    _refuse_controls(text)
+    if text != text.strip() or _COMMENT.search(text):
+        raise ValueError(f"{text!r} cannot be written as a supervisord setting (a space at an end, or a ';'/'#' "
+                         "after a space)")
+    return text.replace("%", "%%")
 
 
 @operation()
@@ -34,14 +88,14 @@ def services(conf: str, programs: list[str], changed: list[str], restart: list[s
         yield f"{ctl} update"
     to_restart = [p for p in restart if p not in changed]
     if to_restart:
-        yield f"{ctl} restart {' '.join(to_restart)}"
+        yield f"{ctl} restart {' '.join(map(shlex.quote, to_restart))}"
     stopped = [p for p in programs if p not in changed and p not in to_restart and running.get(p) != "RUNNING"]
     if stopped:
-        yield f"{ctl} start {' '.join(stopped)}"
+        yield f"{ctl} start {' '.join(map(shlex.quote, stopped))}"
 
 
 @operation()
 def stop(conf: str, programs: list[str]):
     """Stop ``programs`` (a rollout stops RPC clients before their workers switch builds)."""
     if programs:
-        yield f"supervisorctl -c {shlex.quote(conf)} stop {' '.join(programs)}"
+        yield f"supervisorctl -c {shlex.quote(conf)} stop {' '.join(map(shlex.quote, programs))}"

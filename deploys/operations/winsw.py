@@ -8,9 +8,29 @@ reinstalling the service; a binary change only restarts it.
 
 from __future__ import annotations
 
+import re
+import subprocess
+
 from pyinfra.api import operation
 
-from llamafleet.deploys.operations.common import ps_quote
+from llamafleet.deploys.operations.common import ps_quote, xml_text
+
+# WinSW expands %NAME% (Environment.ExpandEnvironmentVariables) in the executable, the arguments, env
+# values and paths, and there is no escape for it; a value holding one is refused rather than changed.
+_EXPANDED = re.compile(r"%[A-Za-z_][A-Za-z0-9_()]*%")
+
+
+def text(value: str) -> str:
+    """A value for WinSW's XML: XML-escaped, and refused if WinSW would expand part of it."""
+    if _EXPANDED.search(value):
+        raise ValueError(f"{value!r}: WinSW would expand {_EXPANDED.search(value).group()} in it (no escape exists)")
+    return xml_text(value)
+
+
+def arguments(argv: list[str] | tuple[str, ...]) -> str:
+    """<arguments>: one command line, quoted by the Microsoft C runtime's rules (what a Windows
+    program's argv is parsed with), then escaped for XML."""
+    return text(subprocess.list2cmdline(list(argv)))
 
 
 def _exe(xml_path: str) -> str:
