@@ -50,7 +50,8 @@ def _llama_services(inventory: Inventory) -> Iterator[tuple[str, LlamaServerServ
 
 
 def check_one_build(inventory: Inventory) -> Findings:
-    """LF101: the whole cluster runs one llama.cpp build (the seed ran b8112, b8100 and b8079)."""
+    """LF101: the whole cluster runs one llama.cpp build (machines upgraded one by one by hand end
+    up on b8112, b8100 and b8079 side by side)."""
     pinned = inventory.llama_cpp.build
     for name, host in inventory.hosts.items():
         if host.llama_cpp_build is not None and host.llama_cpp_build != pinned:
@@ -117,7 +118,7 @@ def check_managed_args(inventory: Inventory) -> Findings:
         for index, flag in _flag_tokens(service.extra_args):
             where = ("services", name, "extra_args", index)
             if flag in MODEL_PATH_FLAGS:
-                yield Finding("LF104", f"{flag} sets a model path by hand (the seed's hand-typed M2 path did not exist)",
+                yield Finding("LF104", f"{flag} sets a model path by hand (a hand-typed path is easily wrong on one machine)",
                               "name the model in the service's model: (or native_draft:); its path is derived "
                               "from the host's models_dir and the file name", where)
             elif flag in managed:

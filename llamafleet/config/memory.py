@@ -29,7 +29,7 @@ DEVICE_PREFIX = {Backend.cuda: "CUDA", Backend.rocm: "ROCm", Backend.vulkan: "Vu
 
 def metal_working_set_gib(unified_gib: float) -> float:
     """macOS's default Metal working set (MTLDevice.recommendedMaxWorkingSetSize): 2/3 of unified
-    memory up to 36 GiB, 3/4 above. A 16 GiB M2 reports 11,453.25 MB (= 10.67 GiB), as in the seed."""
+    memory up to 36 GiB, 3/4 above. A 16 GiB M2 reports 11,453.25 MB (= 10.67 GiB) in llama.cpp's Metal log."""
     return unified_gib * (2 / 3 if unified_gib <= 36 else 3 / 4)
 
 
@@ -227,8 +227,9 @@ def memory_findings(inventory: Inventory) -> list[Finding]:
 def moe_rpc_findings(inventory: Inventory, ledger: Ledger) -> list[Finding]:
     """LF112: an MoE target split over RPC workers. Each worker is handed a share of the model in
     proportion to the memory it reports, and a ggml-rpc-server that fronts several GPUs reports them
-    together while its buffers land on one card. The seed's desktop reported 28 GB (16 + 12) against
-    akiva's 48 GB, so it was handed 28/76 of ~60.5 GB = 22.3 GB, on a 12 GB RTX 3060."""
+    together while its buffers land on one card. In the four-machine example the desktop's worker
+    reports 28 GB (16 + 12) against akiva's 48 GB, so it is handed 28/76 of ~60.5 GB = 22.3 GB, and
+    llama.cpp fails to allocate that on the 12 GB RTX 3060."""
     findings = []
     for name, service in inventory.services.items():
         if not isinstance(service, TargetService) or not service.rpc_workers:

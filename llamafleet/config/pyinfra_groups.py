@@ -41,7 +41,8 @@ def host_data(inventory: Inventory, inventory_path: Path, name: str) -> dict[str
             data["ssh_key"] = host.connection.key_file
     if host.os is OS.windows:
         # pyinfra 3 has no Windows support: OpenSSH's default shell there is PowerShell, so commands
-        # must not be wrapped in sh -c (see docs/architecture.md and FACTS).
+        # must not be wrapped in sh -c (pyinfra 3.0 removed its winrm connector and Windows
+        # operations; docs/deploys.md, "Windows over OpenSSH").
         data["_shell_executable"] = None
     return data
 
