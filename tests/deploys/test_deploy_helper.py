@@ -111,7 +111,7 @@ def test_state_of_a_fresh_host(tmp_path):
 
 @pytest.mark.parametrize("line,build", [
     ("version: 0.6.0-dev (build 11434, commit unknown)", 11434),  # source tree, number set by cmake
-    ("version: 0.6.0-dev (build 0, commit unknown)", 0),  # source tree without git metadata (FACTS)
+    ("version: 0.6.0-dev (build 0, commit unknown)", 0),  # source tree without git metadata
     ("version: 8111 (5f6a8c4e1)", 8111),  # upstream release archives
     ("error: no version line (exit 127)", None),
 ])

@@ -93,7 +93,7 @@ def test_missing_release_names_the_upstream_file(seed):
 
 
 def test_native_speculation_target_flags(seed):
-    """The seed pinned to b11434 (shipped data): the exact command line in b11434's spellings."""
+    """The four-machine example pinned to b11434 (shipped data): the exact command line in b11434's spellings."""
     data = seed.model_dump(mode="json", exclude_none=True)
     data["llama_cpp"]["build"] = "b11434"
     target = next(s for s in plan_host(Inventory.model_validate(data), "akiva").services if s.service == "target")
