@@ -50,9 +50,10 @@ def linux_install_commands(kind: str, version: str, os_release: dict) -> list[st
         if apt:
             package = f"nvidia-driver-{version.split('.')[0]}" if distro == "ubuntu" or "ubuntu" in like else "nvidia-driver"
             return ["apt-get update -q",
-                    f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q --allow-downgrades '{package}={version}-*'",
-                    f"apt-mark hold {package}"]
-        return [f"dnf install -y 'nvidia-driver-3:{version}*'", "dnf versionlock add nvidia-driver"]
+                    "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --allow-downgrades "
+                    + shlex.quote(f"{package}={version}-*"),
+                    f"apt-mark hold {shlex.quote(package)}"]
+        return [f"dnf install -y {shlex.quote(f'nvidia-driver-3:{version}*')}", "dnf versionlock add nvidia-driver"]
     if not apt:
         raise UserError(f"ROCm {version}: only Ubuntu/Debian hosts are supported through AMD's apt repository "
                         f"(found {distro or 'an unknown distribution'})")
@@ -76,7 +77,7 @@ def windows_install_commands(version: str, mirror: str | None, install_dir: str)
             f"Invoke-WebRequest -UseBasicParsing -Uri {ps_quote(mirror.rstrip('/') + '/' + installer)} -OutFile {ps_quote(path)}",
             # NVIDIA publishes no checksums; the installer's Authenticode signature must be NVIDIA's.
             f"$s = Get-AuthenticodeSignature {ps_quote(path)}; if ($s.Status -ne 'Valid' -or "
-            f"$s.SignerCertificate.Subject -notmatch 'NVIDIA Corporation') {{ throw 'llamafleet: {installer} is not signed by NVIDIA' }}",
+            f"$s.SignerCertificate.Subject -notmatch 'NVIDIA Corporation') {{ throw {ps_quote(f'llamafleet: {installer} is not signed by NVIDIA')} }}",
             f"$p = Start-Process -Wait -PassThru -FilePath {ps_quote(path)} -ArgumentList '-s','-noreboot','-noeula'; "
             "if ($p.ExitCode -ne 0) { throw ('llamafleet: NVIDIA installer exited with ' + $p.ExitCode) }"]
 

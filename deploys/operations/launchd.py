@@ -13,14 +13,14 @@ def services(plists: dict, changed: list[str], restart: list[str], state: dict):
     for label, path in sorted(plists.items()):
         if label in changed:
             # bootout fails when the job is not loaded yet; that is the expected first-run case.
-            yield f"launchctl bootout system/{label} 2>/dev/null || true"
+            yield f"launchctl bootout {shlex.quote('system/' + label)} 2>/dev/null || true"
             yield f"launchctl bootstrap system {shlex.quote(path)}"
         elif label in restart:
-            yield f"launchctl kickstart -k system/{label}"
+            yield f"launchctl kickstart -k {shlex.quote('system/' + label)}"
         elif state.get(label) == "not-loaded":
             yield f"launchctl bootstrap system {shlex.quote(path)}"
         elif state.get(label) != "running":
-            yield f"launchctl kickstart system/{label}"
+            yield f"launchctl kickstart {shlex.quote('system/' + label)}"
 
 
 @operation()
@@ -29,4 +29,4 @@ def stop(labels: list[str]):
     for label in labels:
         # Unloaded rather than killed: KeepAlive would start a killed job again. The switch that
         # follows rewrites its plist, which bootstraps it.
-        yield f"launchctl bootout system/{label} 2>/dev/null || true"
+        yield f"launchctl bootout {shlex.quote('system/' + label)} 2>/dev/null || true"
