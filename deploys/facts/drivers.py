@@ -13,8 +13,7 @@ import re
 
 from pyinfra.api import FactBase
 
-# llama.cpp's macOS release is built with CMAKE_OSX_DEPLOYMENT_TARGET=13.3 (release.yml).
-METAL_MIN_MACOS = (13, 3)
+from llamafleet.config.models import METAL_MIN_MACOS  # the one definition, with its public source
 
 
 def parse_nvidia_smi(output: str) -> dict | None:

@@ -16,6 +16,7 @@ from pyinfra.api import operation
 
 from llamafleet.config.models import OS, Backend
 from llamafleet.deploys.facts.drivers import (
+    METAL_MIN_MACOS,
     metal_supported,
     parse_amd_smi_version,
     parse_nvidia_smi,
@@ -124,7 +125,8 @@ def check_macos(host_name: str, backend: Backend, declared: str | None, drivers:
     if parsed is None:
         raise UserError(f"hosts.{host_name}: could not read the macOS version (sw_vers)")
     if backend is Backend.metal and not metal_supported(parsed["version"]):
-        raise UserError(f"hosts.{host_name}: macOS {parsed['version']} is older than 13.3, the minimum for "
+        minimum = ".".join(map(str, METAL_MIN_MACOS))
+        raise UserError(f"hosts.{host_name}: macOS {parsed['version']} is older than {minimum}, the minimum for "
                         "llama.cpp's Metal build; upgrade macOS or use backend: cpu")
     if declared and declared != parsed["version"]:
         logger.warning(f"{host_name}: inventory says macOS {declared}, the host runs {parsed['version']}")
