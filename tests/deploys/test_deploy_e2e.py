@@ -163,7 +163,7 @@ def test_first_run_installs_the_pinned_build_matching_its_record(deployed):
         version = subprocess.run([str(current / "llama-server"), "--version"], capture_output=True, text=True, env=env)
         line = next(x for x in (version.stdout + version.stderr).splitlines() if x.startswith("version:"))
         assert line == record["version"]
-        assert record["reported_build"] == 11434  # the rig stamps the real build number (FACTS: else 0)
+        assert record["reported_build"] == 11434  # the rig stamps the real build number (without it: 0)
         for binary, digest in record["binaries"].items():
             assert sha256(current / binary) == digest
 
