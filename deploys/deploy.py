@@ -18,12 +18,12 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from llamafleet.config.models import Inventory, ServiceManager
+from llamafleet.deploys import rollout
 from llamafleet.deploys.facts.host_state import HostState, WindowsHostState, helper_source, state_spec
 from llamafleet.deploys.operations import drivers as driver_ops
 from llamafleet.deploys.operations import files as file_ops
 from llamafleet.deploys.operations import launchd, llama_cpp, models, readiness, secrets, supervisord, systemd, winsw
 from llamafleet.deploys.operations.common import file_matches
-from llamafleet.deploys import rollout
 from llamafleet.deploys.plan import HostPlan, plan_host
 from llamafleet.deploys.render import rendered_files
 from llamafleet.errors import UserError

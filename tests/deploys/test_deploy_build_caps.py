@@ -9,7 +9,6 @@ import logging
 from pathlib import Path
 
 import pytest
-import yaml
 
 from llamafleet.config import load_inventory
 from llamafleet.config.builds import caps_for, known_builds, shipped_builds
