@@ -349,7 +349,9 @@ def plan_host(inventory: Inventory, name: str, caps: BuildCaps | None = None) ->
     note = None
     if caps is None:
         caps, note = plan_caps(inventory.llama_cpp.build)
-    build = plan_build(inventory, name, host, needs_rpc, caps)
+    # A guessed RPC worker name is not demanded of the archive: the check after the install reads the
+    # name the build really ships and refuses a unit that uses another.
+    build = plan_build(inventory, name, host, needs_rpc and note is None, caps)
     join = ntpath.join if host.os is OS.windows else posixpath.join
 
     def install_path(*parts: str) -> str:
