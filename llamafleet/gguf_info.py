@@ -106,6 +106,8 @@ def file_sources(source: str) -> list[FileSource]:
         raise SourceError(f"{source}: is a directory; name the .gguf file (for a split model, any one shard)")
     if not path.exists():
         raise SourceError(f"{source}: no such file")
+    if not path.is_file():  # a device, FIFO or socket: reading it could block or never end
+        raise SourceError(f"{source}: not a regular file")
     sources = [FileSource(n, path=path.with_name(n)) for n in _shard_names(path.name)]
     missing = [str(s.path) for s in sources if not s.path.is_file()]
     if missing:
@@ -567,11 +569,16 @@ def hash_file(source: FileSource, on_block: Callable[[int], None] | None = None)
     return digest.hexdigest(), size
 
 
-def read_model(source: str) -> ModelFacts:
-    """Headers, hashes and sizes of every file of the model ``source`` names."""
+def read_headers(source: str) -> tuple[list[FileSource], list[Header]]:
+    """Every file of the model ``source`` names, and their headers, checked as a set (no hashing yet)."""
     sources = file_sources(source)
     headers = [read_header(s) for s in sources]
-    model_facts(headers, [])  # refuse a bad split set or a header without a model before hashing gigabytes
+    model_facts(headers, [])  # a bad split set or a header without a model is refused here
+    return sources, headers
+
+
+def hash_model(sources: list[FileSource], headers: list[Header]) -> ModelFacts:
+    """The model's facts with every file hashed (each file streamed once)."""
     files = []
     for s, header in zip(sources, headers):
         sha256, size = hash_file(s)
@@ -579,3 +586,8 @@ def read_model(source: str) -> ModelFacts:
             raise SourceError(f"{s}: {size} bytes read, but {header.size} announced when the header was read")
         files.append(FileFacts(s.name, sha256, size, s.url))
     return model_facts(headers, files)
+
+
+def read_model(source: str) -> ModelFacts:
+    """Headers, hashes and sizes of every file of the model ``source`` names."""
+    return hash_model(*read_headers(source))

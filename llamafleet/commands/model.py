@@ -269,11 +269,13 @@ def run_add(args) -> int:
     if args.name and len(args.sources) > 1:
         raise UserError("--name names one model: give one SOURCE with it (a split model needs only one shard)")
     path = args.inventory or default_inventory_path()
+    # Headers first (cheap, and a bad source is the likelier mistake), then the inventory, then the hashing.
+    read = [(source, *gguf_info.read_headers(source)) for source in args.sources]
     inventory = load_inventory(path)  # an invalid inventory is reported as validate reports it
     entries: dict[str, dict] = {}
     lines: list[str] = []
-    for source in args.sources:
-        facts = gguf_info.read_model(source)
+    for source, files, headers in read:
+        facts = gguf_info.hash_model(files, headers)
         name = args.name or default_name(facts.files[0].name)
         if name in entries:
             raise UserError(f"{source}: model {name} is already being added from another SOURCE")
@@ -298,8 +300,9 @@ def verify_model(name: str, entry: Model, models_dir: Path, report: Report) -> N
     sources = [gguf_info.FileSource(f.name, path=models_dir / f.name) for f in entry.files]
     missing = [s for s in sources if not s.path.is_file()]
     for s in missing:
-        report.add(Finding("local", check(f"file {s.name}"), Severity.fail, expected="present", actual="missing",
-                           hint=f"no {s.path}: copy the file there, or pass --models-dir"))
+        actual = "not a regular file" if s.path.exists() else "missing"
+        report.add(Finding("local", check(f"file {s.name}"), Severity.fail, expected="a file", actual=actual,
+                           hint=f"{s.path}: copy the file there, or pass --models-dir"))
     if missing:
         return
     try:

@@ -669,6 +669,8 @@ def closed_port_url() -> str:
 BAD_SOURCES = [  # (source, given the mirror's URL and a temp folder; what the one line says)
     ("missing file", lambda url, d: str(d / "nope.gguf"), "nope.gguf: no such file"),
     ("a folder", lambda url, d: str(d), "is a directory"),
+    ("a device", lambda url, d: "/dev/zero", "/dev/zero: not a regular file"),
+    ("a FIFO", lambda url, d: (os.mkfifo(d / "fifo.gguf"), str(d / "fifo.gguf"))[1], "not a regular file"),
     ("empty file", lambda url, d: str(_file(d / "empty.gguf", b"")), "truncated: the file ends at byte 0"),
     ("not a GGUF", lambda url, d: str(_file(d / "readme.gguf", b"# hello\n" * 50)), "not a GGUF file"),
     ("truncated header", lambda url, d: str(_file(d / "cut.gguf", cache.ensure_smollm2().read_bytes()[:100_000])),
