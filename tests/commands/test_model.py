@@ -560,6 +560,20 @@ def test_verify_covers_every_shard(split_smollm2, tmp_path, capsys):
     assert code == 2 and failing(report) == ["model split files[2].sha256"]
 
 
+def test_a_remote_split_model_is_read_from_its_urls_folder(split_smollm2, inventory, capsys):
+    server = MirrorServer(split_smollm2[0].parent).start()
+    try:
+        code, _, err = add(f"{server.url}/{split_smollm2[2].name}", inventory, capsys)
+    finally:
+        server.stop()
+    assert code == 0, err
+    files = load_inventory(inventory).models["smollm2-split"].files
+    assert [f.url for f in files] == [f"{server.url}/{p.name}" for p in split_smollm2]
+    header_reads = [r for r in server.requests if r[2] is not None]
+    assert {r[1] for r in header_reads} == {f"/{p.name}" for p in split_smollm2}
+    assert sorted(r[1] for r in server.requests if r[2] is None) == sorted(f"/{p.name}" for p in split_smollm2)
+
+
 def test_split_sets_that_do_not_add_up_are_refused(split_smollm2, inventory, tmp_path, capsys):
     two = tmp_path / "two"
     two.mkdir()
