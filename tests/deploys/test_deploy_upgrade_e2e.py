@@ -7,13 +7,18 @@ b11434), and the real pyinfra CLI. One cluster goes through the whole sequence, 
 2. the pin moves to b11434: a ``--limit`` that splits a target from its RPC worker is refused, a
    canary ``--limit`` of that RPC group upgrades it alone (``drift`` and ``doctor`` report the mixed
    cluster), and the full run upgrades the rest;
-3. the pin moves to a broken build (below): the group that fails goes back to b11434, which still
+3. the pin moves to a build nobody has seen (below): rendered with the nearest known build's names,
+   it is refused on every host after the install and before any unit is written, with the valid
+   spellings, and what the installed binaries said is saved;
+4. the pin moves to a broken build (below): the group that fails goes back to b11434, which still
    answers, and the deploy exits non-zero.
 
-The broken build is b11434's real archive in which ``llama-server`` is a shell script that answers
-``--version`` as build 11435 and ``--help`` through the real binary (so the install record and the
-flag check pass, as they would for a real build), then exits at start: what a build that crashes on
-this machine's CPU or drivers looks like to the deploy.
+Both made-up builds are b11434's real archive relabelled: ``llama-server`` is a shell script that
+answers ``--version`` as the made-up build and runs the real binary beside it otherwise. The unknown
+build (b9100, nearest known b8942) then behaves like b11434 under another number. The broken one
+(b11435) answers ``--version`` and ``--help`` (so the install record and the flag check pass, as they
+would for a real build) and exits at start: what a build that crashes on this machine's CPU or
+drivers looks like to the deploy.
 
 Topology: alpha runs the target with native speculation (draft on beta's RPC worker), beta the RPC
 worker, gamma a drafter and the proxy. alpha and beta form one RPC group; gamma is its own.
@@ -42,30 +47,31 @@ from sshd_rig import start_sshd, unavailable_reason
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 HOSTS = ("alpha", "beta", "gamma")
-BROKEN = "b11435"
-BROKEN_SERVER = """#!/bin/sh
-# A deliberately broken llama-server (llamafleet's rollback test): it answers --version as build 11435
-# and --help through the real binary beside it, then exits at start.
+BROKEN, UNKNOWN = "b11435", "b9100"
+RELABELLED = """#!/bin/sh
+# llamafleet's upgrade test: b11434's real llama-server (beside, as llama-server.real) under the made-up
+# build number {number}.
 here=$(dirname "$0")
 case "$1" in
-  --version) echo "version: 11435 (broken)"; exit 0 ;;
+  --version) echo "version: {number} (relabelled)"; exit 0 ;;
   --help) exec "$here/llama-server.real" --help ;;
 esac
-echo "this build exits at start" >&2
-exit 1
+{start}
 """
+STARTS = 'exec "$here/llama-server.real" "$@"'
+EXITS = 'echo "this build exits at start" >&2; exit 1'
 
 
-def pack_broken_archive(real_bin: Path, dest: Path) -> Path:
-    """b11434's build/bin as a release archive of build 11435 whose llama-server exits at start."""
-    archive = dest / mirror_mod.release_archive_name(BROKEN)
-    top = f"llama-{BROKEN}"
+def pack_relabelled_archive(real_bin: Path, dest: Path, build: str, start: str) -> Path:
+    """b11434's build/bin as a release archive of ``build`` (see the module docstring)."""
+    archive = dest / mirror_mod.release_archive_name(build)
+    top = f"llama-{build}"
     with tarfile.open(archive, "w:gz") as tar:
         for path in sorted(real_bin.iterdir()):
             name = "llama-server.real" if path.name == "llama-server" else path.name
             tar.add(str(path), f"{top}/{name}", recursive=False)
         info = tarfile.TarInfo(f"{top}/llama-server")
-        data = BROKEN_SERVER.encode()
+        data = RELABELLED.format(number=build[1:], start=start).encode()
         info.size, info.mode = len(data), 0o755
         tar.addfile(info, io.BytesIO(data))
     return archive
@@ -87,7 +93,8 @@ def mirror(tmp_path_factory, b8942_build, llama_build, smollm2):
     content = mirror_mod.prepare_mirror(b8942_build, smollm2, root)
     releases = {"b8942": content.release,
                 "b11434": mirror_mod._entry(mirror_mod.pack_release_archive(llama_build, root)),
-                BROKEN: mirror_mod._entry(pack_broken_archive(llama_build.bin_dir, root))}
+                UNKNOWN: mirror_mod._entry(pack_relabelled_archive(llama_build.bin_dir, root, UNKNOWN, STARTS)),
+                BROKEN: mirror_mod._entry(pack_relabelled_archive(llama_build.bin_dir, root, BROKEN, EXITS))}
     (root / "wheels").symlink_to(mirror_mod.prepare_wheelhouse(mirror_mod.default_mirror_root(), ROOT))
     server = mirror_mod.MirrorServer(root)
     server.start()
@@ -147,7 +154,7 @@ def cluster(sshd, mirror, tmp_path_factory):
     }
     base_data = mirror_mod.pin_to_mirror(data, content, server.url)
     files = {}
-    for build in ("b8942", "b11434", BROKEN):
+    for build in ("b8942", "b11434", UNKNOWN, BROKEN):
         files[build] = base / f"cluster-{build}.yaml"
         files[build].write_text(yaml.safe_dump(inventory_at(build, base_data, releases), sort_keys=False))
     yield {"sshd": sshd, "server": server, "roots": roots, "files": files, "cache": learned_cache,
@@ -279,7 +286,30 @@ def test_the_full_run_upgrades_the_rest_and_a_second_run_changes_nothing(cluster
     assert [line for line in again.stdout.splitlines() if "] Success" in line] == []
 
 
-# --- 3. a broken build: rolled back ------------------------------------------------------------
+# --- 3. a build nobody has seen: the installed binaries decide ------------------------------------
+
+
+def test_an_unknown_builds_guessed_flags_are_refused_before_any_unit_is_written(cluster):
+    units = {h: sorted((cluster["roots"][h] / "supervisor" / "conf.d").glob("*.conf")) for h in HOSTS}
+    before = {h: [p.read_text() for p in units[h]] for h in HOSTS}
+    result = deploy(cluster, UNKNOWN)
+    text = output(result)
+    assert result.returncode != 0 and "Traceback" not in text
+    assert f"llama.cpp {UNKNOWN} is not known here: rendered with the names and flags of b8942" in text
+    assert (f"hosts.alpha: service target: llama-server {UNKNOWN} has no flag --draft-max "
+            f"(nearest valid: --spec-draft-n-max)") in text, text[-5000:]
+    assert f"hosts.beta: service rpc: llama.cpp {UNKNOWN} has no rpc-server; its rpc binary is ggml-rpc-server" in text
+    assert f"these command lines were rendered with b8942's flags; {UNKNOWN}'s own were read" in text
+    # Installed beside, refused before the switch: nothing else changed, everything still serves b11434.
+    assert (cluster["roots"]["alpha"] / "builds" / f"{UNKNOWN}-cpu" / "install.json").exists()
+    assert {current(cluster, h) for h in HOSTS} == {"b11434-cpu"}
+    assert {h: [p.read_text() for p in units[h]] for h in HOSTS} == before
+    assert_serves(cluster, 11434)
+    learned = json.loads((cluster["cache"] / "builds" / f"{UNKNOWN}.json").read_text())
+    assert learned["build"] == UNKNOWN and learned["rpc_binary"] == "ggml-rpc-server"
+
+
+# --- 4. a broken build: rolled back ------------------------------------------------------------
 
 
 def test_a_build_that_exits_at_start_is_rolled_back_and_the_old_build_keeps_answering(cluster):
