@@ -267,6 +267,19 @@ def _reader_class():
             order = self.byte_order if override_order is None else override_order
             return arr if order == "I" else arr.view(dtype.newbyteorder(order))  # "I": as the host (no swap)
 
+        def _get_field_parts(self, orig_offs, raw_type):
+            # gguf parses an array element by element: refuse a length that cannot fit under the cap
+            # before looping over it (a corrupt length would otherwise take minutes to run into it).
+            if raw_type == gguf.GGUFValueType.ARRAY:
+                item_type = int(self._get(orig_offs, np.uint32)[0])
+                count = int(self._get(orig_offs + 4, np.uint64)[0])
+                scalar = self.gguf_scalar_to_np.get(item_type) if item_type in set(gguf.GGUFValueType) else None
+                smallest = np.dtype(scalar).itemsize if scalar is not None else 8  # a string's length prefix
+                if orig_offs + 12 + count * smallest > MAX_HEADER_BYTES:
+                    raise SourceError(f"{self.prefix.label}: an array at byte {orig_offs} claims {count} items, "
+                                      f"more than a {MAX_HEADER_BYTES // 2**20} MiB header holds: a corrupt header?")
+            return super()._get_field_parts(orig_offs, raw_type)
+
         def _build_tensors(self, start_offs, fields) -> None:
             for f in fields:
                 _name_len, name_data, _n_dims, dims, raw_dtype, _offset = f.parts

@@ -649,6 +649,34 @@ def test_hf_reference_resolves_and_reads_over_http(real_models, mirror, inventor
     assert entry.files[0].sha256 == facts_of(real_models["smollm2"]).files[0].sha256
 
 
+def test_ranges_follow_redirects_as_the_hub_sends_them(real_models, mirror, inventory, capsys, monkeypatch):
+    """The Hub answers resolve/ URLs with a redirect to its storage; Range must survive it."""
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(302)
+            self.send_header("Location", mirror.url + self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format, *args):  # noqa: A002
+            pass
+
+    hub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{hub.server_address[1]}")
+    try:
+        code, _, err = add("hf://HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/SmolLM2-135M-Instruct.Q4_1.gguf",
+                           inventory, capsys)
+    finally:
+        hub.shutdown()
+        hub.server_close()
+    assert code == 0, err
+    ranged = [r for r in mirror.requests if r[2] is not None]
+    assert ranged and sum(1 for r in mirror.requests if r[2] is None) == 1  # header by Range, then one full read
+    assert load_inventory(inventory).models["smollm2-135m-instruct-q4-1"].files[0].sha256 == \
+        facts_of(real_models["smollm2"]).files[0].sha256
+
+
 def test_a_server_without_range_support_is_read_as_one_stream(real_models, tmp_path):
     root = tmp_path / "plain"
     root.mkdir()
@@ -692,6 +720,11 @@ BAD_SOURCES = [  # (source, given the mirror's URL and a temp folder; what the o
     ("absurd length", lambda url, d: str(_file(d / "huge.gguf", b"GGUF" + (3).to_bytes(4, "little")
                                                + (1).to_bytes(8, "little") + (1).to_bytes(8, "little")
                                                + (2**40).to_bytes(8, "little"))), "a corrupt header?"),
+    ("absurd array", lambda url, d: str(_file(d / "array.gguf", b"GGUF" + (3).to_bytes(4, "little")
+                                              + (0).to_bytes(8, "little") + (1).to_bytes(8, "little")
+                                              + (1).to_bytes(8, "little") + b"k" + (9).to_bytes(4, "little")
+                                              + (0).to_bytes(4, "little") + (2**40).to_bytes(8, "little"))),
+     "claims 1099511627776 items"),
     ("HTTP 404", lambda url, d: f"{url}/absent.gguf", "absent.gguf: HTTP 404"),
     ("remote not a GGUF", lambda url, d: f"{url}/notes.gguf", "not a GGUF file"),
     ("remote truncated", lambda url, d: f"{url}/cut.gguf", "truncated: the file ends at byte 300000"),
