@@ -203,12 +203,12 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+DEFAULT_PARALLEL = 16
+
+
 def add_parallel_option(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--parallel", metavar="N", default=None,
                         help=f"{what} at most N hosts at a time (default: all of them, up to {DEFAULT_PARALLEL})")
-
-
-DEFAULT_PARALLEL = 16
 
 
 def parallel_count(value: str | None, hosts: int) -> int:
