@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # File names come from the command line as bytes; one that is not UTF-8 must still print.
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     try:
         code = args.func(args)
@@ -49,6 +52,16 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     except KeyboardInterrupt:
         return 130
+    except (RecursionError, MemoryError) as err:
+        print(f"llamafleet {args.command}: input too large or too deeply nested ({type(err).__name__})",
+              file=sys.stderr)
+        return 1
+    except Exception as err:  # noqa: BLE001 - the last resort: one line, never a traceback
+        if os.environ.get("LLAMAFLEET_TRACEBACK"):
+            raise
+        print(f"llamafleet {args.command}: internal error: {type(err).__name__}: {err} "
+              "(please report it; LLAMAFLEET_TRACEBACK=1 shows where)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

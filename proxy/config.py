@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from llamafleet.errors import UserError
 
+MAX_CONFIG_BYTES = 1024 * 1024  # a proxy config is a few hundred bytes; the size is checked before reading
+
 
 class Mode(str, Enum):
     auto = "auto"
@@ -135,11 +137,21 @@ class ProxyConfig(_Strict):
     @classmethod
     def load(cls, path: str | Path) -> "ProxyConfig":
         """Read a YAML or JSON file; every problem becomes one UserError naming the file and the key."""
+        from llamafleet.config.loader import NotRegularFile, TooLarge, read_limited
+
         path = Path(path)
         try:
-            text = path.read_text()
+            raw = read_limited(path, MAX_CONFIG_BYTES)
+        except (NotRegularFile, TooLarge) as err:
+            raise UserError(f"{path}: cannot read proxy config: it {err}") from None
         except OSError as err:
-            raise UserError(f"{path}: cannot read proxy config: {err.strerror}") from None
+            raise UserError(f"{path}: cannot read proxy config: {err.strerror or err}") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            line = raw.count(b"\n", 0, err.start) + 1
+            col = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+            raise UserError(f"{path}:{line}:{col}: proxy config is not UTF-8 (byte 0x{raw[err.start]:02x})") from None
         data = _parse(path, text)
         try:
             return cls.model_validate(data)
@@ -186,20 +198,23 @@ def service_url(inventory: Any, service: Any, port: int | None = None) -> str:
 
 
 def _parse(path: Path, text: str) -> Any:
-    if path.suffix == ".json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from None
     from ruamel.yaml import YAML
-    from ruamel.yaml.error import MarkedYAMLError
+    from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
     try:
+        if path.suffix == ".json":
+            return json.loads(text)
         return YAML(typ="safe").load(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}:{err.lineno}:{err.colno}: invalid JSON: {err.msg}") from None
     except MarkedYAMLError as err:
         mark = err.problem_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise UserError(f"{where}: invalid YAML: {err.problem}") from None
+    except YAMLError as err:
+        raise UserError(f"{path}: invalid YAML: {str(err).strip().splitlines()[-1]}") from None
+    except RecursionError:
+        raise UserError(f"{path}: proxy config is nested too deeply to parse (a config nests a few levels)") from None
 
 
 def _describe(err: ValidationError) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from llamafleet.commands import seconds
 from llamafleet.config.loader import DEFAULT_INVENTORY, INVENTORY_ENV, default_inventory_path, load_inventory
 from llamafleet.doctor import Doctor, Http, expectation
 from llamafleet.errors import UserError
@@ -30,7 +31,7 @@ def register(subparsers) -> None:
         metavar="STRING",
         help="exact /props build_info every llama-server must report (default: starts with the pinned tag)",
     )
-    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="per request (default 10)")
+    parser.add_argument("--timeout", type=seconds, default=10.0, metavar="SECONDS", help="per request (default 10)")
     add_parallel_option(parser, "check")
     parser.add_argument(
         "--proxy-token-env",
@@ -41,8 +42,6 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    if args.timeout <= 0:
-        raise UserError(f"--timeout must be positive, got {args.timeout}")
     path = args.inventory or default_inventory_path()
     inventory = load_inventory(path)
     hosts = selected_hosts(inventory, path, args.limit)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from llamafleet.commands import seconds
 from llamafleet.config.loader import DEFAULT_INVENTORY, INVENTORY_ENV, default_inventory_path, load_inventory
 from llamafleet.errors import UserError
 from llamafleet.report import add_output_options, add_parallel_option, emit, parallel_count, selected_hosts
@@ -27,7 +28,7 @@ def register(subparsers) -> None:
     parser.add_argument("--data", metavar="KEY=VALUE", action="append", default=[],
                         help="override pyinfra host data, as pyinfra's --data (e.g. ssh_known_hosts_file=PATH)")
     add_parallel_option(parser, "read")
-    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+    parser.add_argument("--timeout", type=seconds, default=10.0, metavar="SECONDS",
                         help="per host, for each part of the SSH connect: TCP, banner, authentication (default 10)")
     parser.set_defaults(func=run)
 
@@ -35,8 +36,6 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from llamafleet.drift import run_drift  # pyinfra and the deploys load only when drift runs
 
-    if not args.timeout > 0:
-        raise UserError(f"--timeout must be positive, got {args.timeout}")
     path = args.inventory or default_inventory_path()
     inventory = load_inventory(path)
     hosts = selected_hosts(inventory, path, args.limit)
