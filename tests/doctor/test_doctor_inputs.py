@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from llamafleet.cli import main
 
 from .conftest import write_inventory
@@ -28,8 +30,11 @@ def test_unset_token_variable_and_bad_timeout_are_clear_errors(tmp_path, capsys,
     monkeypatch.delenv("NO_SUCH_TOKEN_VAR", raising=False)
     assert main(["doctor", str(inventory), "--proxy-token-env", "NO_SUCH_TOKEN_VAR"]) == 1
     assert "--proxy-token-env NO_SUCH_TOKEN_VAR: that variable is not set" in capsys.readouterr().err
-    assert main(["doctor", str(inventory), "--timeout", "0"]) == 1
-    assert "--timeout must be positive" in capsys.readouterr().err
+    for bad in ("0", "-1", "nan", "inf"):  # a usage error, from argparse (exit 2)
+        with pytest.raises(SystemExit) as exited:
+            main(["doctor", str(inventory), "--timeout", bad])
+        assert exited.value.code == 2
+        assert "--timeout: must be a positive, finite number of seconds" in capsys.readouterr().err
 
 
 def test_limit_to_a_group_checks_only_its_hosts(tmp_path, capsys):
