@@ -31,8 +31,9 @@ def main() -> None:
         target = start(stack, smol, "target", ["-c", str(1024 * (DRAFT_MAX + 1)), "-np", str(DRAFT_MAX + 1)])
         drafter = start(stack, smol, "drafter", ["-c", "2048"])
         native = start_native(stack, smol, smol, DRAFT_MAX, "native")
+        # The requests name the model; the proxy answers only for the one it serves.
         proxy, auth = start_llamafleet(stack, target, slots=DRAFT_MAX + 1, drafters=[drafter], native=native,
-                                       draft_max=DRAFT_MAX)
+                                       draft_max=DRAFT_MAX, model_name="smollm2")
         tightwad = stack.enter_context(running_tightwad(python, target.url, drafter.url, Path(log_dir())))
         body = lambda p: {"prompt": p, "max_tokens": MAX_TOKENS, "temperature": 0, "model": "smollm2"}  # noqa: E731
         runs: dict[str, list[dict]] = {"direct": [], "auto": [], "tightwad": []}
