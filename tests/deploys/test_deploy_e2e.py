@@ -3,8 +3,9 @@
 from the cached pinned build plus the source archive and SmolLM2, and the real pyinfra CLI running
 ``pyinfra inventory/cluster.py deploys/cluster.py``.
 
-Topology: alpha runs the target with native speculation (draft on beta's ggml-rpc-server), beta runs
-the RPC worker and a drafter llama-server, gamma runs the proxy (project wheel in a venv, token file).
+Topology: alpha runs the target with native speculation (draft on beta's ggml-rpc-server) and its
+plain sidecar, beta runs the RPC worker and a drafter llama-server, gamma runs the proxy (project
+wheel in a venv, token file).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def cluster_inventory(sshd, mirror_url: str, content, roots: dict[str, Path]) ->
                 "install_dir": str(roots[name]), "models_dir": str(roots[name] / "models"),
                 "service_manager": "supervisord", "models": models}
 
-    ports = {name: free_port() for name in ("target", "drafter", "rpc", "proxy")}
+    ports = {name: free_port() for name in ("target", "plain", "drafter", "rpc", "proxy")}
     data = {
         "version": 1, "cluster": "e2e",
         "llama_cpp": {"build": "b11434"},
@@ -99,7 +100,8 @@ def cluster_inventory(sshd, mirror_url: str, content, roots: dict[str, Path]) ->
         "services": {
             "target": {"role": "target", "host": "alpha", "bind": alpha, "port": ports["target"], "model": "smollm2",
                        "ctx_size": 2048, "parallel": 2, "extra_args": ["--threads", "1"],
-                       "native_draft": {"model": "smollm2", "rpc_worker": "rpc", "n_max": 4}},
+                       "native_draft": {"model": "smollm2", "rpc_worker": "rpc", "n_max": 4,
+                                        "plain_port": ports["plain"]}},
             "rpc": {"role": "rpc-worker", "host": "beta", "bind": beta, "port": ports["rpc"]},
             "drafter": {"role": "drafter", "host": "beta", "bind": beta, "port": ports["drafter"], "model": "smollm2",
                         "ctx_size": 1024, "extra_args": ["--threads", "1"]},
@@ -202,6 +204,34 @@ def test_services_run_under_supervisord_and_answer(deployed):
     with urllib.request.urlopen(request, timeout=120) as resp:
         timings = json.load(resp)["timings"]
     assert timings.get("draft_n", 0) > 0
+
+
+def test_every_path_of_the_deployed_proxy_gives_the_plain_targets_text(deployed):
+    """The topology the deploy renders for a b11434 CPU target with a native draft: the target
+    speculates on every request, and a plain sidecar on the same model (the proxy's direct path) does
+    not. Through the proxy on gamma, every path answers with the plain target's own text."""
+    import openai
+
+    inventory = deployed["inventory"]
+    target = inventory.services["target"]
+    plain = f"http://{target.bind}:{target.native_draft.plain_port}"
+    token = (deployed["roots"]["gamma"] / "secrets" / "proxy.token").read_text().strip()
+    client = openai.OpenAI(base_url=f"{service_url(inventory, 'proxy')}/v1", api_key=token, max_retries=0, timeout=300)
+    for prompt in ("The capital of France is", "def add(a, b):"):
+        body = json.dumps({"prompt": prompt, "n_predict": 12, "temperature": 0}).encode()
+        request = urllib.request.Request(f"{plain}/completion", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as resp:
+            answer = json.load(resp)
+        assert answer["timings"].get("draft_n", 0) == 0  # the sidecar never drafts
+        for mode in ("direct", "native", "proxy", "auto"):
+            reply = client.completions.create(model="smollm2", prompt=prompt, max_tokens=12, temperature=0,
+                                              extra_headers={"X-Llamafleet-Mode": mode})
+            report = reply.model_extra["llamafleet"]
+            assert reply.choices[0].text == answer["content"], (mode, report)
+            if mode == "direct":
+                assert report["drafted"] == 0, report
+            if mode == "native":
+                assert report["drafted"] > 0, report
 
 
 def test_proxy_host_serves_with_its_token(deployed):
