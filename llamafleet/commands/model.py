@@ -306,12 +306,7 @@ def verify_model(name: str, entry: Model, models_dir: Path, report: Report) -> N
     if missing:
         return
     try:
-        headers = [gguf_info.read_header(s) for s in sources]
-        files = []
-        for s in sources:
-            sha256, size = gguf_info.hash_file(s)
-            files.append(gguf_info.FileFacts(s.name, sha256, size))
-        facts = gguf_info.model_facts(headers, files)
+        facts = gguf_info.hash_model(sources, [gguf_info.read_header(s) for s in sources])
     except SourceError as err:
         report.add(Finding("local", check("header"), Severity.fail, expected="a readable GGUF model",
                            actual=str(err)))
