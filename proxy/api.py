@@ -29,7 +29,8 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False)
 
     model: str | None = None
-    max_tokens: int | None = Field(None, ge=0)
+    # llama-server generates one token for max_tokens 0: such a request is its to answer (pass-through).
+    max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=0)
@@ -116,7 +117,7 @@ class ChatBody(_Body):
     them exactly as the target's own ``/v1/chat/completions`` does)."""
 
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=0)
+    max_completion_tokens: int | None = Field(None, ge=1)
 
 
 def max_tokens_of(body: _Body, cap: int) -> int:

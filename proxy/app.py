@@ -396,8 +396,6 @@ class _Run:
 
     async def _pieces(self):
         """(text to send, done) per engine piece; stops the engine as soon as the text is finished."""
-        if self.job.max_tokens == 0:
-            return
         async with contextlib.aclosing(self.state.engine.generate(self.job, self.mode, self.report, self.segments)) as pieces:
             async for piece in pieces:
                 final = piece.finish is not None

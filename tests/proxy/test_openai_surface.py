@@ -171,6 +171,14 @@ def test_sampling_features_and_fields_only_llama_cpp_knows(surface, jinja_target
     assert same_answer(got, target.completions.create(**ask, extra_body={**extra, **WHOLE_PROMPT}))["reason"] == reason
 
 
+def test_max_tokens_zero_is_the_targets_to_answer(surface, jinja_target):
+    """llama-server b11434 generates one token for max_tokens 0; the proxy relays such a request."""
+    proxy, target = clients(surface.url, jinja_target.url)
+    ask = {"model": MODEL, "prompt": "Hi", "max_tokens": 0, "temperature": 0, "extra_body": WHOLE_PROMPT}
+    got = proxy.completions.create(**ask)
+    assert same_answer(got, target.completions.create(**ask))["reason"] == "max_tokens=0"
+
+
 @pytest.mark.parametrize("body", [
     {"messages": WEATHER, "response_format": {"type": "xml"}},
     {"messages": WEATHER, "tools": TOOLS, "logprobs": True, "stream": True},

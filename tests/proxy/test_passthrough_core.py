@@ -40,6 +40,8 @@ NOT_EXACT = [
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, True,
      "messages[0].content"),
     ({"prompt": "x", "max_tokens": "many"}, False, 'max_tokens="many"'),
+    ({"prompt": "x", "max_tokens": 0}, False, "max_tokens=0"),  # llama-server generates one token for 0
+    ({"messages": CHAT, "max_completion_tokens": 0}, True, "max_completion_tokens=0"),
     ({}, True, "messages (missing)"),
 ]
 EXACT = [
