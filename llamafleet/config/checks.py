@@ -514,6 +514,47 @@ def check_memory(inventory: Inventory) -> Findings:
     yield from memory_findings(inventory)
 
 
+# --- values the host's service manager cannot carry ------------------------------------------------
+
+
+def _unit_writers(manager: ServiceManager):
+    """(install_dir, env value, extra_args item) writers of the manager's format: the render's own
+    escaping functions, which raise ValueError for a value they cannot write unchanged."""
+    from llamafleet.deploys.operations import common, supervisord, systemd, winsw
+
+    return {
+        ServiceManager.systemd: (lambda d: (systemd.setting(d), systemd.exec_line([d + "/llama-server"])),
+                                 systemd.environment_line, lambda a: systemd.exec_line(["/llama-server", a])),
+        ServiceManager.supervisord: (supervisord.setting, lambda k, v: supervisord.environment([(k, v)]),
+                                     lambda a: supervisord.command([a])),
+        ServiceManager.windows_service: (winsw.text, lambda k, v: winsw.text(v), lambda a: winsw.arguments([a])),
+        ServiceManager.launchd: (common.xml_text, lambda k, v: common.xml_text(v), common.xml_text),
+    }[manager]
+
+
+def check_unit_values(inventory: Inventory) -> Findings:
+    """LF195: a value that the host's service manager cannot carry unchanged (the render would refuse it)."""
+    def refused(path: tuple, manager: ServiceManager, write, *value) -> Findings:
+        try:
+            write(*value)
+        except ValueError as err:
+            yield Finding("LF195", f"{manager.value} cannot carry this value unchanged: {err}",
+                          "change the value (see docs/hardening.md for what each format can carry)", path)
+
+    for name, host in inventory.hosts.items():
+        install_dir, _, _ = _unit_writers(host.service_manager)
+        yield from refused(("hosts", name, "install_dir"), host.service_manager, install_dir, host.install_dir)
+    for name, service in inventory.services.items():
+        host = inventory.hosts.get(service.host)
+        if host is None:
+            continue
+        _, env, arg = _unit_writers(host.service_manager)
+        for key, value in service.env.items():
+            yield from refused(("services", name, "env", key), host.service_manager, env, key, value)
+        for index, item in enumerate(getattr(service, "extra_args", [])):
+            yield from refused(("services", name, "extra_args", index), host.service_manager, arg, item)
+
+
 # --- downloads -----------------------------------------------------------------------------------
 
 
@@ -610,4 +651,4 @@ def check_plain_routes(inventory: Inventory) -> Findings:
 
 CHECKS = (check_references, check_one_build, check_managed_args, check_flags, check_model_on_host, check_tokenizers, check_ports,
           check_binds, check_hosts, check_devices, check_gpu_layers, check_memory, check_downloads, check_proxies,
-          check_plain_routes)
+          check_plain_routes, check_unit_values)

@@ -167,6 +167,16 @@ CASES = [
          "    connection: !!python/object:os.system {type: local}\n", "LF008", "hosts.local.connection"),
     _one("tag on a list", "YAML tag", LOCAL, "    models: [smollm2, smollm2-slow]\n",
          "    models: !!python/object/apply:os.system [smollm2, smollm2-slow]\n", "LF008", "hosts.local.models"),
+    # --- values a service manager cannot carry unchanged (the render's own escaping decides)
+    _one("quote in a systemd install_dir", "unit format", SEED, "    install_dir: /opt/llamafleet\n",
+         "    install_dir: /opt/llama'fleet\n", "LF195", "hosts.akiva.install_dir"),
+    _one("quotes at the ends of a supervisord env value", "unit format", LOCAL, PROXY_AUTH,
+         PROXY_AUTH + "    env: {A: '\"quoted\"'}\n", "LF195", "services.proxy.env.A", "    env:"),
+    _one("a ';' after a space in a supervisord env value", "unit format", LOCAL, PROXY_AUTH,
+         PROXY_AUTH + "    env: {A: 'x ;y'}\n", "LF195", "services.proxy.env.A", "    env:"),
+    _one("%NAME% in a WinSW argument", "unit format", SEED, "    devices: [CUDA1]\n",
+         '    devices: [CUDA1]\n    extra_args: ["--alias", "%USERPROFILE%"]\n', "LF195",
+         "services.desktop-drafter.extra_args[1]", '    extra_args: ["--alias"'),
     # --- placement
     _one("proxy on a windows host", "placement", SEED, "    host: mac-mini\n    bind: 192.168.86.40\n",
          "    host: desktop\n    bind: 192.168.86.36\n", "LF194", "services.proxy.host", "    host: desktop\n    bind: 192.168.86.36\n    port: 8000"),
