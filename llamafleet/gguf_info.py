@@ -151,9 +151,10 @@ class Prefix:
             block = self._fetch(len(self.buffer), want)
             self.bytes_fetched += len(block)
             self._next_chunk = min(self._next_chunk * 2, MAX_CHUNK)
-            if len(block) < want:
-                self._eof = True
             self.buffer += block
+            # A short answer is the end only where the size says so: a server may cap a range's length.
+            known_end = self.size is not None and len(self.buffer) >= self.size
+            self._eof = not block or known_end or (self.size is None and len(block) < want)
         if len(self.buffer) < end:
             raise SourceError(f"{self.label}: truncated: the file ends at byte {len(self.buffer)}, inside the GGUF "
                               f"header (a field needs bytes {offset}..{end})")

@@ -34,7 +34,7 @@ from llamafleet import cli, gguf_info
 from llamafleet.commands import model as model_cmd
 from llamafleet.config.loader import check_inventory, load_inventory
 from llamafleet.rig import cache, models, servers
-from llamafleet.rig.mirror import MirrorServer
+from llamafleet.rig.mirror import MirrorHandler, MirrorServer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -675,6 +675,25 @@ def test_ranges_follow_redirects_as_the_hub_sends_them(real_models, mirror, inve
     assert ranged and sum(1 for r in mirror.requests if r[2] is None) == 1  # header by Range, then one full read
     assert load_inventory(inventory).models["smollm2-135m-instruct-q4-1"].files[0].sha256 == \
         facts_of(real_models["smollm2"]).files[0].sha256
+
+
+def test_a_server_that_shortens_ranges_is_asked_again(real_models, tmp_path):
+    """Some servers answer a large Range with fewer bytes (206 with a shorter Content-Range): that is not
+    the end of the file, the reader asks for the rest."""
+    class Capped(MirrorHandler):
+        def send_head(self):
+            first, _, last = (self.headers.get("Range") or "bytes=0-").removeprefix("bytes=").partition("-")
+            if last and int(last) - int(first) >= 100_000:
+                self.headers.replace_header("Range", f"bytes={first}-{int(first) + 99_999}")
+            return super().send_head()
+
+    server = MirrorServer(real_models["smollm2"].parent, handler=Capped).start()
+    try:
+        header = gguf_info.read_header(gguf_info.FileSource("m", url=f"{server.url}/{real_models['smollm2'].name}"))
+    finally:
+        server.stop()
+    assert header.block_count == 30 and header.header_bytes <= header.bytes_fetched < header.header_bytes + 100_000
+    assert len(server.requests) > header.header_bytes // 100_000
 
 
 def test_a_server_without_range_support_is_read_as_one_stream(real_models, tmp_path):
