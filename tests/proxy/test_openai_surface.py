@@ -177,6 +177,7 @@ def test_max_tokens_zero_is_the_targets_to_answer(surface, jinja_target):
     ask = {"model": MODEL, "prompt": "Hi", "max_tokens": 0, "temperature": 0, "extra_body": WHOLE_PROMPT}
     got = proxy.completions.create(**ask)
     assert same_answer(got, target.completions.create(**ask))["reason"] == "max_tokens=0"
+    assert got.usage.completion_tokens == 1 and got.choices[0].finish_reason == "length"
 
 
 @pytest.mark.parametrize("body", [
