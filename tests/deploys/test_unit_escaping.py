@@ -348,3 +348,38 @@ def test_legitimate_values_are_never_refused():
     for manager in ServiceManager:
         text = render_unit(plan, svc, manager)
         assert text
+
+
+# --- validate and the render agree -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("example,host_lines", [
+    ("local.yaml", ["    auth: {token_file: /opt/llamafleet/proxy.token}\n"]),
+    ("seed-cluster.yaml", ["    extra_args: [\"--jinja\"]\n", "    devices: [CUDA1]\n", "    gpu_layers: 20\n"]),
+], ids=["supervisord", "systemd-winsw-launchd"])
+def test_what_validates_renders_and_what_cannot_render_does_not_validate(tmp_path, example, host_lines):
+    """Random env values and --alias values on every service manager: an inventory that validates renders
+    every file of every host; one that the render would refuse ends in LF195 at validate."""
+    from llamafleet.config import check_inventory
+    from llamafleet.deploys.render import rendered_files
+
+    rng = random.Random(SEED)
+    base = (REPO / "inventory" / "examples" / example).read_text()
+    outcomes = {"rendered": 0, "LF195": 0}
+    for _ in range(25):
+        text = base
+        for line in host_lines:
+            value = json.dumps(_text(rng, 8), ensure_ascii=False)
+            text = text.replace(line, line + f"    env: {{LF_X: {value}}}\n", 1)
+        path = tmp_path / "cluster.yaml"
+        path.write_text(text)
+        inventory, findings = check_inventory(path)
+        errors = [f for f in findings if f.severity.value == "error"]
+        if inventory is None:
+            assert {f.code for f in errors} == {"LF195"}, [str(f) for f in errors]
+            outcomes["LF195"] += 1
+            continue
+        for host in inventory.hosts:
+            assert rendered_files(plan_host(inventory, host))
+        outcomes["rendered"] += 1
+    assert outcomes["rendered"] >= 5, outcomes
