@@ -72,9 +72,11 @@ def _url(value: str) -> str:
     if not host:
         raise ValueError(f"{value!r} names no host")
     try:
-        parts.port  # noqa: B018 - raises on a port outside 0-65535
+        port = parts.port  # raises on a port outside 0-65535
     except ValueError as err:
         raise ValueError(f"{value!r}: {err}") from None
+    if port == 0:
+        raise ValueError(f"{value!r}: port 0 is not a port a server listens on")
     _address(host)
     return value
 
