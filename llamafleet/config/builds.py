@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from functools import cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
+from types import SimpleNamespace
 
 from llamafleet.errors import UserError
 
@@ -224,6 +225,11 @@ class BuildCaps:
     version: str
     props_build_info: str | None
     origin: str  # "shipped" | "learned"
+    # Whether a speculating server returns every token it counts at n_predict. b8942 does not: it
+    # counts the last round's accepted draft tokens in predicted_n (and usage) but drops one or two of
+    # them from the text when the limit falls inside a round (measured by the generator's
+    # --probe-model). None: not probed (a build learned from --help).
+    speculation_keeps_length: bool | None = None
 
     def flag(self, purpose: str) -> str | None:
         if purpose not in PURPOSE_SPELLINGS:
@@ -306,6 +312,7 @@ def to_json(caps: BuildCaps, generated_by: str) -> dict:
         "server_binary": caps.server_binary,
         "rpc_binary": caps.rpc_binary,
         "per_request_speculative": caps.per_request_speculative,
+        "speculation_keeps_length": caps.speculation_keeps_length,
         "programs": {"server": [o.to_json() for o in caps.server.options],
                      "rpc": [o.to_json() for o in caps.rpc.options]},
     }
@@ -317,8 +324,9 @@ def render(data: dict) -> str:
 
 def _from_json(data: dict, origin: str) -> BuildCaps:
     tables = {p: FlagTable(tuple(Option.from_json(o) for o in data["programs"][p])) for p in PROGRAMS}
-    return _make_caps(data["build"], data["server_binary"], data["rpc_binary"], tables["server"], tables["rpc"],
+    caps = _make_caps(data["build"], data["server_binary"], data["rpc_binary"], tables["server"], tables["rpc"],
                       data["version"], data["per_request_speculative"], origin)
+    return replace(caps, speculation_keeps_length=data.get("speculation_keeps_length"))
 
 
 @lru_cache(maxsize=None)
@@ -466,8 +474,37 @@ def reads_per_request_speculation(source: Path) -> bool:
     return any(read.search(_live_code(p.read_text(errors="replace"))) for p in sorted(server_dir.glob("*.cpp")))
 
 
-def generate(bin_dir: Path, build: str, source: Path | None = None) -> BuildCaps:
-    """Capabilities from real binaries (and their source tree, when given)."""
+PROBE_PROMPTS = ("Water boils at", "The capital of France is", "def add(a, b):", "Once upon a time")
+PROBE_TOKENS = 16
+
+
+def probe_speculation_length(bin_dir: Path, caps: BuildCaps, model: Path) -> bool:
+    """Run the real server with ``model`` as its own draft and check, on a few prompts, that a
+    speculating request returns as many tokens as it counts (``predicted_n``) at its ``n_predict``."""
+    import urllib.request
+
+    from llamafleet.rig.servers import running, start_llama_server
+
+    args = ["-c", "2048", "-np", "1", caps.require("draft_model", "the probe"), str(model), *caps.draft_args(8, 0)]
+    binaries = SimpleNamespace(server=bin_dir / caps.server_binary)  # what start_llama_server reads of a build
+    with running(start_llama_server(binaries, model, log_dir=Path(tempfile.mkdtemp(prefix="llamafleet-probe-")),
+                                    args=args, name=f"{caps.build}-probe")) as server:
+        for prompt in PROBE_PROMPTS:
+            body = json.dumps({"prompt": prompt, "n_predict": PROBE_TOKENS, "temperature": 0,
+                               "return_tokens": True, "cache_prompt": False}).encode()
+            request = urllib.request.Request(f"{server.url}/completion", data=body,
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=300) as resp:
+                answer = json.load(resp)
+            if not answer["timings"].get("draft_n"):
+                raise UserError(f"llama.cpp {caps.build}: the probe server did not draft; cannot tell")
+            if len(answer["tokens"]) != int(answer["timings"]["predicted_n"]):
+                return False
+    return True
+
+
+def generate(bin_dir: Path, build: str, source: Path | None = None, probe_model: Path | None = None) -> BuildCaps:
+    """Capabilities from real binaries (and their source tree, and a probe run, when given)."""
     rpc_binary = None
     if source is not None:
         rpc_cmake = source / "tools" / "rpc" / "CMakeLists.txt"
@@ -483,6 +520,8 @@ def generate(bin_dir: Path, build: str, source: Path | None = None) -> BuildCaps
             raise UserError(f"{bin_dir / name} does not exist (build the '{name}' target first)")
     caps = caps_from_help(build, _run(bin_dir / SERVER_BINARY, "--help"), _run(bin_dir / rpc_binary, "--help"),
                           _run(bin_dir / SERVER_BINARY, "--version"), rpc_binary)
+    if probe_model is not None:
+        caps = replace(caps, speculation_keeps_length=probe_speculation_length(bin_dir, caps, probe_model))
     if source is None:
         return replace(caps, origin="shipped")
     server_binary = _cmake_executable(source / "tools" / "server" / "CMakeLists.txt")
@@ -498,6 +537,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(source builds without git metadata cannot always report it themselves)")
     parser.add_argument("--source", type=Path, help="the build's llama.cpp source tree (RPC target name, "
                         "per-request speculation); without it per_request_speculative is unknown (null)")
+    parser.add_argument("--probe-model", type=Path, help="a small GGUF to run the server with (as its own "
+                        "draft) to measure speculation_keeps_length; without it that stays unknown (null)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--out-dir", type=Path, default=BUILDS_DIR, help="where shipped data is written")
     where.add_argument("--learn", action="store_true", help="keep it in the learned store "
@@ -506,7 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     if not _BUILD_TAG.match(args.build):
         parser.error(f"--build must look like b11434, got {args.build!r}")
     try:
-        caps = generate(args.bin_dir.expanduser(), args.build, args.source.expanduser() if args.source else None)
+        caps = generate(args.bin_dir.expanduser(), args.build, args.source.expanduser() if args.source else None,
+                        args.probe_model.expanduser() if args.probe_model else None)
     except UserError as err:
         print(f"builds: {err}", file=sys.stderr)
         return 1
@@ -514,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {save_learned(replace(caps, origin='learned'))}")
         return 0
     generated_by = f"python -m llamafleet.config.builds --bin-dir DIR --build {args.build}" + \
-        (" --source DIR" if args.source else "")
+        (" --source DIR" if args.source else "") + (" --probe-model GGUF" if args.probe_model else "")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     out = args.out_dir / f"{args.build}.json"
     out.write_text(render(to_json(caps, generated_by)))

@@ -43,10 +43,12 @@ def _run(binary, *args: str) -> subprocess.CompletedProcess:
 # --- the shipped data is the real builds' own ----------------------------------------------------
 
 
-def test_regenerating_from_the_real_build_reproduces_the_shipped_data(real_build, tmp_path):
+def test_regenerating_from_the_real_build_reproduces_the_shipped_data(real_build, tmp_path, smollm2):
+    """--help, --version, the source tree and a probe run of the real server (SmolLM2 drafting for itself)."""
     cached, _ = real_build
     result = subprocess.run([sys.executable, "-m", "llamafleet.config.builds", "--bin-dir", str(cached.bin_dir),
-                             "--build", cached.build, "--source", str(cached.src), "--out-dir", str(tmp_path)],
+                             "--build", cached.build, "--source", str(cached.src), "--probe-model", str(smollm2),
+                             "--out-dir", str(tmp_path)],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / f"{cached.build}.json").read_text() == (SHIPPED / f"{cached.build}.json").read_text()
@@ -57,9 +59,11 @@ def test_regenerating_from_the_real_build_reproduces_the_shipped_data(real_build
 # (llama.cpp's own b8942 release archive reports "b8942-f535774").
 KNOWN = {
     "b11434": dict(rpc_binary="ggml-rpc-server", per_request_speculative=False, props_build_info="b11434-unknown",
+                   speculation_keeps_length=True,
                    draft_args=["--spec-type", "draft-simple", "--spec-draft-n-max", "8", "--spec-draft-n-min", "2"],
                    has_spec_types={"none", "draft-simple", "ngram-mod"}),
     "b8942": dict(rpc_binary="rpc-server", per_request_speculative=True, props_build_info="b8942-unknown",
+                  speculation_keeps_length=False,
                   draft_args=["--draft-max", "8", "--draft-min", "2"],
                   has_spec_types={"none", "ngram-cache", "ngram-simple", "ngram-map-k", "ngram-map-k4v", "ngram-mod"}),
 }
@@ -71,6 +75,7 @@ def test_shipped_capabilities(build):
     assert caps.origin == "shipped" and caps.server_binary == "llama-server"
     assert caps.rpc_binary == facts["rpc_binary"]
     assert caps.per_request_speculative is facts["per_request_speculative"]
+    assert caps.speculation_keeps_length is facts["speculation_keeps_length"]
     assert caps.props_build_info == facts["props_build_info"]
     assert caps.draft_args(8, 2) == facts["draft_args"]
     assert facts["has_spec_types"] <= set(caps.spec_types)
