@@ -77,6 +77,7 @@ class ProxyState:
             self.target, drafters, native, modes=[m.value for m in cfg.available_modes()],
             default_mode=cfg.mode.value, draft_max=cfg.draft_max, target_slots=cfg.target.slots,
             drafter_timeout=cfg.timeouts.drafter_s, native_is_target=native is self.target,
+            native_keeps_length=cfg.native is None or cfg.native.keeps_length,
         )
 
     async def stop(self) -> None:

@@ -48,6 +48,15 @@ class TargetRef(BackendRef):
         "itself speculates natively and its build reads that field per request.")
 
 
+class NativeRef(BackendRef):
+    """A llama-server of the target model that speculates with its own draft model."""
+
+    keeps_length: bool = Field(
+        True, description="False where the server's build may end a speculating reply short of max_tokens while "
+        "counting the missing tokens (b8942): the proxy then runs native requests on token ids and continues "
+        "a short reply. From the build's capability data (speculation_keeps_length; unknown counts as False).")
+
+
 class Auth(_Strict):
     token_file: str | None = None
     token_env: str | None = None
@@ -97,7 +106,7 @@ class ProxyConfig(_Strict):
     model_name: str = Field("llamafleet", min_length=1, description="The id /v1/models reports.")
     target: TargetRef
     drafters: list[BackendRef] = Field(default_factory=list)
-    native: BackendRef | None = Field(
+    native: NativeRef | None = Field(
         None,
         description="A llama-server of the target model started with its own draft model (native speculation). "
         "When it is the target itself and target.request_fields cannot turn drafting off, direct and native are "
@@ -164,8 +173,10 @@ class ProxyConfig(_Strict):
         service = inventory.services.get(service_name)
         if service is None or getattr(service, "role", None) != "proxy":
             raise UserError(f"services.{service_name}: no proxy service of that name in the inventory")
+        from llamafleet.config.builds import caps_for
         from llamafleet.config.topology import plain_route
 
+        caps = caps_for(inventory.llama_cpp.build)
         target = inventory.services[service.target]
         target_url = service_url(inventory, target)
         route = plain_route(inventory, service.target)
@@ -180,7 +191,8 @@ class ProxyConfig(_Strict):
                              url=plain_url, slots=target.parallel,
                              request_fields=route.request_fields if route is not None else {}),
             drafters=[BackendRef(name=n, url=service_url(inventory, inventory.services[n])) for n in service.drafters],
-            native=BackendRef(name=service.target, url=target_url) if target.native_draft else None,
+            native=NativeRef(name=service.target, url=target_url,
+                             keeps_length=bool(caps and caps.speculation_keeps_length)) if target.native_draft else None,
             mode=Mode(service.mode.value),
             draft_max=service.draft_max,
             auth=auth,

@@ -44,10 +44,15 @@ class Route:
 class Engine:
     def __init__(self, target: Backend, drafters: list[Backend], native: Backend | None, *, modes: list[str],
                  default_mode: str, draft_max: int, target_slots: int, drafter_timeout: float,
-                 native_is_target: bool = False, clock: Callable[[], float] = time.perf_counter):
+                 native_is_target: bool = False, native_keeps_length: bool = True,
+                 clock: Callable[[], float] = time.perf_counter):
         self.modes = list(modes)
         self.default_mode = default_mode
         self.native_is_target = native_is_target
+        # False where the native server's build may end a speculating reply short of max_tokens while
+        # counting the missing tokens (b8942: BuildCaps.speculation_keeps_length). Then native runs on
+        # token ids, where a short reply is seen and continued, and is never relayed whole by auto.
+        self.native_keeps_length = native_keeps_length
         self.clock = clock
         self.pool = DrafterPool(drafters)
         self.paths = Paths(target, self.pool, native, target_slots=target_slots,
@@ -68,12 +73,14 @@ class Engine:
     def route(self, mode: str, greedy: bool, reason: str | None = None) -> Route:
         """Whole (pass-through) unless the request runs on the proxy path or auto probes inside it.
         ``reason``: why this request cannot run on token ids (then it runs whole whatever the mode)."""
+        if reason is None and mode == "native" and not self.native_keeps_length:
+            return Route("native", whole=False, segments=[("native", None, False)])
         if reason is not None or mode in ("direct", "native"):
             path, probe = self._whole_path(mode, greedy)
             return Route(path, whole=True, probe=probe, reason=reason)
         if mode == "auto":
             plan = self.controller.plan(greedy, self.max_width)
-            if plan.probe is None and plan.path != "proxy":
+            if plan.probe is None and plan.path != "proxy" and (plan.path != "native" or self.native_keeps_length):
                 return Route(plan.path, whole=True)
             probe = [(plan.probe, plan.probe_tokens, True)] if plan.probe else []
             return Route(plan.path, whole=False, segments=probe + [(plan.path, None, False)])
@@ -83,7 +90,9 @@ class Engine:
         if mode == "native":
             return "native", False
         if mode == "auto":
-            return self.controller.plan_whole(greedy, [p for p in self.controller.paths if p != "proxy"])
+            whole = [p for p in self.controller.paths
+                     if p != "proxy" and (p != "native" or self.native_keeps_length or self.native_is_target)]
+            return self.controller.plan_whole(greedy, whole)
         # direct, or a forced proxy request the proxy path cannot serve exactly: the plain path.
         return ("native" if self.native_is_target else "direct"), False
 
@@ -106,24 +115,32 @@ class Engine:
         segments = segments or self._segments(mode, greedy)
         report.path = segments[-1][0]
         for path, limit, probe in segments:
-            budget = remaining if limit is None else min(limit, remaining)
-            started, produced, finished = self.clock(), 0, False
-            try:
-                async with contextlib.aclosing(self._run(path, job, context, budget, report, greedy)) as pieces:
-                    async for piece in pieces:
-                        context += piece.tokens
-                        produced += len(piece.tokens)
-                        remaining -= len(piece.tokens)
-                        finished = piece.finish in ("eos", "stop") or remaining <= 0
-                        piece.finish = piece.finish if finished else None  # a probe's budget is not the job's
-                        yield piece
-                        if finished:
-                            break
-            finally:
-                # Also when the consumer stops early (a stop sequence, a client gone): the time still counts.
-                self._observe(path, greedy, produced, self.clock() - started, probe, report)
-            if finished or remaining <= 0:
-                return
+            want = remaining if limit is None else min(limit, remaining)
+            while True:
+                budget = want
+                started, produced, finished = self.clock(), 0, False
+                try:
+                    async with contextlib.aclosing(self._run(path, job, context, budget, report, greedy)) as pieces:
+                        async for piece in pieces:
+                            context += piece.tokens
+                            produced += len(piece.tokens)
+                            remaining -= len(piece.tokens)
+                            finished = piece.finish in ("eos", "stop") or remaining <= 0
+                            piece.finish = piece.finish if finished else None  # a probe's budget is not the job's
+                            yield piece
+                            if finished:
+                                break
+                finally:
+                    # Also when the consumer stops early (a stop sequence, a client gone): the time still counts.
+                    self._observe(path, greedy, produced, self.clock() - started, probe, report)
+                if finished or remaining <= 0:
+                    return
+                want -= produced
+                if path == "proxy" or want <= 0 or produced == 0:
+                    break
+                # A server answered fewer tokens than asked without an end: continue it from the tokens
+                # emitted so far (b8942's speculation drops its last round's tail at n_predict).
+                report.fallbacks.append(f"{path} ended {want} token(s) short of its limit: continued on {path}")
         # A proxy segment stops early only when no drafter is left: the target finishes the job.
         report.fallbacks.append("no healthy drafter: continued on the target")
         async with contextlib.aclosing(self._run("direct", job, context, remaining, report, greedy)) as pieces:

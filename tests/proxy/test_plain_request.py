@@ -44,13 +44,32 @@ def proxy(speculating_target, smollm2_server):
         "listen": {"host": "127.0.0.1", "port": 0}, "model_name": "rig", "draft_max": SLOTS - 1,
         "target": {"name": "target", "url": speculating_target.url, "slots": SLOTS,
                    "request_fields": {"speculative.n_max": 0}},
-        "native": {"name": "target", "url": speculating_target.url},
+        # As ProxyConfig.from_inventory renders b8942, whose capability data says its speculation may
+        # end a reply short of max_tokens (speculation_keeps_length false).
+        "native": {"name": "target", "url": speculating_target.url, "keeps_length": False},
         "drafters": [{"name": "drafter", "url": smollm2_server.url}],
     })
     assert not config.native_is_target
     assert config.available_modes() == [Mode.auto, Mode.direct, Mode.native, Mode.proxy]
     with BackgroundProxy(config, token=TOKEN) as running:
         yield running
+
+
+def test_the_build_drops_the_tail_of_a_speculating_reply(speculating_target):
+    """Why native runs on token ids at b8942: a speculating reply counts n_predict tokens in its
+    timings but returns fewer when the limit falls inside a draft round; plain decoding returns all."""
+    short = 0
+    with httpx.Client(timeout=300) as client:
+        for prompt in PROMPTS:
+            for fields in ({}, {"speculative.n_max": 0}):
+                body = {"prompt": prompt, "n_predict": 16, "temperature": 0, "return_tokens": True,
+                        "cache_prompt": False, **fields}
+                answer = client.post(f"{speculating_target.url}/completion", json=body).json()
+                assert answer["timings"]["predicted_n"] == 16
+                if fields:
+                    assert len(answer["tokens"]) == 16
+                short += len(answer["tokens"]) < 16
+    assert short > 0
 
 
 def test_the_build_reads_the_per_request_switch(speculating_target):
@@ -88,6 +107,7 @@ def test_every_path_on_one_server_gives_the_same_text(proxy, prompt):
             assert report["path"] == "direct" and report["drafted"] == 0, report  # plain: nothing drafted
         if mode == "native":
             assert report["path"] == "native" and report["drafted"] > 0, report
+        assert reply.usage.completion_tokens == 16, (mode, report)
     plain = answers["direct"][1]
     for mode, (path, text, tokens) in answers.items():
         if path == "native":

@@ -179,3 +179,47 @@ def test_controller_learns_from_requests_the_consumer_stops_early():
     asyncio.run(first_piece_only())
     assert engine.controller.generation_seconds > 0
     assert engine.controller.speeds[("direct", True)].samples == 1
+
+
+class TailDroppingNative(FakeModel):
+    """A native server whose build ends a speculating reply short at its limit while counting the missing
+    tokens, as llama.cpp b8942 does (measured: 14-15 of 16 tokens, predicted_n 16)."""
+
+    def _generate(self, tokens, n):
+        piece = super()._generate(tokens, n)
+        if piece.finish == "limit" and len(piece.tokens) > 2:
+            return Piece(tokens=piece.tokens[:-2], finish="limit", timings={**piece.timings, "predicted_n": n})
+        return piece
+
+
+@pytest.mark.parametrize("keeps_length", [True, False])
+def test_a_native_reply_short_of_its_limit_is_continued_on_token_ids(keeps_length):
+    target, native = FakeModel("target"), TailDroppingNative("native")
+    engine = Engine(target, [], native, modes=["auto", "direct", "native"], default_mode="native", draft_max=8,
+                    target_slots=1, drafter_timeout=1.0, native_keeps_length=keeps_length)
+    route = engine.route("native", greedy=True)
+    # A build that keeps length is relayed whole (its own OpenAI endpoint); one that does not runs on
+    # token ids, where the short reply shows and is continued.
+    assert route.whole is keeps_length
+    tokens, report, finish = collect(engine, Job(prompt=PROMPT, max_tokens=30), "native")
+    assert tokens == greedy_reference(target, PROMPT, 30) and finish == "limit"
+    assert report.path == "native" and any("short of its limit" in f for f in report.fallbacks)
+    assert all(call[0] == "complete" for call in native.calls) and len(native.calls) >= 2
+    assert target.calls == []  # continued on native itself, not handed to the target
+
+
+def test_auto_never_relays_whole_to_a_native_build_that_drops_tokens():
+    target, native = FakeModel("target"), TailDroppingNative("native")
+    engine = Engine(target, [], native, modes=["auto", "direct", "native"], default_mode="auto", draft_max=8,
+                    target_slots=1, drafter_timeout=1.0, native_keeps_length=False)
+    # Native measured much faster than direct: auto picks it, on token ids.
+    engine.controller.observe_segment("direct", True, 10, 1.0)
+    engine.controller.observe_segment("native", True, 10, 0.1)
+    route = engine.route("auto", greedy=True)
+    assert (route.path, route.whole) == ("native", False)
+    # A request the token-level paths cannot serve (tools, ...) goes whole, to the plain path only.
+    route = engine.route("auto", greedy=True, reason="tools")
+    assert (route.path, route.whole) == ("direct", True)
+    for _ in range(3):
+        tokens, _, _ = collect(engine, Job(prompt=PROMPT, max_tokens=25), "auto")
+        assert tokens == greedy_reference(target, PROMPT, 25)
