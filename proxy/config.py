@@ -9,22 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from llamafleet.config.models import SpeculationMode
 from llamafleet.errors import UserError
 
 MAX_CONFIG_BYTES = 1024 * 1024  # a proxy config is a few hundred bytes; the size is checked before reading
-
-
-class Mode(str, Enum):
-    auto = "auto"
-    direct = "direct"
-    native = "native"
-    proxy = "proxy"
 
 
 class _Strict(BaseModel):
@@ -112,7 +105,7 @@ class ProxyConfig(_Strict):
         "When it is the target itself and target.request_fields cannot turn drafting off, direct and native are "
         "one path.",
     )
-    mode: Mode = Field(Mode.auto, description="Default path; X-Llamafleet-Mode overrides it per request.")
+    mode: SpeculationMode = Field(SpeculationMode.auto, description="Default path; X-Llamafleet-Mode overrides it per request.")
     draft_max: int = Field(8, gt=0, le=64)
     auth: Auth | None = Field(None, description="None disables auth: only for a loopback listener.")
     limits: Limits = Field(default_factory=Limits)
@@ -130,16 +123,16 @@ class ProxyConfig(_Strict):
         """True when the only server of the target model speculates on every request: no plain path."""
         return self.native is not None and self.native.url == self.target.url and not self.target.request_fields
 
-    def available_modes(self) -> list[Mode]:
-        modes = [Mode.auto, Mode.direct]
+    def available_modes(self) -> list[SpeculationMode]:
+        modes = [SpeculationMode.auto, SpeculationMode.direct]
         if self.native is not None:
-            modes.append(Mode.native)
+            modes.append(SpeculationMode.native)
         if self.drafters and self.target.slots >= 2:
-            modes.append(Mode.proxy)
+            modes.append(SpeculationMode.proxy)
         return modes
 
-    def _why_unavailable(self, mode: Mode) -> str:
-        if mode is Mode.native:
+    def _why_unavailable(self, mode: SpeculationMode) -> str:
+        if mode is SpeculationMode.native:
             return "the target has no native draft model"
         return "it needs at least one drafter and a target with at least 2 slots (-np)"
 
@@ -193,7 +186,7 @@ class ProxyConfig(_Strict):
             drafters=[BackendRef(name=n, url=service_url(inventory, inventory.services[n])) for n in service.drafters],
             native=NativeRef(name=service.target, url=target_url,
                              keeps_length=bool(caps and caps.speculation_keeps_length)) if target.native_draft else None,
-            mode=Mode(service.mode.value),
+            mode=service.mode,
             draft_max=service.draft_max,
             auth=auth,
         )

@@ -14,10 +14,10 @@ from inventory_testlib import EXAMPLES, edit, line_of
 
 from llamafleet.config import Severity, check_inventory, load_inventory
 from llamafleet.config.findings import dotted
-from llamafleet.config.models import Backend, PlainPath
+from llamafleet.config.models import Backend, PlainPath, SpeculationMode
 from llamafleet.config.topology import plain_route
 from llamafleet.deploys.plan import plan_host
-from llamafleet.proxy.config import Mode, ProxyConfig
+from llamafleet.proxy.config import ProxyConfig
 
 LOCAL = (EXAMPLES / "local.yaml").read_text()
 DRAFT_LINE = "    native_draft: {model: smollm2, rpc_worker: rpc, n_max: 8, plain: auto, plain_port: 8083}\n"
@@ -126,7 +126,7 @@ def test_plan_and_proxy_config_follow_the_route(tmp_path, build):
     config = ProxyConfig.from_inventory(inventory, "proxy")
     target = services["target"]
     assert config.native.url == "http://127.0.0.1:8081"
-    assert Mode.direct in config.available_modes() and Mode.native in config.available_modes()
+    assert SpeculationMode.direct in config.available_modes() and SpeculationMode.native in config.available_modes()
     assert not config.native_is_target
     # b8942's speculation may end a reply short of max_tokens (its capability data): native on token ids.
     assert config.native.keeps_length is (build == "b11434")

@@ -12,8 +12,9 @@ import httpx
 import openai
 import pytest
 
+from llamafleet.config.models import SpeculationMode
 from llamafleet.proxy.background import BackgroundProxy
-from llamafleet.proxy.config import Mode, ProxyConfig
+from llamafleet.proxy.config import ProxyConfig
 from llamafleet.rig import cache, models, servers
 
 pytestmark = pytest.mark.slow
@@ -50,7 +51,7 @@ def proxy(speculating_target, smollm2_server):
         "drafters": [{"name": "drafter", "url": smollm2_server.url}],
     })
     assert not config.native_is_target
-    assert config.available_modes() == [Mode.auto, Mode.direct, Mode.native, Mode.proxy]
+    assert config.available_modes() == [SpeculationMode.auto, SpeculationMode.direct, SpeculationMode.native, SpeculationMode.proxy]
     with BackgroundProxy(config, token=TOKEN) as running:
         yield running
 

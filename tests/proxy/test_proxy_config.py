@@ -9,8 +9,9 @@ import pytest
 
 from llamafleet.cli import main
 from llamafleet.config import load_inventory
+from llamafleet.config.models import SpeculationMode
 from llamafleet.errors import UserError
-from llamafleet.proxy.config import Mode, ProxyConfig
+from llamafleet.proxy.config import ProxyConfig
 
 SEED = Path(__file__).resolve().parents[2] / "inventory" / "examples" / "seed-cluster.yaml"
 
@@ -24,7 +25,7 @@ def test_from_inventory_resolves_backend_addresses_and_modes():
     assert [d.name for d in config.drafters] == ["desktop-drafter", "m2-drafter"]
     assert config.listen.host == "192.168.86.40" and config.listen.port == 8000
     assert config.auth.token_file == "/usr/local/llamafleet/proxy.token"
-    assert config.mode is Mode.auto
+    assert config.mode is SpeculationMode.auto
     # The rendered config round-trips through the file loader unchanged.
     assert ProxyConfig.model_validate(json.loads(config.model_dump_json())) == config
 
