@@ -12,19 +12,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from llamafleet.config.models import SpeculationMode
+from llamafleet.config.models import ProxyAuth, SpeculationMode, Strict
 from llamafleet.errors import UserError
 
 MAX_CONFIG_BYTES = 1024 * 1024  # a proxy config is a few hundred bytes; the size is checked before reading
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BackendRef(_Strict):
+class BackendRef(Strict):
     """One llama-server the proxy may call. The proxy never talks to anything not listed."""
 
     name: str = Field(min_length=1)
@@ -50,9 +46,8 @@ class NativeRef(BackendRef):
         "a short reply. From the build's capability data (speculation_keeps_length; unknown counts as False).")
 
 
-class Auth(_Strict):
-    token_file: str | None = None
-    token_env: str | None = None
+class Auth(ProxyAuth):
+    """Where the proxy reads its bearer token: the inventory's proxy auth, with exactly one source."""
 
     @model_validator(mode="after")
     def _one_source(self) -> "Auth":
@@ -76,25 +71,25 @@ class Auth(_Strict):
         return token
 
 
-class Limits(_Strict):
+class Limits(Strict):
     max_body_bytes: int = Field(1 << 20, gt=0)
     max_tokens: int = Field(4096, gt=0, description="Cap on a request's max_tokens; larger requests get a 400.")
     max_concurrency: int = Field(64, gt=0, description="Requests generating at once; more get a 429.")
     max_prompt_tokens: int = Field(8192, gt=0)
 
 
-class Timeouts(_Strict):
+class Timeouts(Strict):
     connect_s: float = Field(2.0, gt=0, description="TCP connect to any backend.")
     target_s: float = Field(300.0, gt=0, description="Whole upstream call to the target.")
     drafter_s: float = Field(5.0, gt=0, description="One drafting call; a slower drafter is skipped for that round.")
 
 
-class Listen(_Strict):
+class Listen(Strict):
     host: str = "127.0.0.1"
     port: int = Field(8090, ge=0, le=65535, description="0 picks a free port (tests).")
 
 
-class ProxyConfig(_Strict):
+class ProxyConfig(Strict):
     listen: Listen = Field(default_factory=Listen)
     model_name: str = Field("llamafleet", min_length=1, description="The id /v1/models reports.")
     target: TargetRef
@@ -176,7 +171,7 @@ class ProxyConfig(_Strict):
         plain_url = service_url(inventory, target, route.port) if route is not None and route.sidecar else target_url
         auth = None
         if service.auth is not None:
-            auth = Auth(token_file=service.auth.token_file, token_env=service.auth.token_env)
+            auth = Auth.model_validate(service.auth.model_dump())
         return cls(
             listen=Listen(host=service.bind, port=service.port),
             model_name=target.model,

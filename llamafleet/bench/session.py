@@ -7,10 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llamafleet.config import load_inventory
+from llamafleet.config.models import SpeculationMode
 from llamafleet.errors import UserError
 from llamafleet.proxy.config import ProxyConfig, service_url
 
-SPECULATION_MODES = ("native", "proxy", "auto")
+# The proxy's paths the benchmark compares with the baseline (the target decoding plainly, which is
+# what "direct" is), in the order of its tables.
+SPECULATION_MODES = tuple(m.value for m in (SpeculationMode.native, SpeculationMode.proxy, SpeculationMode.auto))
 
 
 @dataclass

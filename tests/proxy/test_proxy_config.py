@@ -55,7 +55,11 @@ def test_load_reports_yaml_position(tmp_path):
 def test_auth_needs_exactly_one_source_and_a_token(tmp_path, monkeypatch):
     base = {"target": {"name": "t", "url": "http://127.0.0.1:1"}}
     with pytest.raises(Exception, match="exactly one"):
-        ProxyConfig.model_validate({**base, "auth": {"token_file": "a", "token_env": "B"}})
+        ProxyConfig.model_validate({**base, "auth": {"token_file": "/run/a", "token_env": "B"}})
+    for auth, problem in (({"token_file": "proxy.token"}, "auth.token_file"),
+                          ({"token_env": "NOT-A-NAME"}, "auth.token_env")):  # the inventory's rules
+        with pytest.raises(Exception, match=problem):
+            ProxyConfig.model_validate({**base, "auth": auth})
     config = ProxyConfig.model_validate({**base, "auth": {"token_env": "LLAMAFLEET_TEST_TOKEN"}})
     monkeypatch.delenv("LLAMAFLEET_TEST_TOKEN", raising=False)
     with pytest.raises(UserError, match="LLAMAFLEET_TEST_TOKEN: the token is empty or unset"):
