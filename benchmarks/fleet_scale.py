@@ -40,8 +40,9 @@ sys.path.insert(0, str(ROOT / "tests" / "deploys"))
 from sshd_rig import start_sshd  # noqa: E402
 
 from llamafleet.config import load_inventory  # noqa: E402
-from llamafleet.doctor import Doctor, Http, expectation  # noqa: E402
+from llamafleet.doctor import Doctor, expectation  # noqa: E402
 from llamafleet.drift import run_drift  # noqa: E402
+from llamafleet.llama_client import LlamaClient  # noqa: E402
 from llamafleet.rig import cache, servers  # noqa: E402
 
 SIZES = (1, 5, 20)
@@ -115,7 +116,7 @@ def in_process(kind: str, path: Path, known_hosts: Path, extra: list[str]) -> fl
         run_drift(inv, path, list(inv.hosts), deep=False, override={"ssh_known_hosts_file": str(known_hosts)},
                   parallel=parallel, timeout=timeout)
     else:
-        Doctor(inv, http=Http(timeout), expect=expectation(inv, None), proxy_token=None).run(inv.hosts, parallel)
+        Doctor(inv, http=LlamaClient(timeout), expect=expectation(inv, None), proxy_token=None).run(inv.hosts, parallel)
     return time.monotonic() - started
 
 

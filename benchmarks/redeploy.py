@@ -20,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from llamafleet.commands.demo import demo_inventory
 from llamafleet.rig import cache, mirror
+from llamafleet.rig.example import example_inventory
 
 PROJECT = Path(__file__).resolve().parents[1]
 PAD_TO = 1 << 30
@@ -64,7 +64,7 @@ def prepare(label: str, model_file: Path, content, server) -> dict:
     served = content.root / model_file.name
     if not served.exists():
         os.link(model_file, served)
-    data = demo_inventory(content, server.url, str(root), free_ports=True)
+    data = example_inventory(content, server.url, str(root), free_ports=True)
     data["models"]["smollm2"]["files"] = [{"name": model_file.name, "sha256": mirror.sha256_of(served),
                                            "size": served.stat().st_size}]
     # The proxy's wheel is keyed by a hash of the package sources, which other engineers edit

@@ -18,11 +18,8 @@ themselves, from wherever it runs (a laptop, a CI runner):
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import socket
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -39,6 +36,7 @@ from llamafleet.config.models import (
     RpcWorkerService,
     TargetService,
 )
+from llamafleet.llama_client import LlamaClient, LlamaServerError
 from llamafleet.report import Finding, Report, Severity, by_host, parallel_count
 
 # Probes cover plain English, code, digits, whitespace runs and non-ASCII text, so a vocabulary that
@@ -52,45 +50,6 @@ TOKENIZER_PROBES = (
 )
 
 WILDCARDS = ("0.0.0.0", "::", "")
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    body: Any  # parsed JSON, or None when the body is not JSON
-
-
-class Unreachable(Exception):
-    """No HTTP answer at all (refused, timed out, reset)."""
-
-
-class Http:
-    """A tiny JSON-over-HTTP client; the timeout bounds every call so a hung server cannot hang CI."""
-
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-
-    def request(self, url: str, *, data: Any = None, token: str | None = None) -> Reply:
-        headers = {"Content-Type": "application/json"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        body = None if data is None else json.dumps(data).encode()
-        req = urllib.request.Request(url, data=body, headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return Reply(resp.status, _json_or_none(resp.read()))
-        except urllib.error.HTTPError as err:
-            return Reply(err.code, _json_or_none(err.read()))
-        except (urllib.error.URLError, OSError) as err:
-            reason = getattr(err, "reason", err)
-            raise Unreachable(f"{url}: {reason}") from None
-
-
-def _json_or_none(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None
 
 
 # --- where a service can be reached from here -----------------------------------------------------
@@ -142,7 +101,7 @@ class Expectation:
 
 
 class Doctor:
-    def __init__(self, inventory: Inventory, *, http: Http, expect: Expectation, proxy_token: str | None) -> None:
+    def __init__(self, inventory: Inventory, *, http: LlamaClient, expect: Expectation, proxy_token: str | None) -> None:
         self.inv = inventory
         self.http = http
         self.expect = expect
@@ -196,8 +155,8 @@ class Doctor:
             return [_not_from_here(svc.host, f"health {name}", svc.bind)]
         try:
             health = self.http.request(base + "/health")
-        except Unreachable as err:
-            return [Finding(svc.host, f"health {name}", Severity.error, "answers /health", f"no answer: {err}",
+        except LlamaServerError as err:
+            return [Finding(svc.host, f"health {name}", Severity.error, "answers /health", _no_answer(err),
                             hint=f"start the service (llamafleet drift shows whether {name} runs on {svc.host})")]
         if health.status != 200:
             return [Finding(svc.host, f"health {name}", Severity.fail, "200 ok",
@@ -206,8 +165,8 @@ class Doctor:
         findings = [Finding(svc.host, f"health {name}", Severity.ok, "200 ok", "200 ok")]
         try:
             props = self.http.request(base + "/props")
-        except Unreachable as err:  # it answered /health a moment ago: it stopped or hung since
-            findings.append(Finding(svc.host, f"props {name}", Severity.error, "/props as JSON", f"no answer: {err}"))
+        except LlamaServerError as err:  # it answered /health a moment ago: it stopped or hung since
+            findings.append(Finding(svc.host, f"props {name}", Severity.error, "/props as JSON", _no_answer(err)))
             return findings
         if props.status != 200 or not isinstance(props.body, dict):
             findings.append(Finding(svc.host, f"props {name}", Severity.fail, "/props as JSON", f"HTTP {props.status}",
@@ -295,7 +254,7 @@ class Doctor:
                     return [Finding(host, check, Severity.fail, f"ids of {probe!r} as {target}: {_ids(ids[target])}",
                                     _ids(ids[drafter]), hint=_VOCAB_HINT,
                                     detail=f"probe {probe!r}\n{target}: {ids[target]}\n{drafter}: {ids[drafter]}")]
-        except (Unreachable, ValueError) as err:
+        except (LlamaServerError, ValueError) as err:
             return [Finding(host, check, Severity.error, "metadata and /tokenize answers", str(err))]
         return [Finding(host, check, Severity.ok, f"same ids for {len(TOKENIZER_PROBES)} probes",
                         f"same ids for {len(TOKENIZER_PROBES)} probes")]
@@ -325,8 +284,8 @@ class Doctor:
             anonymous = self.http.request(base + "/v1/models")
             token = self.proxy_token or _token_from_auth(svc)
             authed = self.http.request(base + "/v1/models", token=token) if token else None
-        except Unreachable as err:
-            return [Finding(svc.host, f"health {name}", Severity.error, "answers /health", f"no answer: {err}",
+        except LlamaServerError as err:
+            return [Finding(svc.host, f"health {name}", Severity.error, "answers /health", _no_answer(err),
                             hint=f"start the proxy service {name} on {svc.host}")]
         findings = [Finding(svc.host, f"health {name}", Severity.ok if health.status == 200 else Severity.fail,
                             "200", str(health.status))]
@@ -364,8 +323,8 @@ class Doctor:
                            hint=f"set {svc.auth.token_env or 'LLAMAFLEET_PROXY_TOKEN'} for doctor")
         try:
             reply = self.http.request(base + "/stats", token=token)
-        except Unreachable as err:
-            return Finding(svc.host, check, Severity.skipped, actual=f"no answer: {err}", hint="see health " + name)
+        except LlamaServerError as err:
+            return Finding(svc.host, check, Severity.skipped, actual=_no_answer(err), hint="see health " + name)
         body = reply.body if isinstance(reply.body, dict) else {}
         controller = body.get("controller")
         if reply.status != 200 or not isinstance(controller, dict):
@@ -446,6 +405,10 @@ class Doctor:
 
 
 _VOCAB_HINT = "the draft must use the target's tokenizer: place a draft model of the same family and vocabulary"
+
+
+def _no_answer(err: LlamaServerError) -> str:
+    return f"no answer: {err.url}: {err.problem.removeprefix('failed: ')}"
 
 
 def _error_message(body: Any) -> str:

@@ -1,20 +1,17 @@
 """Real parts: the rig's real llama.cpp builds and SmolLM2 complete prompts over real HTTP."""
 
-import json
 import subprocess
 import tarfile
-import urllib.request
 
 import pytest
 
 from llamafleet.config import builds
+from llamafleet.llama_client import LlamaClient
 from llamafleet.rig import cache, mirror, models, servers
 
 
 def _post(url: str, body: dict) -> dict:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        return json.load(resp)
+    return LlamaClient(60.0).json(url, data=body)
 
 
 def test_binaries_built_from_pinned_source(llama_build):
@@ -31,7 +28,7 @@ def test_smollm2_completes_a_prompt(smollm2_server):
                    {"prompt": "The capital of France is", "n_predict": 8, "temperature": 0})
     assert result["content"].strip()
     assert result["tokens_predicted"] == 8
-    props = json.load(urllib.request.urlopen(f"{smollm2_server.url}/props", timeout=10))
+    props = LlamaClient(10.0).json(f"{smollm2_server.url}/props")
     assert "build_info" in props
 
 
@@ -55,7 +52,7 @@ def test_each_build_speculates_natively_with_its_own_flags(rig_build, smollm2, l
                                                         name=f"native-{rig_build.build}")) as target:
             result = _post(f"{target.url}/completion", {"prompt": "The capital of France is", "n_predict": 16,
                                                         "temperature": 0})
-            props = json.load(urllib.request.urlopen(f"{target.url}/props", timeout=10))
+            props = LlamaClient(10.0).json(f"{target.url}/props")
     assert result["timings"]["draft_n"] > 0, result["timings"]
     assert props["build_info"] == caps.props_build_info
 

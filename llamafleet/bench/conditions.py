@@ -7,13 +7,11 @@ the only difference between conditions is who serves it: the target llama-server
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 
 from llamafleet.errors import UserError
+from llamafleet.llama_client import LlamaClient
 
 MODE_HEADER = "X-Llamafleet-Mode"
 SPEC_FIELDS = ("rounds", "drafted", "accepted", "target_tokens_evaluated", "draft_ms", "verify_ms")
@@ -31,32 +29,6 @@ class Outcome:
     spec: dict | None  # path and round figures (llamafleet object, or Tightwad's history record)
 
 
-def post_json(url: str, body: dict, headers: dict[str, str], timeout: float) -> dict:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), method="POST",
-        headers={"Content-Type": "application/json", **headers},
-    )
-    return _read_json(request, timeout)
-
-
-def get_json(url: str, headers: dict[str, str] | None = None, timeout: float = 30.0) -> object:
-    return _read_json(urllib.request.Request(url, headers=headers or {}), timeout)
-
-
-def _read_json(request: urllib.request.Request, timeout: float) -> object:
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            return json.load(resp)
-    except urllib.error.HTTPError as err:
-        detail = err.read().decode(errors="replace")[:300]
-        raise UserError(f"{request.get_method()} {request.full_url} answered HTTP {err.code}: {detail}") from None
-    except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise UserError(f"{request.get_method()} {request.full_url} failed: {reason}") from None
-    except ValueError:
-        raise UserError(f"{request.get_method()} {request.full_url} did not answer JSON") from None
-
-
 @dataclass
 class Condition:
     """One way of serving the benchmark's requests."""
@@ -70,7 +42,7 @@ class Condition:
     def complete(self, prompt: str, max_tokens: int) -> Outcome:
         body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, **self.fields}
         started = time.perf_counter()
-        answer = post_json(f"{self.url}/v1/completions", body, self.headers, self.timeout)
+        answer = self.client().json(f"{self.url}/v1/completions", data=body)
         wall_s = time.perf_counter() - started
         try:
             choice = answer["choices"][0]
@@ -85,6 +57,9 @@ class Condition:
             timings=answer.get("timings"),
             spec=self.spec_figures(answer),
         )
+
+    def client(self) -> LlamaClient:
+        return LlamaClient(self.timeout, headers=self.headers)
 
     def spec_figures(self, answer: dict) -> dict | None:
         figures = answer.get("llamafleet")
@@ -109,7 +84,7 @@ class TightwadCondition(Condition):
     so the round figures come from the last record of its own ``/v1/tightwad/history``."""
 
     def spec_figures(self, answer: dict) -> dict | None:
-        history = get_json(f"{self.url}/v1/tightwad/history", self.headers)
+        history = LlamaClient(30.0, headers=self.headers).json(f"{self.url}/v1/tightwad/history")
         if not isinstance(history, list) or not history:
             return None
         last = history[-1]
@@ -120,17 +95,19 @@ class TightwadCondition(Condition):
 
 def count_tokens(target_url: str, text: str) -> int:
     """Tokens in a returned text, counted by the target's own tokenizer (no special tokens added)."""
-    answer = post_json(f"{target_url}/tokenize", {"content": text, "add_special": False}, {}, 60.0)
+    answer = LlamaClient(60.0).json(f"{target_url}/tokenize", data={"content": text, "add_special": False})
     return len(answer["tokens"])
 
 
 def render_chat_prompt(target_url: str, user_text: str) -> str:
     """The raw prompt the target's own chat template makes of one user message."""
-    answer = post_json(f"{target_url}/apply-template", {"messages": [{"role": "user", "content": user_text}]}, {}, 60.0)
+    answer = LlamaClient(60.0).json(f"{target_url}/apply-template",
+                                    data={"messages": [{"role": "user", "content": user_text}]})
     return answer["prompt"]
 
 
 def prompt_eval(target_url: str, prompt: str) -> dict:
     """The target's timings for evaluating ``prompt`` from an empty cache (no generation)."""
-    answer = post_json(f"{target_url}/completion", {"prompt": prompt, "n_predict": 0, "cache_prompt": False}, {}, 300.0)
+    answer = LlamaClient(300.0).json(f"{target_url}/completion",
+                                     data={"prompt": prompt, "n_predict": 0, "cache_prompt": False})
     return answer["timings"]

@@ -17,6 +17,7 @@ from llamafleet.bench.prompts import Prompt, built_in_prompts, load_prompts
 from llamafleet.bench.session import BenchSetup
 from llamafleet.bench.tables import render
 from llamafleet.errors import UserError
+from llamafleet.llama_client import LlamaClient
 
 
 @dataclass
@@ -48,7 +49,7 @@ def benchmark(setup: BenchSetup, args, log_dir: Path) -> BenchResult:
     names = [c.name for c in conditions]
     summary = summarize(samples, names, max_tokens=args.max_tokens, draft_ms_per_token=ms_per_token(draft_timings),
                         prompt_eval=evals)
-    props = cond.get_json(f"{setup.target_url}/props")
+    props = LlamaClient(30.0).json(f"{setup.target_url}/props")
     record = {
         "started_utc": started.isoformat(timespec="seconds"),
         "settings": {"max_tokens": args.max_tokens, "repeats": args.repeats, "warmup": args.warmup,

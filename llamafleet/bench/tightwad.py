@@ -13,13 +13,11 @@ import importlib.util
 import os
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from llamafleet.llama_client import LlamaClient, LlamaServerError
 from llamafleet.rig.cache import cache_root
 from llamafleet.rig.servers import RunningProcess, free_port
 
@@ -72,13 +70,7 @@ def running_tightwad(python: str, target_url: str, drafter_url: str, log_dir: Pa
 
 
 def _wait_until_serving(proxy: RunningProcess, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proxy.process.poll() is not None:
-            raise RuntimeError(f"Tightwad exited with {proxy.process.returncode}:\n{proxy.log_tail()}")
-        try:
-            with urllib.request.urlopen(f"{proxy.url}/v1/models", timeout=5):
-                return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.2)
-    raise TimeoutError(f"Tightwad not serving after {timeout:.0f}s:\n{proxy.log_tail()}")
+    try:
+        LlamaClient(5.0).wait_json(f"{proxy.url}/v1/models", within=timeout, poll=0.2, alive=proxy.check_running)
+    except LlamaServerError:
+        raise TimeoutError(f"Tightwad not serving after {timeout:.0f}s:\n{proxy.log_tail()}") from None

@@ -16,25 +16,21 @@ cannot pay and ``auto`` has to settle on the plain path.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import yaml
 
 from llamafleet.config.topology import plain_route
 from llamafleet.errors import UserError
+from llamafleet.llama_client import LlamaClient, LlamaServerError
+from llamafleet.rig.example import EXAMPLE, PAIRS, example_inventory
 
 PROJECT = Path(__file__).resolve().parents[2]
-EXAMPLE = PROJECT / "inventory" / "examples" / "local.yaml"
-SLOW_MODEL = "smollm2-slow"
-PAIRS = ("slow", "fast")
 
 
 def register(subparsers) -> None:
@@ -57,61 +53,16 @@ def _port_free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-def _free_port() -> int:
-    from llamafleet.rig.servers import free_port
-
-    return free_port()
-
-
-def demo_inventory(content, mirror_url: str, install_dir: str | None, free_ports: bool, pair: str = "slow") -> dict:
-    data = yaml.safe_load(EXAMPLE.read_text())
-    from llamafleet.rig.mirror import pin_to_mirror
-
-    if pair == "fast":  # SmolLM2 is the target as well as the draft
-        data["models"].pop(SLOW_MODEL)
-        for host in data["hosts"].values():
-            host["models"] = [m for m in host.get("models", []) if m != SLOW_MODEL]
-        for service in data["services"].values():
-            if service.get("model") == SLOW_MODEL:
-                service["model"] = "smollm2"
-    pin_to_mirror(data, content, mirror_url)
-    host = data["hosts"]["local"]
-    if install_dir:
-        old = host["install_dir"]
-        host.update(install_dir=install_dir, models_dir=host["models_dir"].replace(old, install_dir, 1))
-        for service in data["services"].values():  # keep secrets under the chosen root too
-            auth = service.get("auth") or {}
-            if auth.get("token_file", "").startswith(old):
-                auth["token_file"] = auth["token_file"].replace(old, install_dir, 1)
-    if free_ports:
-        for service in data["services"].values():
-            service["port"] = _free_port()
-            if service.get("native_draft"):
-                service["native_draft"]["plain_port"] = _free_port()
-    return data
-
-
-def _get(url: str, token: str | None = None, timeout: float = 10) -> dict:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    with urllib.request.urlopen(request, timeout=timeout) as resp:
-        return json.load(resp)
-
-
-def _wait_json(url: str, token: str | None = None, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return _get(url, token)
-        except (urllib.error.URLError, OSError, ValueError) as err:
-            if time.monotonic() > deadline:
-                raise UserError(f"{url} does not answer after the deploy: {err}") from None
-            time.sleep(1)
+def _wait_json(url: str, timeout: float = 120) -> dict:
+    try:
+        return LlamaClient(10.0).wait_json(url, within=timeout)
+    except LlamaServerError as err:
+        raise UserError(f"{url} does not answer after the deploy: {err.problem}") from None
 
 
 def verify(inventory) -> list[str]:
     """Check every service over HTTP; return the lines to print (addresses and a sample request)."""
     lines = []
-    token = None
     for name, svc in inventory.services.items():
         url = f"http://{svc.bind}:{svc.port}"
         if svc.role in ("target", "drafter"):
@@ -127,7 +78,6 @@ def verify(inventory) -> list[str]:
                              f"{route.reason})")
         elif svc.role == "proxy":
             token_file = svc.auth.token_file if svc.auth else None
-            token = Path(token_file).read_text().strip() if token_file else None
             _wait_json(f"{url}/health")
             lines.append(f"  proxy      {name:10} {url}  (OpenAI API; bearer token in {token_file})")
             target = inventory.services[svc.target]
@@ -184,7 +134,7 @@ def run(args) -> int:
     example_port = int(yaml.safe_load(EXAMPLE.read_text())["llama_cpp"]["mirror"].rsplit(":", 1)[1])
     server = mirror.MirrorServer(content.root, example_port if _port_free(example_port) else 0).start()
     try:
-        data = demo_inventory(content, server.url, args.install_dir, args.free_ports, args.pair)
+        data = example_inventory(content, server.url, args.install_dir, args.free_ports, args.pair)
         inventory_file = cache.cache_root() / "demo" / "cluster.yaml"
         inventory_file.parent.mkdir(parents=True, exist_ok=True)
         inventory_file.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from llamafleet.commands import seconds
 from llamafleet.config.loader import DEFAULT_INVENTORY, INVENTORY_ENV, default_inventory_path, load_inventory
-from llamafleet.doctor import Doctor, Http, expectation
+from llamafleet.doctor import Doctor, expectation
 from llamafleet.errors import UserError
+from llamafleet.llama_client import LlamaClient
 from llamafleet.report import add_output_options, add_parallel_option, emit, parallel_count, selected_hosts
 
 
@@ -51,7 +52,7 @@ def run(args) -> int:
         token = os.environ.get(args.proxy_token_env)
         if not token:
             raise UserError(f"--proxy-token-env {args.proxy_token_env}: that variable is not set")
-    doctor = Doctor(inventory, http=Http(args.timeout), expect=expectation(inventory, args.expect_build_info),
+    doctor = Doctor(inventory, http=LlamaClient(args.timeout), expect=expectation(inventory, args.expect_build_info),
                     proxy_token=token)
     return emit(doctor.run(hosts, parallel), args)
 

@@ -481,8 +481,7 @@ PROBE_TOKENS = 16
 def probe_speculation_length(bin_dir: Path, caps: BuildCaps, model: Path) -> bool:
     """Run the real server with ``model`` as its own draft and check, on a few prompts, that a
     speculating request returns as many tokens as it counts (``predicted_n``) at its ``n_predict``."""
-    import urllib.request
-
+    from llamafleet.llama_client import LlamaClient
     from llamafleet.rig.servers import running, start_llama_server
 
     args = ["-c", "2048", "-np", "1", caps.require("draft_model", "the probe"), str(model), *caps.draft_args(8, 0)]
@@ -490,12 +489,9 @@ def probe_speculation_length(bin_dir: Path, caps: BuildCaps, model: Path) -> boo
     with running(start_llama_server(binaries, model, log_dir=Path(tempfile.mkdtemp(prefix="llamafleet-probe-")),
                                     args=args, name=f"{caps.build}-probe")) as server:
         for prompt in PROBE_PROMPTS:
-            body = json.dumps({"prompt": prompt, "n_predict": PROBE_TOKENS, "temperature": 0,
-                               "return_tokens": True, "cache_prompt": False}).encode()
-            request = urllib.request.Request(f"{server.url}/completion", data=body,
-                                             headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(request, timeout=300) as resp:
-                answer = json.load(resp)
+            answer = LlamaClient(300.0).json(f"{server.url}/completion", data={
+                "prompt": prompt, "n_predict": PROBE_TOKENS, "temperature": 0, "return_tokens": True,
+                "cache_prompt": False})
             if not answer["timings"].get("draft_n"):
                 raise UserError(f"llama.cpp {caps.build}: the probe server did not draft; cannot tell")
             if len(answer["tokens"]) != int(answer["timings"]["predicted_n"]):

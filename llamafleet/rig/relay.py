@@ -120,9 +120,7 @@ def cacheable_bytes(model: Path) -> tuple[int, int]:
 def target_load_bytes(build, model: Path, relay: CountingRelay, log_dir: Path) -> int:
     """Start llama-server with every layer on the worker behind ``relay`` (``-dev RPC0 -ngl 99``) until
     it is healthy, check it completes, stop it: the bytes it sent to the worker while loading."""
-    import json
-    import urllib.request
-
+    from llamafleet.llama_client import LlamaClient
     from llamafleet.rig import servers
 
     relay.reset()
@@ -131,9 +129,6 @@ def target_load_bytes(build, model: Path, relay: CountingRelay, log_dir: Path) -
                                               "-c", "256", "-np", "1"])
     sent = relay.counts.to_server  # healthy: the weights are on the worker
     with servers.running(target):  # and it works (its compute traffic is not counted)
-        request = urllib.request.Request(f"{target.url}/completion", headers={"Content-Type": "application/json"},
-                                         data=json.dumps({"prompt": "Hello", "n_predict": 4}).encode())
-        with urllib.request.urlopen(request, timeout=120) as response:
-            if "content" not in json.load(response):
-                raise RuntimeError(f"the target on the RPC worker did not complete:\n{target.log_tail()}")
+        if "content" not in LlamaClient(120.0).json(f"{target.url}/completion", data={"prompt": "Hello", "n_predict": 4}):
+            raise RuntimeError(f"the target on the RPC worker did not complete:\n{target.log_tail()}")
     return sent

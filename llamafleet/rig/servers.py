@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from llamafleet.llama_client import LlamaClient, LlamaServerError
 from llamafleet.rig.cache import LlamaCpp
 
 
@@ -42,6 +40,11 @@ class RunningProcess:
         except OSError:
             return "(no log)"
 
+    def check_running(self) -> None:
+        """Raise with the log's tail when the process has exited."""
+        if self.process.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -65,26 +68,18 @@ def _spawn(name: str, argv: Sequence[str], port: int, log_dir: Path, env: dict[s
 
 def wait_for_health(server: RunningProcess, timeout: float = 120.0) -> None:
     """Poll /health until llama-server has loaded its model; fail with its log if it exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"{server.name} exited with {server.process.returncode}:\n{server.log_tail()}")
-        try:
-            with urllib.request.urlopen(f"{server.url}/health", timeout=2) as resp:
-                if resp.status == 200 and json.load(resp).get("status") == "ok":
-                    return
-        except (urllib.error.URLError, OSError, ValueError):
-            pass
-        time.sleep(0.2)
-    server.stop()
-    raise TimeoutError(f"{server.name} not healthy after {timeout:.0f}s:\n{server.log_tail()}")
+    try:
+        LlamaClient(2.0).wait_json(f"{server.url}/health", within=timeout, poll=0.2, alive=server.check_running,
+                                   ready=lambda body: isinstance(body, dict) and body.get("status") == "ok")
+    except LlamaServerError:
+        server.stop()
+        raise TimeoutError(f"{server.name} not healthy after {timeout:.0f}s:\n{server.log_tail()}") from None
 
 
 def wait_for_port(server: RunningProcess, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"{server.name} exited with {server.process.returncode}:\n{server.log_tail()}")
+        server.check_running()
         with socket.socket() as s:
             if s.connect_ex((server.host, server.port)) == 0:
                 return

@@ -6,7 +6,7 @@ against this machine.)"""
 import pytest
 import yaml
 
-from llamafleet.commands.demo import demo_inventory
+from llamafleet.rig.example import example_inventory
 from llamafleet.config import load_inventory
 from llamafleet.rig import mirror
 
@@ -17,7 +17,7 @@ def content(tmp_path_factory, llama_build, smollm2):
 
 
 def test_demo_inventory_is_the_local_example_with_real_hashes(tmp_path, content):
-    data = demo_inventory(content, "http://127.0.0.1:9999", str(tmp_path / "opt"), free_ports=True)
+    data = example_inventory(content, "http://127.0.0.1:9999", str(tmp_path / "opt"), free_ports=True)
     path = tmp_path / "cluster.yaml"
     path.write_text(yaml.safe_dump(data))
     inventory = load_inventory(path)  # validates: the placeholders are gone

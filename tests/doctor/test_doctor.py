@@ -262,11 +262,11 @@ def test_doctor_warns_when_the_proxy_has_no_plain_path(proxy_inventory, llama_bu
     """A proxy whose target also speculates natively on every request (the target *is* the native
     server and nothing turns drafting off): nothing plain to measure against, said as a warning."""
     from llamafleet.proxy.background import BackgroundProxy
-    from llamafleet.proxy.config import BackendRef, ProxyConfig
+    from llamafleet.proxy.config import NativeRef, ProxyConfig
 
     monkeypatch.setenv("LF_DOCTOR_TOKEN", "s3cret")
     config = ProxyConfig.from_inventory(load_inventory(proxy_inventory), "proxy")
-    config = config.model_copy(update={"native": BackendRef(name="target", url=config.target.url)})
+    config = config.model_copy(update={"native": NativeRef(name="target", url=config.target.url)})
     assert config.native_is_target
     with BackgroundProxy(config, token="s3cret"):
         code, findings, _ = doctor(tmp_path, capsys, proxy_inventory, "--expect-build-info",

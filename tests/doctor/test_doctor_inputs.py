@@ -49,10 +49,11 @@ def test_a_build_without_git_metadata_gets_an_explaining_hint(tmp_path):
     """A llama.cpp built from a source tree without git metadata reports build_info "b0-unknown" (its
     cmake/build-info.cmake counts commits with git): checked against the pin, with a hint."""
     from llamafleet.config import load_inventory
-    from llamafleet.doctor import Doctor, Http, expectation
+    from llamafleet.doctor import Doctor, expectation
+    from llamafleet.llama_client import LlamaClient
 
     inventory = load_inventory(write_inventory(tmp_path, SERVICES))
-    doctor = Doctor(inventory, http=Http(1), expect=expectation(inventory, None), proxy_token=None)
+    doctor = Doctor(inventory, http=LlamaClient(1), expect=expectation(inventory, None), proxy_token=None)
     finding = doctor._build_finding("target", inventory.services["target"], "b0-unknown")
     assert (finding.severity.value, finding.expected, finding.actual) == ("fail", "b11434-* (pin b11434)", "b0-unknown")
     assert "-DLLAMA_BUILD_NUMBER=11434" in finding.hint and "--expect-build-info" in finding.hint
