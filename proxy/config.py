@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import Field, ValidationError, model_validator
 
 from llamafleet.config.models import ProxyAuth, SpeculationMode, Strict
-from llamafleet.errors import UserError
+from llamafleet.errors import UserError, validation_problems
 
 MAX_CONFIG_BYTES = 1024 * 1024  # a proxy config is a few hundred bytes; the size is checked before reading
 
@@ -218,9 +218,4 @@ def _parse(path: Path, text: str) -> Any:
 
 
 def _describe(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        message = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"  {where}: {message}")
-    return "\n".join(lines)
+    return "\n".join(f"  {'.'.join(map(str, loc)) or '(top level)'}: {message}" for loc, message in validation_problems(err))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
+from llamafleet.errors import validation_problems
 from llamafleet.proxy.backend import BackendError
 
 
@@ -29,13 +30,9 @@ def invalid(message: str, param: str | None = None, code: str = "invalid_request
 
 def from_validation(err: ValidationError) -> ApiError:
     """Name every offending field; the first one becomes ``param``."""
-    problems, first = [], None
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "body"
-        first = first or where
-        message = "unknown or unsupported field" if e["type"] == "extra_forbidden" else e["msg"]
-        problems.append(f"{where}: {message}")
-    return invalid("; ".join(problems[:8]), param=first)
+    problems = [(".".join(map(str, loc)) or "body", message)
+                for loc, message in validation_problems(err, unknown="unknown or unsupported field")]
+    return invalid("; ".join(f"{where}: {message}" for where, message in problems[:8]), param=problems[0][0])
 
 
 def from_backend(err: BackendError, target_name: str, relayed: bool = False) -> ApiError:

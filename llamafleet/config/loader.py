@@ -28,6 +28,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from llamafleet.config.findings import DataPath, Finding, InventoryError, Severity
 from llamafleet.config import models
 from llamafleet.config.models import Inventory
+from llamafleet.errors import validation_problems
 
 DEFAULT_INVENTORY = Path("inventory/cluster.yaml")
 INVENTORY_ENV = "LLAMAFLEET_INVENTORY"
@@ -450,9 +451,8 @@ def _validate_models(data: Any) -> tuple[Inventory | None, list[Finding]]:
         return Inventory.model_validate(data), []
     except ValidationError as err:
         findings = []
-        for e in err.errors(include_url=False):
-            message = e["msg"].removeprefix("Value error, ")
-            path = _pydantic_path(tuple(e["loc"]), data)
+        for loc, message in validation_problems(err):
+            path = _pydantic_path(loc, data)
             field = next((part for part in reversed(path) if isinstance(part, str)), "")
             findings.append(Finding("LF014", message, _MODEL_HINTS.get(field, ""), path))
         return None, findings
