@@ -40,7 +40,8 @@ class LlamaServerError(UserError):
 class LlamaClient:
     """Calls with ``timeout`` seconds each, a bearer ``token`` and extra ``headers`` on every call."""
 
-    def __init__(self, timeout: float = 30.0, *, token: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, timeout: float = 30.0, *, token: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         self.timeout = timeout
         self.token = token
         self.headers = dict(headers or {})

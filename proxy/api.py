@@ -171,8 +171,6 @@ def requested_max_tokens(data: dict) -> tuple[str, Any] | None:
 
 # --- responses -----------------------------------------------------------------------------------
 
-FINISH_REASON = {"eos": "stop", "stop": "stop", "limit": "length"}
-
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"

@@ -6,8 +6,8 @@ endpoint (:class:`_Relay`: direct and native, and every request the token-level 
 exactly) or on token ids (:class:`_Run`: the proxy path, auto's probes). Errors from any layer are
 turned into the OpenAI error envelope by one middleware.
 
-Other parts add pages by appending to :data:`ROUTES` (``(method, path, handler)``); a handler reads
-the proxy's state with ``request.app[STATE]`` (``.stats_snapshot()`` is what /stats serves).
+A handler reads the proxy's state with ``request.app[STATE]`` (``.stats_snapshot()`` is what /stats
+serves); the pages are listed once, in :func:`create_app`.
 """
 
 from __future__ import annotations
@@ -527,18 +527,6 @@ async def handle_metrics(request: web.Request) -> web.StreamResponse:
                         headers={"X-Content-Type-Options": "nosniff"})
 
 
-ROUTES: list[tuple[str, str, Handler]] = [
-    ("POST", "/v1/completions", handle_completions),
-    ("POST", "/v1/chat/completions", handle_chat),
-    ("POST", "/v1/embeddings", handle_embeddings),
-    ("GET", "/v1/models", handle_models),
-    ("GET", "/health", handle_health),
-    ("GET", "/metrics", handle_metrics),
-    ("GET", "/stats", handle_stats),
-    ("GET", "/dashboard", handle_dashboard),  # proxy/dashboard.py (bench engineer)
-]
-
-
 def create_app(config: ProxyConfig, token: str | None = None) -> web.Application:
     """The proxy application. ``token`` defaults to the one the config's auth section points at."""
     if token is None and config.auth is not None:
@@ -555,6 +543,14 @@ def create_app(config: ProxyConfig, token: str | None = None) -> web.Application
 
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
-    for method, path, handler in ROUTES:
-        app.router.add_route(method, path, handler)
+    app.router.add_routes([
+        web.route("POST", "/v1/completions", handle_completions),
+        web.route("POST", "/v1/chat/completions", handle_chat),
+        web.route("POST", "/v1/embeddings", handle_embeddings),
+        web.route("GET", "/v1/models", handle_models),
+        web.route("GET", "/health", handle_health),
+        web.route("GET", "/metrics", handle_metrics),
+        web.route("GET", "/stats", handle_stats),
+        web.route("GET", "/dashboard", handle_dashboard),  # proxy/dashboard.py
+    ])
     return app

@@ -100,7 +100,8 @@ class ProxyConfig(Strict):
         "When it is the target itself and target.request_fields cannot turn drafting off, direct and native are "
         "one path.",
     )
-    mode: SpeculationMode = Field(SpeculationMode.auto, description="Default path; X-Llamafleet-Mode overrides it per request.")
+    mode: SpeculationMode = Field(SpeculationMode.auto,
+                                  description="Default path; X-Llamafleet-Mode overrides it per request.")
     draft_max: int = Field(8, gt=0, le=64)
     auth: Auth | None = Field(None, description="None disables auth: only for a loopback listener.")
     limits: Limits = Field(default_factory=Limits)
@@ -218,4 +219,5 @@ def _parse(path: Path, text: str) -> Any:
 
 
 def _describe(err: ValidationError) -> str:
-    return "\n".join(f"  {'.'.join(map(str, loc)) or '(top level)'}: {message}" for loc, message in validation_problems(err))
+    return "\n".join(f"  {'.'.join(map(str, loc)) or '(top level)'}: {message}"
+                     for loc, message in validation_problems(err))

@@ -27,7 +27,6 @@ RIG_VERSION = "rig-v1"
 PADDING_BLOCKS = 200
 TEST_PADDING_BLOCKS = 10
 PARTIAL_SCALE = 0.3  # measured: SmolLM2 agrees on 85% of positions, ~67% acceptance at draft length 4
-ZEROED = ("attn_output.weight", "ffn_down.weight")
 
 
 def rig_dir() -> Path:
@@ -48,11 +47,6 @@ def ensure_agreeing_target() -> Path:
 def ensure_partial_target() -> Path:
     """SmolLM2 with one extra block that perturbs the logits: SmolLM2 drafts for it with partial acceptance."""
     return _ensure("smollm2-partial-31.gguf", extra_blocks=1, ffn_down_scale=PARTIAL_SCALE)
-
-
-def ensure_partial_pair() -> tuple[Path, Path]:
-    """(target, draft) that agree only part of the time."""
-    return ensure_partial_target(), ensure_smollm2()
 
 
 def _ensure(name: str, *, extra_blocks: int, ffn_down_scale: float) -> Path:

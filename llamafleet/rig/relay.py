@@ -129,6 +129,7 @@ def target_load_bytes(build, model: Path, relay: CountingRelay, log_dir: Path) -
                                               "-c", "256", "-np", "1"])
     sent = relay.counts.to_server  # healthy: the weights are on the worker
     with servers.running(target):  # and it works (its compute traffic is not counted)
-        if "content" not in LlamaClient(120.0).json(f"{target.url}/completion", data={"prompt": "Hello", "n_predict": 4}):
+        answer = LlamaClient(120.0).json(f"{target.url}/completion", data={"prompt": "Hello", "n_predict": 4})
+        if "content" not in answer:
             raise RuntimeError(f"the target on the RPC worker did not complete:\n{target.log_tail()}")
     return sent
