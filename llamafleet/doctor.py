@@ -408,7 +408,7 @@ _VOCAB_HINT = "the draft must use the target's tokenizer: place a draft model of
 
 
 def _no_answer(err: LlamaServerError) -> str:
-    return f"no answer: {err.url}: {err.problem.removeprefix('failed: ')}"
+    return f"no answer: {err.url}: {err.reason}"
 
 
 def _error_message(body: Any) -> str:

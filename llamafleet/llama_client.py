@@ -36,6 +36,11 @@ class LlamaServerError(UserError):
         super().__init__(f"{method} {url} {problem}")
         self.method, self.url, self.problem, self.status = method, url, problem, status
 
+    @property
+    def reason(self) -> str:
+        """What went wrong, to follow a URL: "[Errno 111] Connection refused", "answered HTTP 503: ..."."""
+        return self.problem.removeprefix("failed: ")
+
 
 class LlamaClient:
     """Calls with ``timeout`` seconds each, a bearer ``token`` and extra ``headers`` on every call."""

@@ -28,6 +28,7 @@ def test_json_answers_and_error_statuses_of_a_real_server(smollm2_server):
     err = caught.value
     assert isinstance(err, UserError) and err.status == 404
     assert str(err).startswith(f"GET {smollm2_server.url}/no-such-endpoint answered HTTP 404: ")
+    assert err.reason.startswith("answered HTTP 404: ")
     bad = client.request(f"{smollm2_server.url}/completion", data={"n_predict": 1})  # no prompt: refused
     assert 400 <= bad.status < 500 and isinstance(bad.body, dict) and "error" in bad.body
     with pytest.raises(LlamaServerError, match=rf"^POST {smollm2_server.url}/completion answered HTTP {bad.status}: "):
@@ -40,6 +41,7 @@ def test_nothing_answering_is_one_error_naming_the_request():
         LlamaClient(2.0).request(f"http://127.0.0.1:{port}/health")
     assert caught.value.status is None
     assert str(caught.value).startswith(f"GET http://127.0.0.1:{port}/health failed: ")
+    assert "refused" in caught.value.reason.lower() and "failed" not in caught.value.reason
 
 
 def test_a_hung_listener_costs_the_timeout_not_more():

@@ -57,7 +57,7 @@ def _wait_json(url: str, timeout: float = 120) -> dict:
     try:
         return LlamaClient(10.0).wait_json(url, within=timeout)
     except LlamaServerError as err:
-        raise UserError(f"{url} does not answer after the deploy: {err.problem}") from None
+        raise UserError(f"{url} does not answer after the deploy: {err.reason}") from None
 
 
 def verify(inventory) -> list[str]:
