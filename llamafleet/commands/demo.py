@@ -28,9 +28,9 @@ import yaml
 from llamafleet.config.topology import plain_route
 from llamafleet.errors import UserError
 from llamafleet.llama_client import LlamaClient, LlamaServerError
-from llamafleet.rig.example import EXAMPLE, PAIRS, example_inventory
 
 PROJECT = Path(__file__).resolve().parents[2]
+PAIRS = ("slow", "fast")  # llamafleet.rig.example.example_inventory's pairs
 
 
 def register(subparsers) -> None:
@@ -120,6 +120,7 @@ def compare(inventory_file: Path, max_tokens: int) -> str:
 def run(args) -> int:
     from llamafleet.config import load_inventory
     from llamafleet.rig import cache, mirror
+    from llamafleet.rig.example import EXAMPLE, example_inventory
 
     if not (PROJECT / "inventory" / "cluster.py").exists():
         raise UserError(f"the demo runs from a source checkout (no inventory/cluster.py under {PROJECT})")

@@ -13,7 +13,6 @@ from llamafleet.rig.servers import free_port
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "inventory" / "examples" / "local.yaml"
 SLOW_MODEL = "smollm2-slow"
-PAIRS = ("slow", "fast")
 
 
 def example_inventory(content: MirrorContent, mirror_url: str, install_dir: str | None, free_ports: bool,
