@@ -555,6 +555,63 @@ def check_unit_values(inventory: Inventory) -> Findings:
             yield from refused(("services", name, "extra_args", index), host.service_manager, arg, item)
 
 
+# --- secrets in the inventory ---------------------------------------------------------------------
+
+# A name part that means "this holds a secret" (HF_TOKEN, OPENAI_API_KEY, --api-key, --hf-token); a
+# last part that means "this names where the secret is" (--api-key-file, HF_TOKEN_PATH) is fine.
+_SECRET_PART = re.compile(r"^(?:\w*key|token|secrets?|passwords?|passwd|pass|credentials?)$", re.I)
+_LOCATION_PART = re.compile(r"^(?:file|path|dir|env|name|id)$", re.I)
+_URL_CREDENTIALS = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s@]+@", re.I)
+
+
+def _names_a_secret(name: str) -> bool:
+    parts = [p for p in re.split(r"[-_]", name.lstrip("-")) if p]
+    return any(_SECRET_PART.match(p) for p in parts) and not (parts and _LOCATION_PART.match(parts[-1]))
+
+
+def _secret_flag(capss: list[builds.BuildCaps], flag: str) -> bool:
+    """``flag`` or any other spelling of its option (``-hft`` is ``--hf-token``) names a secret that
+    follows it (a switch such as ``--cors-credentials`` carries none)."""
+    spellings = {flag}
+    for caps in capss:
+        option = caps.server.lookup(flag)
+        if option is not None and option.values == 0:
+            return False
+        spellings.update(option.flags if option else ())
+    return any(_names_a_secret(s) for s in spellings)
+
+
+def check_secrets(inventory: Inventory) -> Findings:
+    """LF196 (warning): a secret written into the inventory ends up in a unit file and, for
+    arguments, in every ``ps`` listing: a secret-looking ``extra_args`` flag (``--api-key``,
+    ``--hf-token``), an ``env`` value under a secret-looking name or under the proxy's
+    ``auth.token_env``, and a URL with a user name or password in any ``env`` value or argument."""
+    hint = "keep the secret in a 0600 file on the host and name the file (--api-key-file, auth.token_file)"
+    capss = _pinned_caps(inventory)
+    for name, service in inventory.services.items():
+        auth = getattr(service, "auth", None)
+        token_env = auth.token_env if auth is not None else None
+        for key, value in service.env.items():
+            where = ("services", name, "env", key)
+            if value and (key == token_env or _names_a_secret(key)):
+                yield Finding("LF196", f"the value of {key} looks like a secret, and env values are written "
+                              "into the service's unit file", hint, where, Severity.warning)
+            elif _URL_CREDENTIALS.search(value):
+                yield Finding("LF196", f"{key} holds a URL with credentials, which land in the unit file",
+                              "drop the user name and password from the URL", where, Severity.warning)
+        args = getattr(service, "extra_args", [])
+        flags = dict(_flag_tokens(args))
+        for index, item in enumerate(args):
+            where = ("services", name, "extra_args", index)
+            if index in flags and _secret_flag(capss, flags[index]):
+                yield Finding("LF196", f"{flags[index]} puts a secret on the command line (the unit file and "
+                              "every ps listing show it)", hint, where, Severity.warning)
+            elif _URL_CREDENTIALS.search(item):
+                yield Finding("LF196", "a URL with credentials on the command line (the unit file and every ps "
+                              "listing show it)", "drop the user name and password from the URL", where,
+                              Severity.warning)
+
+
 # --- downloads -----------------------------------------------------------------------------------
 
 
@@ -651,4 +708,4 @@ def check_plain_routes(inventory: Inventory) -> Findings:
 
 CHECKS = (check_references, check_one_build, check_managed_args, check_flags, check_model_on_host, check_tokenizers, check_ports,
           check_binds, check_hosts, check_devices, check_gpu_layers, check_memory, check_downloads, check_proxies,
-          check_plain_routes, check_unit_values)
+          check_plain_routes, check_unit_values, check_secrets)

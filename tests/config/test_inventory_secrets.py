@@ -1,0 +1,94 @@
+"""LF196: `validate` warns when a secret is written into the inventory (and so into a unit file, and for
+arguments into every `ps` listing). Variants are edits of the committed examples: each warned case names
+the dotted path and the line; each quiet case is a lookalike that names where a secret is, or is no secret."""
+
+from __future__ import annotations
+
+import pytest
+from inventory_testlib import EXAMPLES, edit, line_of
+
+from llamafleet.config import Severity, check_inventory
+from llamafleet.config.findings import dotted
+
+LOCAL = "local.yaml"  # pins b11434 (capability data shipped)
+SEED = "seed-cluster.yaml"  # pins b8111 (no capability data: every known build's options are consulted)
+DRAFTER_ARGS = '    ctx_size: 2048\n    extra_args: ["--threads", "1"]'
+PROXY_AUTH = "    auth: {token_file: /opt/llamafleet/proxy.token}\n"
+SEED_ARGS = '    extra_args: ["--jinja"]'
+
+
+def _args(*items: str) -> list[tuple[str, str]]:
+    quoted = ", ".join(f'"{i}"' for i in items)
+    return [(DRAFTER_ARGS, f"    ctx_size: 2048\n    extra_args: [{quoted}]")]
+
+
+def _proxy_env(body: str) -> list[tuple[str, str]]:
+    return [(PROXY_AUTH, PROXY_AUTH + f"    env: {body}\n")]
+
+
+# (id, example, edits, dotted path of the warning, snippet whose line it names)
+WARNED = [
+    ("api key argument", LOCAL, _args("--api-key", "s3cr3t"), "services.drafter.extra_args[0]", '    extra_args: ["--api-key"'),
+    ("hf token after another flag", LOCAL, _args("--threads", "1", "--hf-token", "hf_x"),
+     "services.drafter.extra_args[2]", '    extra_args: ["--threads", "1", "--hf-token"'),
+    ("short spelling of a secret flag", LOCAL, _args("-hft", "hf_x"), "services.drafter.extra_args[0]",
+     '    extra_args: ["-hft"'),
+    ("secret flag on a build without capability data", SEED, [(SEED_ARGS, '    extra_args: ["--jinja", "--api-key", "k"]')],
+     "services.target.extra_args[1]", '    extra_args: ["--jinja", "--api-key"'),
+    ("secret-looking env name", LOCAL, _proxy_env("{HF_TOKEN: hf_abc}"), "services.proxy.env.HF_TOKEN", "    env: {HF_TOKEN"),
+    ("api key env on a drafter", LOCAL, [(DRAFTER_ARGS, DRAFTER_ARGS + "\n    env: {OPENAI_API_KEY: sk-1}")],
+     "services.drafter.env.OPENAI_API_KEY", "    env: {OPENAI_API_KEY"),
+    ("password env, lower case", LOCAL, _proxy_env("{db_password: hunter2}"), "services.proxy.env.db_password",
+     "    env: {db_password"),
+    ("the proxy's token_env given a value", LOCAL,
+     [(PROXY_AUTH, "    auth: {token_env: LF_BEARER}\n    env: {LF_BEARER: abc}\n")], "services.proxy.env.LF_BEARER",
+     "    env: {LF_BEARER"),
+    ("credentials in an env URL", LOCAL, _proxy_env('{HTTPS_PROXY: "http://me:pw@10.0.0.1:3128"}'),
+     "services.proxy.env.HTTPS_PROXY", "    env: {HTTPS_PROXY"),
+    ("credentials in an argument URL", LOCAL, _args("--alias", "https://me:pw@example.org/x"),
+     "services.drafter.extra_args[1]", '    extra_args: ["--alias"'),
+]
+
+# lookalikes that must not warn
+QUIET = [
+    ("api key from a file", LOCAL, _args("--api-key-file", "/etc/llamafleet/key")),
+    ("a switch named like a secret", LOCAL, _args("--cors-credentials")),
+    ("token counts are no tokens", LOCAL, _proxy_env("{TOKENIZERS_PARALLELISM: 'false', MAX_TOKENS: '8'}")),
+    ("env naming where the secret is", LOCAL, _proxy_env("{HF_TOKEN_PATH: /etc/hf, SSL_KEY_FILE: /etc/k}")),
+    ("empty secret-looking value", LOCAL, _proxy_env("{HF_TOKEN: ''}")),
+    ("token_env names a variable", LOCAL, [(PROXY_AUTH, "    auth: {token_env: LF_BEARER}\n")]),
+    ("URL without credentials", LOCAL, _proxy_env('{HTTPS_PROXY: "http://10.0.0.1:3128/a@b"}')),
+]
+
+
+def _variant(example: str, edits: list[tuple[str, str]]) -> str:
+    text = (EXAMPLES / example).read_text()
+    for old, new in edits:
+        text = edit(text, old, new)
+    return text
+
+
+@pytest.mark.parametrize("example,edits,path,snippet", [c[1:] for c in WARNED], ids=[c[0] for c in WARNED])
+def test_a_secret_in_the_inventory_is_a_warning(write, example, edits, path, snippet):
+    text = _variant(example, edits)
+    inventory, findings = check_inventory(write(text))
+    assert inventory is not None, "\n".join(map(str, findings))  # a warning, the inventory still loads
+    hits = [f for f in findings if f.code == "LF196"]
+    assert [dotted(f.path) for f in hits] == [path], "\n".join(map(str, findings))
+    (finding,) = hits
+    assert finding.severity is Severity.warning and finding.hint
+    assert finding.line == line_of(text, snippet), str(finding)
+    assert "s3cr3t" not in str(finding) and "hunter2" not in str(finding) and ":pw@" not in str(finding)
+
+
+@pytest.mark.parametrize("example,edits", [c[1:] for c in QUIET], ids=[c[0] for c in QUIET])
+def test_lookalikes_are_not_secrets(write, example, edits):
+    inventory, findings = check_inventory(write(_variant(example, edits)))
+    assert inventory is not None, "\n".join(map(str, findings))
+    assert [f for f in findings if f.code == "LF196"] == []
+
+
+@pytest.mark.parametrize("example", [LOCAL, SEED])
+def test_the_committed_examples_hold_no_secret(example, write):
+    _, findings = check_inventory(write(_variant(example, [])))
+    assert [f for f in findings if f.code == "LF196"] == []
