@@ -180,8 +180,8 @@ def planned_operations(plan: HostPlan, state: dict) -> list[PlannedOperation]:
     helper = plan.helper_path
     installed = state.get("install", {})
     current = installed.get("current")
-    # An upgrade (or downgrade) of a POSIX host: install beside, switch in the rollout, roll back on failure.
-    upgrade = current is not None and current != plan.build.build_id and not windows
+    # An upgrade (or downgrade): install beside, switch in the rollout, roll back on failure.
+    upgrade = current is not None and current != plan.build.build_id
     slot = rollout.slot(plan.inventory, plan.name)
 
     def at(phase: int, index: int) -> tuple[int, ...]:
@@ -193,11 +193,11 @@ def planned_operations(plan: HostPlan, state: dict) -> list[PlannedOperation]:
     ops.append(PlannedOperation("build", f"llama.cpp {plan.build.build_id} ({plan.build.method})", llama_cpp.build, {
         "helper": helper, "spec": {**build_spec(plan), "switch": not upgrade}, "installed": installed,
         "windows": windows}))
-    if not windows and (changes.build or changes.units):
+    if changes.build or changes.units:
         ops.append(PlannedOperation("check", "command lines against the installed binaries", llama_cpp.check_flags, {
             "host_name": plan.name, "bin_dir": plan.path("builds", plan.build.build_id), "build": plan.build.build,
             "services": [{"service": s.service, "role": s.role, "argv": list(s.argv)} for s in plan.services],
-            "rendered_with": plan.caps.build}))
+            "rendered_with": plan.caps.build, "windows": windows}))
     ops.append(PlannedOperation("models", "model files", models.model_files, {
         "helper": helper, "files": model_specs(plan), "models_state": state.get("models", {}),
         "disk_free": state.get("disk_free", 0), "windows": windows}))
@@ -216,7 +216,7 @@ def planned_operations(plan: HostPlan, state: dict) -> list[PlannedOperation]:
     if upgrade:
         steps.append(PlannedOperation("rollout", f"switch {current} -> {plan.build.build_id}", llama_cpp.switch, {
             "helper": helper, "install_dir": plan.host.install_dir, "build_id": plan.build.build_id,
-            "files": sorted(files), "current": current}, at(SWITCH, 0), "healthy", "switch"))
+            "files": sorted(files), "current": current, "windows": windows}, at(SWITCH, 0), "healthy", "switch"))
     steps.append(PlannedOperation("rollout", "service units and configs", file_ops.text_files, {
         "files": files, "state_files": seen, "windows": windows}, at(SWITCH, 1), "healthy", "units"))
     restart = unit_names(plan) if changes.build and changes.build.startswith("reinstall") else []
@@ -232,10 +232,9 @@ def planned_operations(plan: HostPlan, state: dict) -> list[PlannedOperation]:
             everything = HostChanges(units=unit_names(before), files=[plan.supervisor_conf])
             steps += [
                 PlannedOperation("rollout", f"roll back to {current}", llama_cpp.rollback, {
-                    "helper": helper, "install_dir": plan.host.install_dir}, at(ROLLBACK, 0), "failed", "rollback"),
-                # supervisord is running (the switch restarted programs under it): reload them all.
-                _services(before, {"services": {"supervisord": {"running": True}}}, everything, unit_names(before),
-                          at(ROLLBACK, 1), "failed"),
+                    "helper": helper, "install_dir": plan.host.install_dir, "windows": windows},
+                    at(ROLLBACK, 0), "failed", "rollback"),
+                _services(before, _after_switch(before), everything, unit_names(before), at(ROLLBACK, 1), "failed"),
                 PlannedOperation("rollout", f"services ready on {current}", readiness.wait_for_services, {
                     "helper": helper, "spec": wait_spec(before, previous) | _without_completion(), "windows": windows},
                     at(ROLLBACK, 2), "failed", "rolled back"),
@@ -265,6 +264,15 @@ def _between_barriers(plan: HostPlan, steps: list[PlannedOperation]) -> list[Pla
     return out
 
 
+def _after_switch(plan: HostPlan) -> dict:
+    """The service state a rollback starts from: the switch left the services installed and running,
+    so the restored units are all reapplied (supervisord: reload every program; WinSW, which reads its
+    XML only at install: stop, uninstall, install and start each service)."""
+    if plan.host.service_manager is ServiceManager.windows_service:
+        return {"services": {"winsw": {u: "Running" for u in unit_names(plan)}}}
+    return {"services": {"supervisord": {"running": True}}}
+
+
 def _without_completion() -> dict:
     # The build being restored served before this run; its /health, processes and /props build are
     # what the rollback waits for (its units are the ones that were running).
@@ -280,6 +288,10 @@ def _stop(plan: HostPlan, units: list[str], position: tuple[int, ...]) -> Planne
     if manager is ServiceManager.systemd:
         return PlannedOperation("rollout", name, systemd.stop, {"units": [f"{u}.service" for u in units]},
                                 position, "healthy", "stop")
+    if manager is ServiceManager.windows_service:
+        return PlannedOperation("rollout", name, winsw.stop, {
+            "xml": {s.unit_name: plan.unit_path(s) for s in plan.services if s.unit_name in units}},
+            position, "healthy", "stop")
     return PlannedOperation("rollout", name, launchd.stop, {"labels": units}, position, "healthy", "stop")
 
 
@@ -368,15 +380,16 @@ def _learn_installed(host, plan: HostPlan, state: dict) -> HostPlan:
     """A pin with no capability data here whose build folder is already on the host (an earlier run
     installed it): read its binaries' --help now and plan with what they say."""
     from llamafleet.config.builds import save_learned
-    from llamafleet.deploys.facts.build_help import BuildHelp, learned_caps
+    from llamafleet.deploys.facts.build_help import build_help_fact, complete, learned_caps
 
-    if plan.caps_note is None or plan.windows or plan.build.build_id not in (state.get("install") or {}).get("builds", []):
+    if plan.caps_note is None or plan.build.build_id not in (state.get("install") or {}).get("builds", []):
         return plan
-    fact = host.get_fact(BuildHelp, bin_dir=plan.path("builds", plan.build.build_id))
+    fact = host.get_fact(build_help_fact(plan.windows), bin_dir=plan.path("builds", plan.build.build_id))
     if fact is None:
         return plan
-    caps = learned_caps(plan.build.build, fact)
-    save_learned(caps)
+    caps = learned_caps(plan.build.build, fact, any(s.role == "rpc-worker" for s in plan.services))
+    if complete(caps):
+        save_learned(caps)
     return plan_host(plan.inventory, plan.name, caps)
 
 

@@ -41,7 +41,7 @@ def on_disk(spec: dict, installed: dict) -> bool:
 @operation()
 def build(helper: str, spec: dict, installed: dict, windows: bool = False):
     """Install ``spec`` (a release archive or a source build) into its own folder. ``spec["switch"]``
-    false (an upgrade on a POSIX host) leaves ``current`` alone: the rollout's :func:`switch` moves it."""
+    false (an upgrade) leaves ``current`` alone: the rollout's :func:`switch` moves it."""
     reason = install_reason(spec, installed)
     if reason is None:
         return
@@ -52,28 +52,33 @@ def build(helper: str, spec: dict, installed: dict, windows: bool = False):
 
 
 @operation()
-def switch(helper: str, install_dir: str, build_id: str, files: list[str], current: str | None):
+def switch(helper: str, install_dir: str, build_id: str, files: list[str], current: str | None,
+           windows: bool = False):
     """Point ``current`` at ``build_id``, first saving the build in use and the present content of
     ``files`` (the units and configs about to be rewritten) for :func:`rollback`."""
     if current != build_id:
-        yield helper_command(helper, "switch", {"install_dir": install_dir, "build_id": build_id, "files": files})
+        yield (ps_helper_command if windows else helper_command)(
+            helper, "switch", {"install_dir": install_dir, "build_id": build_id, "files": files})
 
 
 @operation()
-def rollback(helper: str, install_dir: str):
+def rollback(helper: str, install_dir: str, windows: bool = False):
     """Undo this run's :func:`switch`: the saved units and configs come back, ``current`` points at
     the previous build again."""
-    yield helper_command(helper, "rollback", {"install_dir": install_dir})
+    yield (ps_helper_command if windows else helper_command)(helper, "rollback", {"install_dir": install_dir})
 
 
 def verify_flags(state, host, host_name: str, bin_dir: str, build: str, services: list[dict],
-                 rendered_with: str) -> bool:
-    """Read the installed build's ``--help`` (the :class:`BuildHelp` fact, now, after the install)
-    and refuse any command line it does not accept. What was learned is saved for ``validate``."""
+                 rendered_with: str, windows: bool = False) -> bool:
+    """Read the installed build's ``--help`` (the BuildHelp fact of the host's OS, now, after the
+    install) and refuse any command line it does not accept. What was learned is saved for ``validate``."""
+    import ntpath
+    import posixpath
+
     from pyinfra import logger
 
-    from llamafleet.config.builds import caps_for, save_learned
-    from llamafleet.deploys.facts.build_help import BuildHelp, learned_caps
+    from llamafleet.config.builds import SERVER_BINARY, caps_for, save_learned
+    from llamafleet.deploys.facts.build_help import build_help_fact, complete, learned_caps, runs_rpc_worker
     from llamafleet.deploys.flagcheck import command_line_problems
     from llamafleet.errors import UserError
 
@@ -81,17 +86,18 @@ def verify_flags(state, host, host_name: str, bin_dir: str, build: str, services
         host.log_styled(f"llamafleet: {message}", fg="red", log_func=logger.error)
         return False
 
-    fact = host.get_fact(BuildHelp, bin_dir=bin_dir)
+    fact = host.get_fact(build_help_fact(windows), bin_dir=bin_dir)
     if fact is None:
-        return refuse(f"hosts.{host_name}: {bin_dir}/llama-server did not print its --help")
+        server = (ntpath if windows else posixpath).join(bin_dir, SERVER_BINARY + (".exe" if windows else ""))
+        return refuse(f"hosts.{host_name}: {server} did not print its --help")
     try:
-        caps = learned_caps(build, fact)
+        caps = learned_caps(build, fact, runs_rpc_worker(services))
     except UserError as err:
         return refuse(f"hosts.{host_name}: {err}")
     known = caps_for(build)
-    if known is None or known.origin == "learned":
+    if (known is None or known.origin == "learned") and complete(caps):
         save_learned(caps)
-    problems = command_line_problems(host_name, services, caps)
+    problems = command_line_problems(host_name, services, caps, windows)
     for problem in problems:
         refuse(problem)
     if problems and rendered_with != build:
@@ -101,7 +107,8 @@ def verify_flags(state, host, host_name: str, bin_dir: str, build: str, services
 
 
 @operation()
-def check_flags(host_name: str, bin_dir: str, build: str, services: list[dict], rendered_with: str):
+def check_flags(host_name: str, bin_dir: str, build: str, services: list[dict], rendered_with: str,
+                windows: bool = False):
     """Before any unit is written or service restarted: every command line against the flags the
     installed binaries list (read as a fact when this runs, i.e. after the install)."""
-    yield FunctionCommand(verify_flags, (host_name, bin_dir, build, services, rendered_with), {})
+    yield FunctionCommand(verify_flags, (host_name, bin_dir, build, services, rendered_with, windows), {})

@@ -57,3 +57,11 @@ def services(install_dir: str, xml: dict, changed: list[str], restart: list[str]
             yield f"& {exe} restart"
         elif status != "Running":
             yield f"& {exe} start"
+
+
+@operation()
+def stop(xml: dict):
+    """Stop the services in ``xml`` (service id -> XML path): a rollout stops RPC clients before their
+    workers switch builds. The switch that follows rewrites their XML, which reinstalls and starts them."""
+    for sid, path in sorted(xml.items()):
+        yield f"& {ps_quote(_exe(path))} stop"

@@ -2,8 +2,12 @@
 # The same verbs and JSON (here base64-encoded) as lf_host.py on POSIX hosts:
 #   state SPEC_JSON     the host's whole state as one JSON document (run inline by WindowsHostState)
 #   fetch SPEC_JSON     resumable download (HTTP Range), sha256 check, atomic rename, verified stamp
-#   install SPEC_JSON   install a llama.cpp release .zip (or source build) and switch `current`
-#   wait SPEC_JSON      wait until the services answer
+#   install SPEC_JSON   install a llama.cpp release .zip (or source build) into its own folder and,
+#                       unless the spec says "switch": false, switch `current` to it
+#   switch SPEC_JSON    an upgrade's switch: remember the previous build and the files about to be
+#                       rewritten (state\rollback.json), then point `current` at the new build
+#   rollback SPEC_JSON  undo the last switch: restore those files and point `current` back
+#   wait SPEC_JSON      wait until the services answer (and report the expected build, and complete)
 # Errors: one line "llamafleet: ..." on stderr and exit code 2 (bad input) or 3 (verification failed).
 param([Parameter(Mandatory = $true)][string]$Verb, [Parameter(Mandatory = $true)][string]$SpecJson)
 
@@ -155,11 +159,81 @@ function Invoke-Install($Spec) {
         if (Test-Path -LiteralPath $target) { Remove-Item -Recurse -Force -LiteralPath $target }
         Move-Item -LiteralPath $staging -Destination $target
     }
-    # `current` is a directory junction: switching it is the upgrade, switching back the rollback.
-    $current = Join-Path $builds 'current'
-    if (Test-Path -LiteralPath $current) { (Get-Item -LiteralPath $current).Delete() }
-    New-Item -ItemType Junction -Path $current -Target $target | Out-Null
+    # An upgrade installs beside the build in use ("switch": false); the rollout's switch verb moves `current`.
+    if ($Spec.'switch' -eq $false) { return "installed $($Spec.build_id) beside $(Get-CurrentBuild $builds)" }
+    Set-Current $builds $Spec.build_id
     "installed $($Spec.build_id)"
+}
+
+function Get-CurrentBuild([string]$Builds) {
+    $current = Join-Path $Builds 'current'
+    if (-not (Test-Path -LiteralPath $current)) { return $null }
+    Split-Path -Leaf ((Get-Item -LiteralPath $current).Target | Select-Object -First 1)
+}
+
+function Set-Current([string]$Builds, [string]$BuildId) {
+    # `current` is a directory junction: switching it is the upgrade, switching back the rollback. A
+    # junction cannot be renamed over another, so the new one is made first and the old one removed
+    # just before the rename: `current` is missing only between those two steps.
+    if ((Get-CurrentBuild $Builds) -eq $BuildId) { return }
+    $current = Join-Path $Builds 'current'
+    $next = Join-Path $Builds 'current.new'
+    if (Test-Path -LiteralPath $next) { (Get-Item -LiteralPath $next).Delete() }
+    New-Item -ItemType Junction -Path $next -Target (Join-Path $Builds $BuildId) | Out-Null
+    if (Test-Path -LiteralPath $current) { (Get-Item -LiteralPath $current).Delete() }
+    Rename-Item -LiteralPath $next -NewName 'current'
+}
+
+function Write-TextFile([string]$Path, [string]$Text) {
+    # UTF-8 without a BOM, written beside and renamed: the bytes the deploy uploaded come back exactly.
+    $tmp = "$Path.lf-tmp"
+    [IO.File]::WriteAllText($tmp, $Text, (New-Object Text.UTF8Encoding $false))
+    Move-Item -Force -LiteralPath $tmp -Destination $Path
+}
+
+function Get-RollbackPath([string]$InstallDir) { Join-Path (Join-Path $InstallDir 'state') 'rollback.json' }
+
+function Invoke-Switch($Spec) {
+    # Switch `current` to an installed build, first saving what a rollback needs: the build in use and
+    # the present content (or absence) of every file the deploy is about to rewrite.
+    $builds = Join-Path $Spec.install_dir 'builds'
+    $previous = Get-CurrentBuild $builds
+    if ($previous -eq $Spec.build_id) { return "$previous is already current" }
+    if (-not (Test-Path -LiteralPath (Join-Path (Join-Path $builds $Spec.build_id) 'install.json'))) {
+        Fail "$($Spec.build_id) is not installed under $builds"
+    }
+    $saved = [ordered]@{}
+    foreach ($path in @($Spec.files)) {
+        if (-not $path) { continue }
+        $saved[$path] = if (Test-Path -LiteralPath $path) { [IO.File]::ReadAllText($path) } else { $null }
+    }
+    $rollback = Get-RollbackPath $Spec.install_dir
+    New-Item -ItemType Directory -Force -Path (Split-Path -Parent $rollback) | Out-Null
+    $body = [ordered]@{ previous = $previous; build_id = $Spec.build_id; files = $saved
+                        at = [int][double]::Parse((Get-Date -UFormat %s)) }
+    Write-TextFile $rollback ($body | ConvertTo-Json -Depth 4 -Compress)
+    Set-Current $builds $Spec.build_id
+    "switched $(if ($previous) { $previous } else { 'nothing' }) -> $($Spec.build_id)"
+}
+
+function Invoke-Rollback($Spec) {
+    # Undo the last switch: the saved files come back (a file that did not exist is removed) and
+    # `current` points at the previous build again.
+    $rollback = Get-RollbackPath $Spec.install_dir
+    if (-not (Test-Path -LiteralPath $rollback)) { Fail "nothing to roll back: $rollback does not exist" }
+    # Read as UTF-8 (Windows PowerShell's Get-Content would read a file without a BOM as ANSI).
+    $saved = [IO.File]::ReadAllText($rollback) | ConvertFrom-Json
+    foreach ($file in @($saved.files.PSObject.Properties | Sort-Object Name)) {
+        if ($null -eq $file.Value) {
+            if (Test-Path -LiteralPath $file.Name) { Remove-Item -Force -LiteralPath $file.Name }
+        } else {
+            New-Item -ItemType Directory -Force -Path (Split-Path -Parent $file.Name) | Out-Null
+            Write-TextFile $file.Name $file.Value
+        }
+    }
+    if ($saved.previous) { Set-Current (Join-Path $Spec.install_dir 'builds') $saved.previous }
+    Remove-Item -LiteralPath $rollback
+    "rolled back $($saved.build_id) -> $(if ($saved.previous) { $saved.previous } else { 'nothing' })"
 }
 
 function Invoke-Wait($Spec) {
@@ -178,6 +252,20 @@ function Invoke-Wait($Spec) {
         if ($pending.Count -gt 0) { Start-Sleep -Seconds 1 }
     }
     if ($pending.Count -gt 0) { Fail "not answering after $($Spec.timeout)s: $($pending -join ', ') (see the logs under $($Spec.logs))" }
+    # Then, when the spec asks: each llama-server's /props reports the expected build ("b8942-f535774")
+    # and it answers one short completion (the model loaded; for a target, its draft device answers).
+    if ($Spec.props) {
+        foreach ($entry in @($Spec.props.PSObject.Properties | Sort-Object Name)) {
+            $info = try { "$((Invoke-RestMethod -TimeoutSec 5 -Uri "$($entry.Name)/props").build_info)" } catch { "error: $_" }
+            if (-not $info.StartsWith("b$($entry.Value)-")) { Fail "$($entry.Name)/props reports build_info '$info', not build b$($entry.Value)" 3 }
+        }
+    }
+    $body = @{ prompt = 'Hello'; n_predict = 2; temperature = 0; cache_prompt = $false } | ConvertTo-Json -Compress
+    foreach ($base in @($Spec.completion)) {
+        if (-not $base) { continue }
+        $answer = try { Invoke-RestMethod -Method Post -TimeoutSec 120 -ContentType 'application/json' -Body $body -Uri "$base/completion" } catch { $null }
+        if ($null -eq $answer -or $null -eq $answer.content) { Fail "$base/completion did not answer a 2-token completion" 3 }
+    }
     'all services answer'
 }
 
@@ -189,9 +277,14 @@ function Get-FileState([string]$Path) {
 function Get-State($Spec) {
     $builds = Join-Path $Spec.install_dir 'builds'
     $current = Join-Path $builds 'current'
-    $install = @{ current = $null; builds = @(); record = $null; version = $null; binaries = @{} }
+    $install = @{ current = $null; builds = @(); record = $null; version = $null; binaries = @{}; installed = @{} }
     if (Test-Path -LiteralPath $builds) {
-        $install.builds = @(Get-ChildItem -Directory -LiteralPath $builds | Where-Object { $_.Name -ne 'current' -and -not $_.Name.StartsWith('.') } | ForEach-Object Name)
+        $install.builds = @(Get-ChildItem -Directory -LiteralPath $builds | Where-Object { $_.Name -notin @('current', 'current.new') -and -not $_.Name.StartsWith('.') } | ForEach-Object Name)
+    }
+    # What each installed folder was installed from: a switch to one of them downloads nothing.
+    foreach ($b in $install.builds) {
+        $r = Read-Json (Join-Path (Join-Path $builds $b) 'install.json')
+        $install.installed[$b] = if ($r) { @($r.artifacts_sha256) } else { $null }
     }
     if (Test-Path -LiteralPath $current) {
         $bin = (Get-Item -LiteralPath $current).Target | Select-Object -First 1
@@ -241,6 +334,8 @@ switch ($Verb) {
     'state' { Get-State $spec }
     'fetch' { "llamafleet: $(Invoke-Fetch $spec)" }
     'install' { "llamafleet: $(Invoke-Install $spec)" }
+    'switch' { "llamafleet: $(Invoke-Switch $spec)" }
+    'rollback' { "llamafleet: $(Invoke-Rollback $spec)" }
     'wait' { "llamafleet: $(Invoke-Wait $spec)" }
-    default { Fail "usage: lf_host.ps1 state|fetch|install|wait SPEC_JSON" }
+    default { Fail "usage: lf_host.ps1 state|fetch|install|switch|rollback|wait SPEC_JSON" }
 }

@@ -284,13 +284,15 @@ def _first_version_line(version_text: str) -> str:
     return next((line for line in lines if line.startswith("version:")), lines[0] if lines else "")
 
 
-def caps_from_help(build: str, server_help: str, rpc_help: str, version_text: str, rpc_binary: str) -> BuildCaps:
-    """Capabilities of a build known only from its binaries' output (what a deploy sees on a host)."""
+def caps_from_help(build: str, server_help: str, rpc_help: str | None, version_text: str, rpc_binary: str) -> BuildCaps:
+    """Capabilities of a build known only from its binaries' output (what a deploy sees on a host).
+    ``rpc_help`` None: no RPC worker help was read (the build folder has no RPC worker binary, which a
+    host that runs no worker does not need); the RPC table is then empty."""
     _check_tag(build)
-    server, rpc = parse_help(server_help), parse_help(rpc_help)
+    server, rpc = parse_help(server_help), parse_help(rpc_help) if rpc_help is not None else []
     if not server:
         raise UserError(f"llama.cpp {build}: '{SERVER_BINARY} --help' listed no options")
-    if not rpc:
+    if rpc_help is not None and not rpc:
         raise UserError(f"llama.cpp {build}: '{rpc_binary} --help' listed no options")
     return _make_caps(build, SERVER_BINARY, rpc_binary, FlagTable(tuple(server)), FlagTable(tuple(rpc)),
                       _first_version_line(version_text), None, "learned")
