@@ -13,14 +13,10 @@ from pyinfra.api import operation
 
 @operation()
 def token_files(helper: str, secrets: list[dict], state_files: dict):
-    """``secrets``: [{path, user}]. Creates missing tokens; repairs a wrong mode or owner."""
+    """``secrets``: [{path, user}]. The helper creates a missing token and repairs a wrong mode or
+    owner through an O_NOFOLLOW descriptor: a token path that is a link is refused, never chmod'ed
+    or chown'ed through (the state reads the path itself, so a link shows as mode 0777)."""
     for secret in secrets:
         seen = state_files.get(secret["path"])
-        path = shlex.quote(secret["path"])
-        if seen is None:
-            yield f"python3 {shlex.quote(helper)} token {path} {shlex.quote(secret['user'])}"
-            continue
-        if seen.get("mode") != "0600":
-            yield f"chmod 0600 {path}"
-        if seen.get("owner") != secret["user"]:
-            yield f"chown {shlex.quote(secret['user'])} {path}"
+        if seen is None or seen.get("mode") != "0600" or seen.get("owner") != secret["user"]:
+            yield f"python3 {shlex.quote(helper)} token {shlex.quote(secret['path'])} {shlex.quote(secret['user'])}"

@@ -11,12 +11,15 @@ The deploy runs it on the host, never on the controller:
   rollback SPEC_JSON    undo the last switch: restore those files and point ``current`` back
   wait SPEC_JSON        wait until the host's services are ready (process up, HTTP /health, /props
                         build, one short completion; a listening socket for RPC workers)
-  token PATH USER       create a random bearer token file (0600, owned by USER) if missing
+  token PATH USER       create a random bearer token file (0600, owned by USER) if missing, or
+                        repair its mode and owner; a token path that is a link is refused
 
 Exit codes: 0 done, 2 bad input or precondition, 3 verification failed. Errors are one line on
 stderr starting with "llamafleet:", so pyinfra shows the reason rather than a traceback.
 """
 
+import errno
+import gzip
 import hashlib
 import http.client
 import json
@@ -24,6 +27,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tarfile
@@ -32,6 +36,12 @@ import urllib.error
 import urllib.request
 import xmlrpc.client
 import zipfile
+import zlib
+
+try:
+    from lzma import LZMAError
+except ImportError:  # a Python built without lzma: tarfile then refuses .xz with a TarError
+    LZMAError = tarfile.TarError
 
 CHUNK = 1 << 20
 RETRIES = 5
@@ -120,6 +130,7 @@ def download_resumable(url, partial, size):
             os.remove(partial)
             have = 0
         if have == size:
+            open(partial, "ab").close()  # an empty file is a (short) download too
             return
         request = urllib.request.Request(url, headers={"Range": "bytes=%d-" % have} if have else {})
         try:
@@ -228,20 +239,90 @@ def binary_hashes(bin_dir):
             if os.path.exists(os.path.join(bin_dir, name))}
 
 
+def member_path(root, archive, name, kind, link=None):
+    """Where an archive member lands under ``root``, or a Failure: members stay inside the
+    destination. Refused: absolute names, ``..`` components, hard links, devices and fifos, and
+    symbolic links to anything but a plain name beside them (``libggml.so -> libggml.so.0``, as
+    release archives hold). None for the archive's own root (``./``)."""
+    what = "%s: member %r" % (os.path.basename(archive), name)
+    if kind not in ("file", "folder", "symlink"):
+        raise Failure("%s is a %s; only files, folders and links to a file beside them are unpacked" % (what, kind))
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        raise Failure("%s has an absolute name; refusing to unpack it" % what)
+    if ".." in parts:
+        raise Failure("%s leaves the destination folder (a '..' component); refusing to unpack it" % what)
+    if kind == "symlink" and (not link or "/" in link or "\\" in link or link in (".", "..") or "\0" in link):
+        raise Failure("%s is a link to %r; only links to a file beside them are unpacked" % (what, link))
+    parts = [p for p in parts if p not in ("", ".")]
+    return os.path.join(root, *parts) if parts else None
+
+
+def _place(dest, kind, link, mode, source):
+    """Write one checked member; an entry already there (an earlier member) is replaced, never written through."""
+    parent = os.path.dirname(dest)
+    os.makedirs(parent, exist_ok=True)
+    if kind == "folder":
+        if os.path.lexists(dest) and not os.path.isdir(dest):
+            os.remove(dest)
+        os.makedirs(dest, exist_ok=True)
+        return
+    if os.path.isdir(dest) and not os.path.islink(dest):
+        shutil.rmtree(dest)
+    elif os.path.lexists(dest):
+        os.remove(dest)
+    if kind == "symlink":
+        os.symlink(link, dest)
+        return
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(fd, "wb") as out, source() as src:
+        shutil.copyfileobj(src, out, CHUNK)
+    os.chmod(dest, 0o755 if mode & 0o111 else 0o644)
+
+
+def _tar_members(archive, tmp):
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            kind = ("folder" if member.isdir() else "file" if member.isreg() else "symlink" if member.issym()
+                    else "hard link" if member.islnk() else "device or fifo")
+            dest = member_path(tmp, archive, member.name, kind, member.linkname)
+            if dest is not None:
+                _place(dest, kind, member.linkname, member.mode, lambda: tar.extractfile(member))
+
+
+def _zip_members(archive, tmp):
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            mode = info.external_attr >> 16
+            kind = ("folder" if info.is_dir() else "symlink" if stat.S_ISLNK(mode)
+                    else "file" if mode == 0 or stat.S_ISREG(mode) else "device or fifo")
+            link = zf.read(info).decode("utf-8", "replace") if kind == "symlink" else None
+            dest = member_path(tmp, archive, info.filename, kind, link)
+            if dest is not None:
+                _place(dest, kind, link, mode, lambda: zf.open(info))
+
+
+# What a download that is not an archive (or is cut short) raises while it is read.
+UNREADABLE = (tarfile.TarError, zipfile.BadZipFile, zipfile.LargeZipFile, gzip.BadGzipFile, EOFError, zlib.error,
+              LZMAError, UnicodeError, ValueError, NotImplementedError)
+
+
 def extract(archive, into):
     """Unpack an upstream archive into ``into`` (merging with what is there), dropping a single
-    top-level folder (``llama-bXXXX/`` in Linux and macOS releases and in source archives)."""
+    top-level folder (``llama-bXXXX/`` in Linux and macOS releases and in source archives). Every
+    member is checked (:func:`member_path`) and written by hand, never by ``extractall``."""
     tmp = into + ".x"
     shutil.rmtree(tmp, ignore_errors=True)
-    if archive.endswith(".zip"):
-        with zipfile.ZipFile(archive) as zf:
-            zf.extractall(tmp)
-    else:
-        with tarfile.open(archive) as tar:
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(tmp, filter="data")
-            else:
-                tar.extractall(tmp)
+    os.makedirs(tmp)
+    try:
+        (_zip_members if archive.endswith(".zip") else _tar_members)(archive, tmp)
+    except UNREADABLE as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise Failure("%s is not a readable %s archive (%s: %s); delete it and run the deploy again"
+                      % (archive, "zip" if archive.endswith(".zip") else "tar", type(err).__name__, err), code=3)
+    except Failure:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     entries = os.listdir(tmp)
     root = os.path.join(tmp, entries[0]) if len(entries) == 1 and os.path.isdir(os.path.join(tmp, entries[0])) else tmp
     os.makedirs(into, exist_ok=True)
@@ -391,21 +472,65 @@ def switch_current(builds, build_id):
 # --- secrets -----------------------------------------------------------------------------------
 
 
+def make_parents(folder):
+    """Create the missing folders above a token file 0755 (owned by the deploying user, root in a
+    real deploy): the service user can reach its token, and only the token file itself (0600, owned
+    by the service user) holds the secret. Folders that exist are left as they are."""
+    missing = []
+    while folder and not os.path.lexists(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    for path in reversed(missing):
+        os.mkdir(path, 0o755)
+        os.chmod(path, 0o755)  # whatever the umask
+
+
 def make_token(path, user):
-    if os.path.exists(path):
-        return "kept"
+    """Create a random token file (0600, owned by ``user``) if missing, or repair the mode and owner of
+    the one there. Every open is O_NOFOLLOW and the repair goes through that open descriptor, so a token
+    path that is a symbolic link (or a hard link to another file) is refused, never written, chmod'ed or
+    chown'ed through."""
     import pwd
     import secrets
 
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    old = os.umask(0o077)
+    if not os.path.isabs(path):
+        raise Failure("token path %r is not absolute" % path)
     try:
-        write_atomic(path, secrets.token_urlsafe(32) + "\n", mode=0o600)
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise Failure("no user %r on this host to own the token file %s" % (user, path))
+    make_parents(os.path.dirname(path))
+    nofollow = os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0)  # O_NONBLOCK: a fifo put there does not hang us
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | nofollow, 0o600)
+        result = "created"
+    except FileExistsError:
+        try:
+            fd = os.open(path, os.O_RDWR | nofollow)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise Failure("token file %s is a symbolic link; refusing to write, chmod or chown through it "
+                              "(remove the link, the deploy then creates the file)" % path)
+            raise Failure("cannot open token file %s: %s" % (path, err.strerror))
+        result = "kept"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Failure("token file %s is not a regular file; refusing to use it" % path)
+        if st.st_nlink != 1:
+            raise Failure("token file %s has %d hard links; refusing to chmod or chown a file shared with "
+                          "another path" % (path, st.st_nlink))
+        if st.st_size == 0:  # created but never written (an interrupted earlier run)
+            os.write(fd, (secrets.token_urlsafe(32) + "\n").encode())
+            os.fsync(fd)
+            result = "created" if result == "created" else "filled"
+        if stat.S_IMODE(st.st_mode) != 0o600 or (st.st_uid, st.st_gid) != (entry.pw_uid, entry.pw_gid):
+            os.fchmod(fd, 0o600)
+            os.fchown(fd, entry.pw_uid, entry.pw_gid)
+            result = "created" if result == "created" else "repaired"
     finally:
-        os.umask(old)
-    entry = pwd.getpwnam(user)
-    os.chown(path, entry.pw_uid, entry.pw_gid)
-    return "created"
+        os.close(fd)
+    return result
 
 
 # --- readiness ---------------------------------------------------------------------------------
@@ -504,8 +629,10 @@ def wait(spec):
 
 
 def file_state(path):
+    """sha256, mode and owner of a file the deploy writes; mode and owner are the path's own (lstat),
+    so a symbolic link put in a file's place reads as a link (0777), not as its target."""
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
     except OSError:
         return None
     try:
@@ -514,7 +641,8 @@ def file_state(path):
         owner = pwd.getpwuid(st.st_uid).pw_name
     except (ImportError, KeyError):
         owner = str(st.st_uid)
-    return {"sha256": sha256_file(path), "mode": "%04o" % (st.st_mode & 0o7777), "owner": owner}
+    return {"sha256": sha256_file(path) if stat.S_ISREG(st.st_mode) else None,
+            "mode": "%04o" % (st.st_mode & 0o7777), "owner": owner}
 
 
 def model_state(path, sha256):
@@ -696,9 +824,18 @@ def main(argv):
         else:
             raise Failure("usage: lf_host.py state|fetch|install|switch|rollback|wait SPEC_JSON | token PATH USER")
     except Failure as err:
-        sys.stderr.write("llamafleet: %s\n" % err)
-        return err.code
+        return fail(str(err), err.code)
+    except KeyError as err:
+        return fail("%s: the spec has no %s" % (argv[0], err))
+    except Exception as err:  # noqa: BLE001 - whatever it was, one line for pyinfra, never a traceback
+        return fail("%s failed: %s: %s" % (argv[0], type(err).__name__, err))
     return 0
+
+
+def fail(message, code=2):
+    """Every failure is one line on stderr (a multi-line exception text is joined) and a non-zero exit."""
+    sys.stderr.write("llamafleet: %s\n" % " ".join(line.strip() for line in message.splitlines()))
+    return code
 
 
 if __name__ == "__main__":

@@ -216,3 +216,262 @@ def test_wait_checks_the_props_build_and_one_completion(smollm2_server, llama_bu
     wrong = helper("wait", {"http": [f"{base}/health"], "props": {base: number + 1}, "timeout": 30})
     assert wrong.returncode == 3
     assert f"{base}/props reports build_info 'b{number}-" in wrong.stderr and f"not build b{number + 1}" in wrong.stderr
+
+
+# --- archives: every member stays inside the destination --------------------------------------------
+# Crafted archives, served by the real mirror and installed by the real helper. Release archives hold
+# links from a library to its versioned file beside it (libggml.so -> libggml.so.0), so such a link is
+# unpacked; every other link, hard link, device, fifo, absolute name and `..` component is refused
+# before anything is placed.
+
+FAKE_SERVER = b'#!/bin/sh\necho "version: 1 (abc1234)" >&2\n'  # what a b1 release's llama-server --version prints
+
+
+def _tar_member(tar, name: str, kind: str = "file", data: bytes = b"x", link: str = "") -> None:
+    import io
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.mode = 0o755
+    if kind == "file":
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        return
+    info.type = {"dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE,
+                 "chr": tarfile.CHRTYPE, "fifo": tarfile.FIFOTYPE}[kind]
+    info.linkname = link
+    tar.addfile(info)
+
+
+def _zip_member(zf, name: str, kind: str = "file", data: bytes = b"x", link: str = "") -> None:
+    import stat
+    import zipfile
+
+    info = zipfile.ZipInfo(name)
+    mode = {"file": stat.S_IFREG | 0o755, "symlink": stat.S_IFLNK | 0o777, "chr": stat.S_IFCHR | 0o644}[kind]
+    info.external_attr = mode << 16
+    zf.writestr(info, link.encode() if kind == "symlink" else data)
+
+
+def make_archive(path: Path, members: list[tuple]) -> Path:
+    """``members``: (name, kind, data-or-link) tuples, after a well-formed llama-b1/llama-server."""
+    import tarfile
+    import zipfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.name.endswith(".zip"):
+        with zipfile.ZipFile(path, "w") as zf:
+            _zip_member(zf, "llama-b1/llama-server", data=FAKE_SERVER)
+            for name, kind, extra in members:
+                _zip_member(zf, name, kind, **({"link": extra} if kind == "symlink" else {"data": extra}))
+    else:
+        with tarfile.open(path, "w:gz") as tar:
+            _tar_member(tar, "llama-b1", "dir")
+            _tar_member(tar, "llama-b1/llama-server", data=FAKE_SERVER)
+            for name, kind, extra in members:
+                _tar_member(tar, name, kind, **({"link": extra} if kind in ("symlink", "hardlink") else {"data": extra}))
+    return path
+
+
+@pytest.fixture
+def archive_mirror(tmp_path):
+    server = MirrorServer(tmp_path / "mirror").start()
+    (tmp_path / "mirror").mkdir()
+    yield server, tmp_path / "mirror"
+    server.stop()
+
+
+def install_archive(server, archive: Path, install_dir: Path) -> subprocess.CompletedProcess:
+    return helper("install", {"install_dir": str(install_dir), "build": "b1", "build_id": "b1-cpu", "backend": "cpu",
+                              "method": "release", "binaries": ["llama-server"], "cmake_options": [],
+                              "artifacts": [{"file": archive.name, "url": f"{server.url}/{archive.name}",
+                                             "sha256": hashlib.sha256(archive.read_bytes()).hexdigest(), "size": None}]})
+
+
+def one_line(result: subprocess.CompletedProcess) -> str:
+    """The helper's failure: a non-zero exit and one `llamafleet:` line, no traceback."""
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if " / " not in line]  # drop the download progress lines
+    assert len(lines) == 1 and lines[0].startswith("llamafleet: "), result.stderr
+    return lines[0]
+
+
+ESCAPES = [  # (id, members, what the one line says)
+    ("dot-dot", [("llama-b1/../../../escaped", "file", b"pwned")], "leaves the destination folder"),
+    ("dot-dot at the top", [("../escaped", "file", b"pwned")], "leaves the destination folder"),
+    ("absolute name", [("{outside}/escaped", "file", b"pwned")], "has an absolute name"),
+    ("link to an absolute path", [("llama-b1/escaped", "symlink", "{outside}/escaped")], "only links to a file beside them"),
+    ("link up and out", [("llama-b1/escaped", "symlink", "../../../escaped")], "only links to a file beside them"),
+    ("link into a folder", [("llama-b1/escaped", "symlink", "sub/x")], "only links to a file beside them"),
+    ("link then a file through it", [("llama-b1/d", "symlink", ".."), ("llama-b1/d/escaped", "file", b"pwned")],
+     "only links to a file beside them"),
+    ("hard link", [("llama-b1/escaped", "hardlink", "llama-b1/llama-server")], "is a hard link"),
+    ("device", [("llama-b1/escaped", "chr", b"")], "is a device or fifo"),
+    ("fifo", [("llama-b1/escaped", "fifo", b"")], "is a device or fifo"),
+]
+ZIP_ESCAPES = [
+    ("dot-dot", [("llama-b1/../../../escaped", "file", b"pwned")], "leaves the destination folder"),
+    ("backslash dot-dot", [("..\\..\\escaped", "file", b"pwned")], "leaves the destination folder"),
+    ("absolute name", [("{outside}/escaped", "file", b"pwned")], "has an absolute name"),
+    ("drive letter", [("C:/escaped", "file", b"pwned")], "has an absolute name"),
+    ("link up and out", [("llama-b1/escaped", "symlink", "../../../escaped")], "only links to a file beside them"),
+    ("link to an absolute path", [("llama-b1/escaped", "symlink", "{outside}/escaped")], "only links to a file beside them"),
+    ("device", [("llama-b1/escaped", "chr", b"")], "is a device or fifo"),
+]
+
+
+@pytest.mark.parametrize("suffix,members,says", [(".tar.gz", *c[1:]) for c in ESCAPES] + [(".zip", *c[1:]) for c in ZIP_ESCAPES],
+                         ids=[f"tar {c[0]}" for c in ESCAPES] + [f"zip {c[0]}" for c in ZIP_ESCAPES])
+def test_an_archive_member_outside_the_destination_is_refused(archive_mirror, tmp_path, suffix, members, says):
+    server, root = archive_mirror
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    members = [(n.format(outside=outside), k, e.format(outside=outside) if isinstance(e, str) else e) for n, k, e in members]
+    archive = make_archive(root / f"llama-b1-bin{suffix}", members)
+    lf = tmp_path / "lf"
+    line = one_line(install_archive(server, archive, lf))
+    assert line.startswith(f"llamafleet: {archive.name}: member ") and says in line, line
+    escaped = [p for p in tmp_path.rglob("escaped*")]
+    assert escaped == [] and not (lf / "escaped").exists() and list(outside.iterdir()) == []
+    assert sorted(p.name for p in (lf / "builds").iterdir()) == []  # no build, no staging, no half-unpacked tree
+
+
+@pytest.mark.parametrize("suffix", [".tar.gz", ".zip"])
+def test_a_link_beside_its_file_is_unpacked(archive_mirror, tmp_path, suffix):
+    """The shape of real release archives: libx.so -> libx.so.0 -> libx.so.0.1 in the binaries' folder."""
+    server, root = archive_mirror
+    archive = make_archive(root / f"llama-b1-bin{suffix}", [
+        ("llama-b1/libx.so.0.1", "file", b"lib"), ("llama-b1/libx.so.0", "symlink", "libx.so.0.1"),
+        ("llama-b1/libx.so", "symlink", "libx.so.0")])
+    result = install_archive(server, archive, tmp_path / "lf")
+    assert result.returncode == 0, result.stderr
+    build = tmp_path / "lf" / "builds" / "b1-cpu"
+    assert os.readlink(build / "libx.so") == "libx.so.0" and (build / "libx.so").read_bytes() == b"lib"
+    assert os.access(build / "llama-server", os.X_OK)
+    assert json.loads((build / "install.json").read_text())["version"] == "version: 1 (abc1234)"
+
+
+def _holding(data: bytes):
+    return lambda path: (path.write_bytes(data), path)[1]
+
+
+def _truncated(path: Path) -> Path:
+    make_archive(path, [("llama-b1/big", "file", os.urandom(256 * 1024))])
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.mark.parametrize("name,make,says", [
+    ("llama-b1-bin.tar.gz", _holding(b"<html>404 from a captive portal</html>\n"),
+     "is not a readable tar archive"),
+    ("llama-b1-bin.zip", _holding(b"<html>404 from a captive portal</html>\n"),
+     "is not a readable zip archive"),
+    ("llama-b1-bin.tar.gz", _truncated, "is not a readable tar archive"),
+    ("llama-b1-bin.zip", _truncated, "is not a readable zip archive"),
+    ("llama-b1-bin.tar.gz", _holding(b""), "is not a readable tar archive"),
+], ids=["html as tar", "html as zip", "truncated tar.gz", "truncated zip", "empty file"])
+def test_a_download_that_is_not_an_archive_is_one_line(archive_mirror, tmp_path, name, make, says):
+    server, root = archive_mirror
+    archive = make(root / name)
+    line = one_line(install_archive(server, archive, tmp_path / "lf"))
+    assert line.startswith(f"llamafleet: {tmp_path / 'lf' / 'downloads' / name} {says} ("), line
+    assert line.endswith("delete it and run the deploy again")
+    assert sorted(p.name for p in (tmp_path / "lf" / "builds").iterdir()) == []
+
+
+@pytest.mark.parametrize("argv", [
+    ["fetch", "{not json"],
+    ["fetch", "{}"],
+    ["install", json.dumps({"install_dir": "/nonexistent-root-\0"})],
+    ["token", "relative/path", "root"],
+])
+def test_every_failure_is_one_line(argv):
+    result = subprocess.run([sys.executable, str(HELPER), *argv], capture_output=True, text=True)
+    assert one_line(result)
+
+
+# --- token files -------------------------------------------------------------------------------------
+
+
+def _me() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+def token(path: Path, user: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(HELPER), "token", str(path), user or _me()], capture_output=True, text=True)
+
+
+def test_token_in_missing_folders_is_readable_by_its_user(tmp_path):
+    """Missing folders above the token are created 0755 (owned by the deploying user), the token 0600
+    owned by the service user: the service user can reach and read it, nobody else can read it."""
+    path = tmp_path / "a" / "b" / "proxy.token"
+    old = os.umask(0o077)  # a strict umask must not make the folders unreachable
+    try:
+        result = token(path)
+    finally:
+        os.umask(old)
+    assert result.returncode == 0 and result.stdout.strip() == "created", result.stderr
+    assert [oct(p.stat().st_mode & 0o777) for p in (tmp_path / "a", tmp_path / "a" / "b")] == ["0o755", "0o755"]
+    assert oct(path.stat().st_mode & 0o777) == "0o600" and path.stat().st_uid == os.getuid()
+    first = path.read_text()
+    assert len(first.strip()) >= 40 and token(path).stdout.strip() == "kept" and path.read_text() == first
+
+
+def test_token_with_a_loose_mode_is_repaired_in_place(tmp_path):
+    path = tmp_path / "proxy.token"
+    path.write_text("kept-secret\n")
+    path.chmod(0o644)
+    result = token(path)
+    assert result.returncode == 0 and result.stdout.strip() == "repaired", result.stderr
+    assert oct(path.stat().st_mode & 0o777) == "0o600" and path.read_text() == "kept-secret\n"
+
+
+@pytest.mark.parametrize("dangling", [False, True], ids=["link to a file", "dangling link"])
+def test_a_token_path_that_is_a_link_is_refused(tmp_path, dangling):
+    victim = tmp_path / "victim"
+    if not dangling:
+        victim.write_text("not a token\n")
+        victim.chmod(0o644)
+    link = tmp_path / "proxy.token"
+    link.symlink_to(victim)
+    line = one_line(token(link))
+    assert line == (f"llamafleet: token file {link} is a symbolic link; refusing to write, chmod or chown through "
+                    "it (remove the link, the deploy then creates the file)")
+    if dangling:
+        assert not victim.exists()
+    else:
+        assert victim.read_text() == "not a token\n" and oct(victim.stat().st_mode & 0o777) == "0o644"
+
+
+def test_a_token_hard_linked_elsewhere_is_refused(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("x\n")
+    victim.chmod(0o644)
+    os.link(victim, tmp_path / "proxy.token")
+    line = one_line(token(tmp_path / "proxy.token"))
+    assert "has 2 hard links" in line and oct(victim.stat().st_mode & 0o777) == "0o644"
+
+
+def test_token_for_an_unknown_user_is_one_line(tmp_path):
+    line = one_line(token(tmp_path / "proxy.token", "no-such-user-lf"))
+    assert line == f"llamafleet: no user 'no-such-user-lf' on this host to own the token file {tmp_path / 'proxy.token'}"
+    assert not (tmp_path / "proxy.token").exists()
+
+
+def test_state_reads_a_link_as_a_link(tmp_path):
+    """A link put in a deployed file's place reads as mode 0777 and no hash, so the token operation
+    sends it to the helper (which refuses it) instead of finding its target in order."""
+    target = tmp_path / "t"
+    target.write_text("x")
+    target.chmod(0o600)
+    (tmp_path / "link").symlink_to(target)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nothing")
+    spec = {"install_dir": str(tmp_path / "lf"), "models_dir": str(tmp_path), "drivers": [],
+            "files": [str(tmp_path / "link"), str(tmp_path / "dangling"), str(target)]}
+    files = json.loads(helper("state", spec).stdout)["files"]
+    assert files[str(tmp_path / "link")]["mode"] == "0777" and files[str(tmp_path / "link")]["sha256"] is None
+    assert files[str(tmp_path / "dangling")]["mode"] == "0777"
+    assert files[str(target)]["mode"] == "0600" and files[str(target)]["sha256"] == hashlib.sha256(b"x").hexdigest()
