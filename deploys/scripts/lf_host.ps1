@@ -16,8 +16,48 @@ $ProgressPreference = 'SilentlyContinue'
 $Binaries = @('llama-server', 'ggml-rpc-server')
 
 function Fail([string]$Message, [int]$Code = 2) {
-    [Console]::Error.WriteLine("llamafleet: $Message")
+    [Console]::Error.WriteLine("llamafleet: $($Message -replace '\s*\r?\n\s*', ' ')")  # always one line
     exit $Code
+}
+
+# Archive members stay inside the destination, by the rules of lf_host.py's member_path: no absolute
+# or drive-rooted name, no '..' component, and (Windows release zips hold none) no link, hard link or
+# device. Checked for every member before anything is unpacked.
+$AbsoluteName = '^([\\/]|[A-Za-z]:)'
+$NamePart = '[\\/]'
+
+function Assert-Member([string]$Archive, [string]$Name, [string]$Kind) {
+    $what = "$(Split-Path -Leaf $Archive): member '$Name'"
+    if ($Kind -ne 'file' -and $Kind -ne 'folder') { Fail "$what is a $Kind; only files and folders are unpacked here" }
+    if ($Name -match $AbsoluteName) { Fail "$what has an absolute name; refusing to unpack it" }
+    if (@($Name -split $NamePart) -contains '..') { Fail "$what leaves the destination folder (a '..' component); refusing to unpack it" }
+}
+
+function Assert-ZipMembers([string]$Archive) {
+    Add-Type -AssemblyName System.IO.Compression.FileSystem
+    try { $zip = [IO.Compression.ZipFile]::OpenRead($Archive) } catch {
+        Fail "$Archive is not a readable zip archive ($($_.Exception.Message)); delete it and run the deploy again" 3
+    }
+    try {
+        foreach ($entry in $zip.Entries) {
+            $type = ($entry.ExternalAttributes -shr 16) -band 0xF000  # Unix mode bits, when a Unix zip wrote them
+            $kind = if ($type -eq 0xA000) { 'link' } elseif ($type -in 0, 0x8000, 0x4000) { 'file' } else { 'device or fifo' }
+            Assert-Member $Archive $entry.FullName $kind
+        }
+    } finally { $zip.Dispose() }
+}
+
+function Assert-TarMembers([string]$Archive) {
+    # bsdtar (tar.exe): one verbose line per member, its type in the first character.
+    $lines = @(tar -tvzf $Archive 2>&1 | ForEach-Object { "$_" })
+    $names = @(tar -tzf $Archive 2>$null)
+    if ($LASTEXITCODE -ne 0 -or $lines.Count -ne $names.Count) {
+        Fail "$Archive is not a readable tar archive ($($lines | Select-Object -Last 1)); delete it and run the deploy again" 3
+    }
+    for ($i = 0; $i -lt $names.Count; $i++) {
+        $kind = switch -CaseSensitive ($lines[$i].Substring(0, 1)) { '-' { 'file' } 'd' { 'folder' } 'l' { 'link' } 'h' { 'hard link' } default { 'device or fifo' } }
+        Assert-Member $Archive $names[$i] $kind
+    }
 }
 
 function Get-Sha256([string]$Path) { (Get-FileHash -Algorithm SHA256 -LiteralPath $Path).Hash.ToLower() }
@@ -130,6 +170,7 @@ function Invoke-Install($Spec) {
         if ($Spec.method -eq 'source') {
             $src = Join-Path $builds ".$($Spec.build_id).src"
             if (Test-Path -LiteralPath $src) { Remove-Item -Recurse -Force -LiteralPath $src }
+            Assert-TarMembers $archives[0]
             tar -xzf $archives[0] -C (New-Item -ItemType Directory -Force -Path $src).FullName --strip-components=1
             & cmake -S $src -B "$src-build" @($Spec.cmake_options)
             if ($LASTEXITCODE -ne 0) { Fail 'source build failed: cmake configure' }
@@ -140,6 +181,7 @@ function Invoke-Install($Spec) {
         } else {
             # Windows release zips hold the binaries at the top level (no llama-<tag> folder); the
             # cudart zip of a CUDA build is expanded on top of the llama zip.
+            foreach ($archive in $archives) { Assert-ZipMembers $archive }
             foreach ($archive in $archives) { Expand-Archive -LiteralPath $archive -DestinationPath $staging -Force }
         }
         foreach ($name in $Spec.binaries) {
@@ -330,12 +372,15 @@ try {
     $json = if ($SpecJson.TrimStart().StartsWith('{')) { $SpecJson } else { [Text.Encoding]::UTF8.GetString([Convert]::FromBase64String($SpecJson)) }
     $spec = $json | ConvertFrom-Json
 } catch { Fail "bad JSON argument: $_" }
-switch ($Verb) {
-    'state' { Get-State $spec }
-    'fetch' { "llamafleet: $(Invoke-Fetch $spec)" }
-    'install' { "llamafleet: $(Invoke-Install $spec)" }
-    'switch' { "llamafleet: $(Invoke-Switch $spec)" }
-    'rollback' { "llamafleet: $(Invoke-Rollback $spec)" }
-    'wait' { "llamafleet: $(Invoke-Wait $spec)" }
-    default { Fail "usage: lf_host.ps1 state|fetch|install|switch|rollback|wait SPEC_JSON" }
-}
+# Any other error (Stop makes every error terminating) is one line as well, never a PowerShell error record.
+try {
+    switch ($Verb) {
+        'state' { Get-State $spec }
+        'fetch' { "llamafleet: $(Invoke-Fetch $spec)" }
+        'install' { "llamafleet: $(Invoke-Install $spec)" }
+        'switch' { "llamafleet: $(Invoke-Switch $spec)" }
+        'rollback' { "llamafleet: $(Invoke-Rollback $spec)" }
+        'wait' { "llamafleet: $(Invoke-Wait $spec)" }
+        default { Fail "usage: lf_host.ps1 state|fetch|install|switch|rollback|wait SPEC_JSON" }
+    }
+} catch { Fail "$Verb failed: $($_.Exception.Message)" }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -475,3 +476,48 @@ def test_state_reads_a_link_as_a_link(tmp_path):
     assert files[str(tmp_path / "link")]["mode"] == "0777" and files[str(tmp_path / "link")]["sha256"] is None
     assert files[str(tmp_path / "dangling")]["mode"] == "0777"
     assert files[str(target)]["mode"] == "0600" and files[str(target)]["sha256"] == hashlib.sha256(b"x").hexdigest()
+
+
+# --- the PowerShell twin (deploys/scripts/lf_host.ps1) ------------------------------------------------
+# No PowerShell and no Windows here: these read the script's text. Its name rules are .NET regexes that
+# mean the same in Python's re (character classes and anchors only), so they are applied to the names the
+# POSIX helper refuses and must refuse the same ones; the rest checks where the checks sit in the script.
+
+PS1 = HELPER.with_name("lf_host.ps1").read_text()
+NAMES = ["llama-b1/../../../escaped", "../escaped", "..\\..\\escaped", "/tmp/escaped", "\\escaped", "C:/escaped",
+         "c:escaped", "llama-b1/llama-server.exe", "./llama-server.exe", "a..b/c..", "ggml-cuda.dll", "sub/dir/"]
+
+
+def _ps1_string(variable: str) -> str:
+    (value,) = re.findall(rf"^\${variable} = '([^']*)'$", PS1, re.M)
+    return value
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ps1_refuses_the_member_names_the_posix_helper_refuses(name):
+    ps1_refuses = bool(re.match(_ps1_string("AbsoluteName"), name)) or ".." in re.split(_ps1_string("NamePart"), name)
+    try:
+        lf_host.member_path("/dest", "a.zip", name, "file")
+        posix_refuses = False
+    except lf_host.Failure:
+        posix_refuses = True
+    assert ps1_refuses == posix_refuses
+
+
+def test_ps1_checks_every_archive_before_unpacking_it():
+    lines = PS1.splitlines()
+    unpacks = [i for i, line in enumerate(lines) if "Expand-Archive " in line or re.search(r"\btar -x", line)]
+    assert len(unpacks) == 2  # the release zips, the source tarball
+    for i in unpacks:
+        archive = re.search(r"(\$archives\[0\]|\$archive)(?!\w)", lines[i]).group(1)
+        checked = [line for line in lines[:i] if re.search(r"Assert-(Zip|Tar)Members " + re.escape(archive) + r"(?!\w)", line)]
+        assert checked, lines[i]
+    assert "Fail \"$Archive is not a readable zip archive" in PS1 and "Fail \"$Archive is not a readable tar archive" in PS1
+
+
+def test_ps1_failures_are_one_line():
+    """Fail joins a multi-line message; the verb dispatch turns any other error into a Fail."""
+    assert "Error.WriteLine(\"llamafleet: $($Message -replace '\\s*\\r?\\n\\s*', ' ')\")" in PS1
+    dispatch = PS1[PS1.index("switch ($Verb) {"):]
+    assert PS1[:PS1.index("switch ($Verb) {")].rstrip().endswith("try {")
+    assert dispatch.rstrip().endswith('} catch { Fail "$Verb failed: $($_.Exception.Message)" }')
