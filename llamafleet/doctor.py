@@ -226,13 +226,20 @@ class Doctor:
         named: set[str] = set()
         for svc in self.inv.services.values():
             if isinstance(svc, ProxyService):
-                pairs += [(d, svc.target) for d in svc.drafters]
+                # Several targets: a drafter drafts for those of its tokenizer family (validate checks one exists).
+                pairs += [(d, t) for d in svc.drafters for t in svc.target_names
+                          if svc.target is not None or self._family(d) == self._family(t)]
                 named.update(svc.drafters)
         targets = [n for n, s in self.inv.services.items() if isinstance(s, TargetService)]
         for name, svc in self.inv.services.items():
             if isinstance(svc, DrafterService) and name not in named:
                 pairs += [(name, t) for t in targets]
         return list(dict.fromkeys(pairs))
+
+    def _family(self, service: str) -> str | None:
+        svc = self.inv.services.get(service)
+        model = self.inv.models.get(svc.model) if svc is not None and hasattr(svc, "model") else None
+        return model.tokenizer if model is not None else None
 
     def check_vocabulary(self, drafter: str, target: str) -> list[Finding]:
         host = self.inv.services[drafter].host

@@ -46,6 +46,23 @@ class NativeRef(BackendRef):
         "a short reply. From the build's capability data (speculation_keeps_length; unknown counts as False).")
 
 
+class Replica(Strict):
+    """One server set of a model: its plain path and, where it speculates natively, that server."""
+
+    service: str = Field(min_length=1, description="The inventory's target service (names it in /stats).")
+    target: TargetRef
+    native: NativeRef | None = None
+
+
+class ServedModel(Strict):
+    """A model the proxy serves: its id in /v1/models, its replicas and the drafters of its tokenizer family."""
+
+    name: str = Field(min_length=1, description="The id /v1/models reports and a request's model selects.")
+    replicas: list[Replica] = Field(min_length=1, description="Servers of this model; each request goes to "
+                                    "the least busy one with a free slot, and a failing one is taken out.")
+    drafters: list[BackendRef] = Field(default_factory=list)
+
+
 class Auth(ProxyAuth):
     """Where the proxy reads its bearer token: the inventory's proxy auth, with exactly one source."""
 
@@ -92,7 +109,7 @@ class Listen(Strict):
 class ProxyConfig(Strict):
     listen: Listen = Field(default_factory=Listen)
     model_name: str = Field("llamafleet", min_length=1, description="The id /v1/models reports.")
-    target: TargetRef
+    target: TargetRef | None = Field(None, description="One model on one server; or list models instead.")
     drafters: list[BackendRef] = Field(default_factory=list)
     native: NativeRef | None = Field(
         None,
@@ -107,12 +124,54 @@ class ProxyConfig(Strict):
     limits: Limits = Field(default_factory=Limits)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     history_size: int = Field(256, gt=0, description="Requests kept in /stats history.")
+    models: list[ServedModel] | None = Field(
+        None, description="Several models and replicas (instead of model_name, target, drafters and native).")
 
     @model_validator(mode="after")
     def _mode_available(self) -> "ProxyConfig":
-        if self.mode not in self.available_modes():
-            raise ValueError(f"mode {self.mode.value!r} is not available: {self._why_unavailable(self.mode)}")
+        if self.models is None:
+            if self.target is None:
+                raise ValueError("set target (one model on one server) or models (several models or replicas)")
+            if self.mode not in self.available_modes():
+                raise ValueError(f"mode {self.mode.value!r} is not available: {self._why_unavailable(self.mode)}")
+            return self
+        if self.target is not None or self.drafters or self.native is not None:
+            raise ValueError("models replaces target, drafters and native: set one shape, not both")
+        names = [m.name for m in self.models]
+        if not names or len(set(names)) != len(names):
+            raise ValueError("models must list at least one model, each name once")
+        for model in self.models:
+            for replica in model.replicas:
+                one = self.replica_config(model, replica)  # validated like a one-server config
+                if self.mode not in one.available_modes():
+                    raise ValueError(f"mode {self.mode.value!r} is not available on model {model.name!r} replica "
+                                     f"{replica.service!r}: {one._why_unavailable(self.mode)}")
         return self
+
+    def served(self) -> list[ServedModel]:
+        """Every model with its replicas (a one-server config is one model with one replica)."""
+        if self.models is not None:
+            return list(self.models)
+        return [ServedModel(name=self.model_name, drafters=self.drafters,
+                            replicas=[Replica(service=self.target.name, target=self.target, native=self.native)])]
+
+    def replica_config(self, model: ServedModel, replica: Replica) -> "ProxyConfig":
+        """The one-server config of one replica: what its engine and request handling run on."""
+        return ProxyConfig.model_validate({
+            **self.model_dump(exclude={"models", "target", "native", "drafters", "model_name"}),
+            "model_name": model.name, "target": replica.target.model_dump(),
+            "native": replica.native.model_dump() if replica.native else None,
+            "drafters": [d.model_dump() for d in model.drafters]})
+
+    def replica_of(self, service: str) -> Replica:
+        """The replica an inventory target service became (KeyError if the proxy does not front it)."""
+        if self.models is None:  # one server: it is the target whatever its name
+            return self.served()[0].replicas[0]
+        for model in self.models:
+            for replica in model.replicas:
+                if replica.service == service:
+                    return replica
+        raise KeyError(service)
 
     @property
     def native_is_target(self) -> bool:
@@ -158,34 +217,55 @@ class ProxyConfig(Strict):
 
     @classmethod
     def from_inventory(cls, inventory: Any, service_name: str) -> "ProxyConfig":
-        """Build the config for one proxy service of an inventory (``llamafleet.config.models.Inventory``)."""
+        """Build the config for one proxy service of an inventory (``llamafleet.config.models.Inventory``):
+        the one-server shape for ``target``, the ``models`` shape for ``targets`` (targets of one model are
+        its replicas; each model gets the drafters of its tokenizer family)."""
         service = inventory.services.get(service_name)
         if service is None or getattr(service, "role", None) != "proxy":
             raise UserError(f"services.{service_name}: no proxy service of that name in the inventory")
-        from llamafleet.config.builds import caps_for
-        from llamafleet.config.topology import plain_route
-
-        caps = caps_for(inventory.llama_cpp.build)
-        target = inventory.services[service.target]
-        target_url = service_url(inventory, target)
-        route = plain_route(inventory, service.target)
-        plain_url = service_url(inventory, target, route.port) if route is not None and route.sidecar else target_url
         auth = None
         if service.auth is not None:
             auth = Auth.model_validate(service.auth.model_dump())
-        return cls(
-            listen=Listen(host=service.bind, port=service.port),
-            model_name=target.model,
-            target=TargetRef(name=route.sidecar if route is not None and route.sidecar else service.target,
-                             url=plain_url, slots=target.parallel,
-                             request_fields=route.request_fields if route is not None else {}),
-            drafters=[BackendRef(name=n, url=service_url(inventory, inventory.services[n])) for n in service.drafters],
-            native=NativeRef(name=service.target, url=target_url,
-                             keeps_length=bool(caps and caps.speculation_keeps_length)) if target.native_draft else None,
-            mode=service.mode,
-            draft_max=service.draft_max,
-            auth=auth,
-        )
+        common = dict(listen=Listen(host=service.bind, port=service.port), mode=service.mode,
+                      draft_max=service.draft_max, auth=auth)
+        drafters = [(BackendRef(name=n, url=service_url(inventory, inventory.services[n])),
+                     _tokenizer(inventory, inventory.services[n].model)) for n in service.drafters]
+        if service.target is not None:
+            replica = _replica(inventory, service.target)
+            return cls(model_name=inventory.services[service.target].model, target=replica.target,
+                       drafters=[d for d, _ in drafters], native=replica.native, **common)
+        models: dict[str, ServedModel] = {}
+        for name in service.target_names:
+            model = inventory.services[name].model
+            served = models.setdefault(model, ServedModel(
+                name=model, replicas=[_replica(inventory, name)],
+                drafters=[d for d, family in drafters if family == _tokenizer(inventory, model)]))
+            if served.replicas[0].service != name:
+                served.replicas.append(_replica(inventory, name))
+        return cls(models=list(models.values()), **common)
+
+
+def _tokenizer(inventory: Any, model: str) -> str | None:
+    entry = inventory.models.get(model)
+    return entry.tokenizer if entry is not None else None
+
+
+def _replica(inventory: Any, name: str) -> Replica:
+    """Target service ``name`` as the proxy reaches it: its plain path and, with a native draft, itself."""
+    from llamafleet.config.builds import caps_for
+    from llamafleet.config.topology import plain_route
+
+    caps = caps_for(inventory.llama_cpp.build)
+    target = inventory.services[name]
+    target_url = service_url(inventory, target)
+    route = plain_route(inventory, name)
+    plain_url = service_url(inventory, target, route.port) if route is not None and route.sidecar else target_url
+    return Replica(
+        service=name,
+        target=TargetRef(name=route.sidecar if route is not None and route.sidecar else name, url=plain_url,
+                         slots=target.parallel, request_fields=route.request_fields if route is not None else {}),
+        native=NativeRef(name=name, url=target_url,
+                         keeps_length=bool(caps and caps.speculation_keeps_length)) if target.native_draft else None)
 
 
 def service_url(inventory: Any, service: Any, port: int | None = None) -> str:

@@ -80,7 +80,7 @@ def verify(inventory) -> list[str]:
             token_file = svc.auth.token_file if svc.auth else None
             _wait_json(f"{url}/health")
             lines.append(f"  proxy      {name:10} {url}  (OpenAI API; bearer token in {token_file})")
-            target = inventory.services[svc.target]
+            target = inventory.services[svc.target_names[0]]
             lines += ["", "Try:", f"  curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' "
                       + (f"-H \"Authorization: Bearer $(cat {token_file})\" " if token_file else "")
                       + "-d '{\"model\": \"" + target.model + "\", \"messages\": [{\"role\": \"user\", "

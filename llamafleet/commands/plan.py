@@ -173,8 +173,8 @@ def plain_path(inventory: Inventory, target: str) -> dict:
     # What each proxy in front of this target is configured with for its plain (direct) path.
     proxies = {}
     for name, svc in inventory.services.items():
-        if isinstance(svc, ProxyService) and svc.target == target:
-            direct = ProxyConfig.from_inventory(inventory, name).target
+        if isinstance(svc, ProxyService) and target in svc.target_names:
+            direct = ProxyConfig.from_inventory(inventory, name).replica_of(target).target
             proxies[name] = {"url": direct.url, "request_fields": dict(direct.request_fields)}
     via = "; ".join(f"proxy {n} sends direct requests to {p['url']}"
                     + (f" with {json.dumps(p['request_fields'])}" if p["request_fields"] else "")

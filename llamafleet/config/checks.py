@@ -300,7 +300,7 @@ def _service_refs(inventory: Inventory, base: tuple, service) -> Findings:
                 yield _missing("model", draft.model, inventory.models, base + ("native_draft", "model"))
             wanted.append((base + ("native_draft", "rpc_worker"), draft.rpc_worker, RpcWorkerService))
     if isinstance(service, ProxyService):
-        wanted.append((base + ("target",), service.target, TargetService))
+        wanted += [(base + _target_path(service, i), t, TargetService) for i, t in enumerate(service.target_names)]
         wanted += [(base + ("drafters", i), d, DrafterService) for i, d in enumerate(service.drafters)]
     for path, ref, kind in wanted:
         other = inventory.services.get(ref)
@@ -309,6 +309,11 @@ def _service_refs(inventory: Inventory, base: tuple, service) -> Findings:
         elif not isinstance(other, kind):
             yield Finding("LF161", f"service {ref!r} is a {other.role}, but this must name a {_ROLE_OF[kind]}",
                           f"name a service with role: {_ROLE_OF[kind]}", path)
+
+
+def _target_path(service: ProxyService, index: int) -> tuple:
+    """Where a proxy's ``index``-th target is written: ``target`` or ``targets.<index>``."""
+    return ("target",) if service.target is not None else ("targets", index)
 
 
 def _missing(kind: str, name: str, known, path: tuple) -> Finding:
@@ -343,7 +348,7 @@ def check_tokenizers(inventory: Inventory) -> Findings:
         if isinstance(service, TargetService) and service.native_draft is not None:
             yield from _same_tokenizer(inventory, service.model, service.native_draft.model,
                                        ("services", name, "native_draft", "model"))
-        if isinstance(service, ProxyService):
+        if isinstance(service, ProxyService) and service.target is not None:
             target = inventory.services.get(service.target)
             if not isinstance(target, TargetService):
                 continue
@@ -430,7 +435,7 @@ def _remote_uses(name: str, service) -> Iterator[tuple[tuple, str]]:
         if service.native_draft is not None:
             yield ("native_draft", "rpc_worker"), service.native_draft.rpc_worker
     if isinstance(service, ProxyService):
-        yield ("target",), service.target
+        yield from ((_target_path(service, i), t) for i, t in enumerate(service.target_names))
         yield from ((("drafters", i), d) for i, d in enumerate(service.drafters))
 
 
@@ -653,18 +658,29 @@ def _host_archive(inventory: Inventory, name: str) -> Findings:
 
 
 def check_proxies(inventory: Inventory) -> Findings:
-    """LF190: the speculation mode has what it needs; LF191: auth is unambiguous, and required off loopback."""
+    """LF190: the speculation mode has what it needs; LF191: auth is unambiguous, and required off loopback;
+    LF197: a proxy's target listed twice; LF198: a drafter of a several-target proxy that fits none of its
+    models' tokenizer families (with one target, LF120 says it)."""
     for name, service in inventory.services.items():
         if not isinstance(service, ProxyService):
             continue
         base = ("services", name)
-        target = inventory.services.get(service.target)
         if service.mode.value == "proxy" and not service.drafters:
             yield Finding("LF190", "mode proxy needs at least one drafter", "list drafters, or use mode: auto",
                           base + ("mode",))
-        if service.mode.value == "native" and isinstance(target, TargetService) and target.native_draft is None:
-            yield Finding("LF190", f"mode native needs target {service.target!r} to have native_draft",
-                          "add native_draft to the target, or use mode: auto", base + ("mode",))
+        seen: set[str] = set()
+        for index, target_name in enumerate(service.target_names):
+            path = base + _target_path(service, index)
+            if target_name in seen:
+                yield Finding("LF197", f"target {target_name!r} is listed twice",
+                              "list each target service once: replicas are separate target services", path)
+            seen.add(target_name)
+            target = inventory.services.get(target_name)
+            if service.mode.value == "native" and isinstance(target, TargetService) and target.native_draft is None:
+                yield Finding("LF190", f"mode native needs target {target_name!r} to have native_draft",
+                              "add native_draft to the target, or use mode: auto", base + ("mode",))
+        if service.target is None:
+            yield from _drafters_fit(inventory, service, base)
         host = inventory.hosts.get(service.host)
         if host is not None and host.os is OS.windows:
             yield Finding("LF194", f"the proxy cannot run on host {service.host!r}: it runs on Linux or macOS hosts",
@@ -676,6 +692,24 @@ def check_proxies(inventory: Inventory) -> Findings:
         if auth is None and service.bind not in LOOPBACK:
             yield Finding("LF191", f"the proxy listens on {service.bind} without auth",
                           "add auth: {token_file: ...}, or bind 127.0.0.1", base + ("bind",))
+
+
+def _drafters_fit(inventory: Inventory, service: ProxyService, base: tuple) -> Findings:
+    """Each drafter of a several-target proxy drafts for the targets of its tokenizer family: at least one."""
+    families = {}
+    for target_name in service.target_names:
+        target = inventory.services.get(target_name)
+        model = inventory.models.get(target.model) if isinstance(target, TargetService) else None
+        if model is not None:
+            families.setdefault(model.tokenizer, []).append(target.model)
+    for index, drafter_name in enumerate(service.drafters):
+        drafter = inventory.services.get(drafter_name)
+        model = inventory.models.get(drafter.model) if isinstance(drafter, DrafterService) else None
+        if model is not None and families and model.tokenizer not in families:
+            served = ", ".join(f"{m} ({t})" for t, ms in families.items() for m in dict.fromkeys(ms))
+            yield Finding("LF198", f"drafter {drafter_name!r} uses tokenizer {model.tokenizer!r}, which none of "
+                          f"this proxy's models uses: {served}", "drop the drafter, or add a target of its "
+                          "tokenizer family", base + ("drafters", index))
 
 
 def check_plain_routes(inventory: Inventory) -> Findings:

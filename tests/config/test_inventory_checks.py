@@ -111,6 +111,7 @@ def test_every_code_is_documented_and_tested():
     tested |= {"LF103", "LF113"}  # the warnings, below
     tested |= {"LF192", "LF193"}  # test_plain_path
     tested |= {"LF196"}  # test_inventory_secrets
+    tested |= {"LF197", "LF198"}  # test_proxy_targets
     tested |= {"LF107", "LF108"}  # test_builds
     tested |= {c.code for c in BAD_VALUES}  # test_inventory_types
     tested |= {"LF009"}  # tests/test_cli_bad_inputs.py (an inventory that cannot be read)
