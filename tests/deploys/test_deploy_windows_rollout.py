@@ -117,7 +117,7 @@ def test_the_powershell_helper_has_every_verb_of_the_posix_helper():
     posix = {k.value for k in commands.keys}
     script = (SCRIPTS / "lf_host.ps1").read_text()
     dispatch = script[script.rindex("switch ($Verb)"):]
-    windows = set(re.findall(r"^    '([a-z]+)' \{", dispatch, re.M))
+    windows = set(re.findall(r"^\s+'([a-z]+)' \{", dispatch, re.M))
     assert posix == windows == {"state", "fetch", "install", "switch", "rollback", "wait"}
     in_order = sorted(windows, key=lambda verb: dispatch.index(f"'{verb}' {{"))
     assert f"usage: lf_host.ps1 {'|'.join(in_order)} SPEC_JSON" in dispatch
