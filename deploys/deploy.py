@@ -230,19 +230,25 @@ def planned_operations(plan: HostPlan, state: dict) -> list[PlannedOperation]:
             before = replace(plan, services=[s for s in plan.services if seen.get(plan.unit_path(s))])
             previous = (installed.get("record") or {}).get("build") or ""
             everything = HostChanges(units=unit_names(before), files=[plan.supervisor_conf])
+            added = [s for s in plan.services if s not in before.services]
+            if added and plan.host.service_manager is ServiceManager.windows_service:
+                # WinSW services the switch installed are removed while their XML (which the rollback
+                # deletes) is still there; supervisord drops removed programs at its reload by itself.
+                steps.append(PlannedOperation("rollout", "remove the services the switch added", winsw.remove, {
+                    "xml": {s.unit_name: plan.unit_path(s) for s in added}}, at(ROLLBACK, 0), "failed"))
             steps += [
                 PlannedOperation("rollout", f"roll back to {current}", llama_cpp.rollback, {
                     "helper": helper, "install_dir": plan.host.install_dir, "windows": windows},
-                    at(ROLLBACK, 0), "failed", "rollback"),
-                _services(before, _after_switch(before), everything, unit_names(before), at(ROLLBACK, 1), "failed"),
+                    at(ROLLBACK, 1), "failed", "rollback"),
+                _services(before, _after_switch(before), everything, unit_names(before), at(ROLLBACK, 2), "failed"),
                 PlannedOperation("rollout", f"services ready on {current}", readiness.wait_for_services, {
                     "helper": helper, "spec": wait_spec(before, previous) | _without_completion(), "windows": windows},
-                    at(ROLLBACK, 2), "failed", "rolled back"),
+                    at(ROLLBACK, 3), "failed", "rolled back"),
             ]
         what = f"rolled back to {current} after a failed switch to {plan.build.build_id}" if upgrade \
             else "services not ready after the change"
         steps.append(PlannedOperation("rollout", "report", readiness.report_failure, {
-            "message": f"hosts.{plan.name}: {what}"}, at(ROLLBACK, 3), "failed", "report"))
+            "message": f"hosts.{plan.name}: {what}"}, at(ROLLBACK, 4), "failed", "report"))
     return ops + _between_barriers(plan, steps)
 
 

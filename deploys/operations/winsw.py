@@ -65,3 +65,13 @@ def stop(xml: dict):
     workers switch builds. The switch that follows rewrites their XML, which reinstalls and starts them."""
     for sid, path in sorted(xml.items()):
         yield f"& {ps_quote(_exe(path))} stop"
+
+
+@operation()
+def remove(xml: dict):
+    """Stop and uninstall the services in ``xml`` (a rollback removes the services its switch added,
+    before their XML, which WinSW needs to uninstall, is deleted)."""
+    for sid, path in sorted(xml.items()):
+        exe = ps_quote(_exe(path))
+        yield f"& {exe} stop"
+        yield f"& {exe} uninstall"

@@ -33,12 +33,12 @@ def _windows_pair(build: str) -> Inventory:
     """A target on win-a drafting natively over win-b's RPC worker, both Windows services."""
     def host(address):
         return {"connection": {"type": "ssh", "address": address, "user": "lf"}, "os": "windows", "arch": "x86_64",
-                "backend": "cuda", "install_dir": "C:\\llamafleet", "models_dir": "C:\\llamafleet\\models",
+                "backend": "cpu", "install_dir": "C:\\llamafleet", "models_dir": "C:\\llamafleet\\models",
                 "service_manager": "windows-service"}
 
     return Inventory.model_validate({
         "version": 1, "cluster": "winpair", "llama_cpp": {"build": build, "mirror": "http://10.0.0.9/m", "releases": [
-            {"file": f"llama-{build}-bin-win-cuda-12.4-x64.zip", "os": "windows", "arch": "x86_64", "backend": "cuda",
+            {"file": f"llama-{build}-bin-win-cpu-x64.zip", "os": "windows", "arch": "x86_64", "backend": "cpu",
              "sha256": "a" * 64}]},
         "hosts": {"win-a": host("10.0.0.2"), "win-b": host("10.0.0.3")},
         "models": {"smol": {"files": [{"name": "smol.gguf", "sha256": "b" * 64, "size": 98362432}], "quant": "Q4_1",
@@ -69,7 +69,7 @@ def test_a_windows_upgrade_is_planned_like_a_posix_one(host):
 
     old, new = plan_host(_windows_pair("b8942"), host), plan_host(_windows_pair("b11434"), host)
     assert new.windows
-    state = {"install": {"current": "b8942-cuda", "builds": ["b8942-cuda"], "installed": {"b8942-cuda": ["c" * 64]},
+    state = {"install": {"current": "b8942-cpu", "builds": ["b8942-cpu"], "installed": {"b8942-cpu": ["c" * 64]},
                          "record": {"build": "b8942", "artifacts_sha256": ["c" * 64]}},
              "files": {old.unit_path(s): {"sha256": "0" * 64, "owner": "lf"} for s in old.services},
              "services": {"winsw": {u: "Running" for u in unit_names(old)}}, "models": {}, "disk_free": 1 << 40}
@@ -87,10 +87,10 @@ def test_a_windows_upgrade_is_planned_like_a_posix_one(host):
     [install] = commands(by_step["build"])
     assert _ps_spec(install, "install")["switch"] is False  # beside the running build
     check = by_step["check"]
-    assert check.kwargs["windows"] is True and check.kwargs["bin_dir"] == "C:\\llamafleet\\builds\\b11434-cuda"
+    assert check.kwargs["windows"] is True and check.kwargs["bin_dir"] == "C:\\llamafleet\\builds\\b11434-cpu"
     [switch] = commands(ops["switch"])
     sent = _ps_spec(switch, "switch")
-    assert sent["build_id"] == "b11434-cuda" and set(sent["files"]) >= {new.unit_path(s) for s in new.services}
+    assert sent["build_id"] == "b11434-cpu" and set(sent["files"]) >= {new.unit_path(s) for s in new.services}
     [rollback] = commands(ops["rollback"])
     assert _ps_spec(rollback, "rollback") == {"install_dir": "C:\\llamafleet"}
     forward, back = ops["wait"].kwargs["spec"], ops["rolled back"].kwargs["spec"]
@@ -100,6 +100,18 @@ def test_a_windows_upgrade_is_planned_like_a_posix_one(host):
         assert set(forward["props"].values()) == {11434} and forward["completion"]
         [stop] = commands(ops["stop"])
         assert stop == "& 'C:\\llamafleet\\services\\llamafleet-target\\llamafleet-target.exe' stop"
+    # A service the switch added (b11434 reads no per-request speculation switch: the target gets a plain
+    # sidecar) is stopped and uninstalled before the rollback deletes its XML.
+    added = sorted({s.unit_name for s in new.services} - set(unit_names(old)))
+    assert added == (["llamafleet-target-plain"] if client else [])
+    removal = [op for op in planned if op.operation.__name__ == "remove"]
+    if added:
+        [remove] = removal
+        assert remove.when == "failed" and planned.index(remove) < planned.index(ops["rollback"])
+        exe = f"'C:\\llamafleet\\services\\{added[0]}\\{added[0]}.exe'"
+        assert commands(remove) == [f"& {exe} stop", f"& {exe} uninstall"]
+    else:
+        assert removal == []
     # WinSW reads its XML only at install: the restored XML is applied by reinstalling each service.
     restart = commands(ops["restart"])
     for unit in unit_names(old):
