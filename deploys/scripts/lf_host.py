@@ -315,13 +315,13 @@ def extract(archive, into):
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
-        (_zip_members if archive.endswith(".zip") else _tar_members)(archive, tmp)
-    except UNREADABLE as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise Failure("%s is not a readable %s archive (%s: %s); delete it and run the deploy again"
-                      % (archive, "zip" if archive.endswith(".zip") else "tar", type(err).__name__, err), code=3)
-    except Failure:
-        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            (_zip_members if archive.endswith(".zip") else _tar_members)(archive, tmp)
+        except UNREADABLE as err:
+            raise Failure("%s is not a readable %s archive (%s: %s); delete it and run the deploy again"
+                          % (archive, "zip" if archive.endswith(".zip") else "tar", type(err).__name__, err), code=3)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-unpacked stays behind, whatever stopped it
         raise
     entries = os.listdir(tmp)
     root = os.path.join(tmp, entries[0]) if len(entries) == 1 and os.path.isdir(os.path.join(tmp, entries[0])) else tmp

@@ -352,6 +352,18 @@ def test_a_link_beside_its_file_is_unpacked(archive_mirror, tmp_path, suffix):
     assert json.loads((build / "install.json").read_text())["version"] == "version: 1 (abc1234)"
 
 
+def test_a_member_after_a_link_of_its_name_replaces_the_link(archive_mirror, tmp_path):
+    """A link to a file beside it, then a file of the link's name: the file replaces the link and the
+    link's target is not written through."""
+    server, root = archive_mirror
+    archive = make_archive(root / "llama-b1-bin.tar.gz", [("llama-b1/libx.so", "symlink", "llama-server"),
+                                                         ("llama-b1/libx.so", "file", b"not the server")])
+    assert install_archive(server, archive, tmp_path / "lf").returncode == 0
+    build = tmp_path / "lf" / "builds" / "b1-cpu"
+    assert not (build / "libx.so").is_symlink() and (build / "libx.so").read_bytes() == b"not the server"
+    assert (build / "llama-server").read_bytes() == FAKE_SERVER
+
+
 def _holding(data: bytes):
     return lambda path: (path.write_bytes(data), path)[1]
 
