@@ -12,6 +12,7 @@ serves); the pages are listed once, in :func:`create_app`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
@@ -27,6 +28,7 @@ from llamafleet.proxy.backend import BackendError
 from llamafleet.proxy.config import ProxyConfig
 from llamafleet.proxy.dashboard import handle_dashboard
 from llamafleet.proxy.engine import Engine, ModeUnavailable, Route
+from llamafleet.proxy.replicas import Router
 from llamafleet.proxy.errors import ApiError, from_backend, from_validation, internal, invalid
 from llamafleet.proxy.speculation import PROXY_SAMPLING_METHOD, Job, Report
 from llamafleet.proxy.stats import Stats, controller_gauges
@@ -44,17 +46,105 @@ SAMPLING_METHODS = {
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class ReplicaState:
+    """One replica of one model: what a request runs on once routed. ``config`` is that one server's
+    config (its target, native and drafters); the stats are the whole proxy's."""
+
+    def __init__(self, config: ProxyConfig, service: str, stats: Stats):
+        self.config, self.service, self.stats = config, service, stats
+        self.target: LlamaServer | None = None
+        self.engine: Engine | None = None
+        self.n_vocab: int | None = None
+
+    def start(self, session: aiohttp.ClientSession, on_fault: Callable[[BackendError], None] | None) -> None:
+        cfg = self.config
+        self.target = LlamaServer(cfg.target.name, cfg.target.url, session, cfg.timeouts.target_s,
+                                  cfg.target.request_fields, on_fault=on_fault)
+        drafters = [LlamaServer(d.name, d.url, session, cfg.timeouts.drafter_s) for d in cfg.drafters]
+        native = None
+        if cfg.native is not None:
+            # With request_fields the same server is both paths: plain with them, speculating without.
+            native = self.target if cfg.native_is_target else LlamaServer(
+                cfg.native.name, cfg.native.url, session, cfg.timeouts.target_s, on_fault=on_fault)
+        self.engine = Engine(
+            self.target, drafters, native, modes=[m.value for m in cfg.available_modes()],
+            default_mode=cfg.mode.value, draft_max=cfg.draft_max, target_slots=cfg.target.slots,
+            drafter_timeout=cfg.timeouts.drafter_s, native_is_target=native is self.target,
+            native_keeps_length=cfg.native is None or cfg.native.keeps_length,
+        )
+
+
+class ModelGroup:
+    """One model the proxy serves: its replicas, a :class:`Router` among them, and their probes."""
+
+    def __init__(self, name: str, replicas: list[ReplicaState]):
+        self.name, self.replicas = name, replicas
+        self.router = Router([r.config.target.slots for r in replicas])
+        self._probes: set[asyncio.Task] = set()
+
+    def start(self, session: aiohttp.ClientSession) -> None:
+        several = len(self.replicas) > 1  # one replica has nowhere else to send requests: never taken out
+        for index, replica in enumerate(self.replicas):
+            replica.start(session, (lambda err, i=index: self._fault(i, err)) if several else None)
+
+    def _fault(self, index: int, err: BackendError) -> None:
+        if err.status is None and not err.timeout and not err.upstream or (err.status or 0) >= 500:
+            self.router.failed(index)
+
+    async def _probe(self, index: int) -> None:
+        replica = self.replicas[index]
+        self.router.probed(index, await replica.target.health(timeout=replica.config.timeouts.connect_s + 1))
+
+    async def _probe_due(self, wait: bool) -> None:
+        tasks = [asyncio.ensure_future(self._probe(i)) for i in self.router.due()]
+        self._probes.update(tasks)
+        for task in tasks:
+            task.add_done_callback(self._probes.discard)
+        if wait and tasks:
+            await asyncio.gather(*tasks)
+
+    @contextlib.asynccontextmanager
+    async def replica(self):
+        """The replica for one request, counted in flight while the block runs."""
+        await self._probe_due(wait=False)
+        index = self.router.pick()
+        if index is None:  # every replica is out: probe the due ones now rather than refuse at once
+            await self._probe_due(wait=True)
+            index = self.router.pick()
+        if index is None:
+            raise ApiError(503, f"no replica of model {json.dumps(self.name)} is available; retry shortly",
+                           "upstream_error", "upstream_unavailable", headers={"Retry-After": "1"})
+        self.router.start(index)
+        try:
+            yield self.replicas[index]
+        finally:
+            self.router.finish(index)
+
+    def status(self) -> dict:
+        return {"replicas": [{"service": r.service, **routed, "controller": r.engine.stats()["controller"]}
+                             for r, routed in zip(self.replicas, self.router.status())]}
+
+
 class ProxyState:
-    """Everything a request needs: config, backends, engine, stats."""
+    """Everything a request needs: config, models and their replicas, stats."""
 
     def __init__(self, config: ProxyConfig, token: str | None):
         self.config = config
         self.token = token.encode() if token else None
         self.stats = Stats(config.history_size)
         self.session: aiohttp.ClientSession | None = None
-        self.target: LlamaServer | None = None
-        self.engine: Engine | None = None
-        self.n_vocab: int | None = None
+        self.models = {model.name: ModelGroup(model.name, [
+            ReplicaState(config.replica_config(model, replica), replica.service, self.stats)
+            for replica in model.replicas]) for model in config.served()}
+        self.first = next(iter(self.models.values())).replicas[0]  # a one-server proxy's only replica
+
+    @property
+    def target(self) -> LlamaServer | None:
+        return self.first.target
+
+    @property
+    def engine(self) -> Engine | None:
+        return self.first.engine
 
     async def start(self) -> None:
         cfg = self.config
@@ -65,31 +155,40 @@ class ProxyState:
             connector=connector, timeout=aiohttp.ClientTimeout(sock_connect=cfg.timeouts.connect_s),
             auto_decompress=False,
         )
-        self.target = LlamaServer(cfg.target.name, cfg.target.url, self.session, cfg.timeouts.target_s,
-                                  cfg.target.request_fields)
-        drafters = [LlamaServer(d.name, d.url, self.session, cfg.timeouts.drafter_s) for d in cfg.drafters]
-        native = None
-        if cfg.native is not None:
-            # With request_fields the same server is both paths: plain with them, speculating without.
-            native = self.target if cfg.native_is_target else LlamaServer(
-                cfg.native.name, cfg.native.url, self.session, cfg.timeouts.target_s)
-        self.engine = Engine(
-            self.target, drafters, native, modes=[m.value for m in cfg.available_modes()],
-            default_mode=cfg.mode.value, draft_max=cfg.draft_max, target_slots=cfg.target.slots,
-            drafter_timeout=cfg.timeouts.drafter_s, native_is_target=native is self.target,
-            native_keeps_length=cfg.native is None or cfg.native.keeps_length,
-        )
+        for group in self.models.values():
+            group.start(self.session)
 
     async def stop(self) -> None:
         if self.session is not None:
             await self.session.close()
 
+    def group(self, data: dict) -> ModelGroup:
+        """The model a request's ``model`` names (or the only one, when it names none)."""
+        model = data.get("model")
+        if model is None and len(self.models) == 1:
+            return self.first_group
+        group = self.models.get(model) if isinstance(model, str) else None
+        if group is None:
+            if model is None:
+                raise invalid("model is required: this proxy serves several models (GET /v1/models)", param="model",
+                              code="model_required")
+            raise ApiError(404, f"model {json.dumps(model)} is not served here; this proxy serves "
+                           f"{', '.join(json.dumps(n) for n in self.models)} (GET /v1/models)",
+                           "invalid_request_error", "model_not_found", param="model")
+        return group
+
+    @property
+    def first_group(self) -> ModelGroup:
+        return next(iter(self.models.values()))
+
     def stats_snapshot(self) -> dict:
         snapshot = self.stats.snapshot()
         snapshot.update(self.engine.stats() if self.engine else {})
-        snapshot["modes"] = [m.value for m in self.config.available_modes()]
+        snapshot["modes"] = [m.value for m in self.first.config.available_modes()]
         snapshot["default_mode"] = self.config.mode.value
         snapshot["sampling_methods"] = SAMPLING_METHODS
+        if self.config.models is not None:  # several models or replicas: each one's routing and controller
+            snapshot["models"] = {name: group.status() for name, group in self.models.items()} if self.engine else {}
         return snapshot
 
 
@@ -107,7 +206,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except ApiError as err:
         error = err
     except BackendError as err:
-        error = from_backend(err, state.config.target.name)
+        error = from_backend(err, state.config.target.name if state.config.target else err.backend)
     except web.HTTPRequestEntityTooLarge:
         error = ApiError(413, f"request body larger than {state.config.limits.max_body_bytes} bytes",
                          "invalid_request_error", "body_too_large")
@@ -153,15 +252,6 @@ async def _read_json(request: web.Request) -> dict:
     return data
 
 
-def _check_model(state: ProxyState, data: dict) -> None:
-    """A request's ``model`` must be one /v1/models lists (or absent); the server behind ignores it."""
-    model = data.get("model")
-    if model is not None and model != state.config.model_name:
-        raise ApiError(404, f"model {json.dumps(model)} is not served here; this proxy serves "
-                       f"{json.dumps(state.config.model_name)} (GET /v1/models)", "invalid_request_error",
-                       "model_not_found", param="model")
-
-
 def _check_max_tokens(data: dict, cap: int) -> None:
     """The proxy's cap on the token limit, whichever field carries it (a non-number is the serving
     path's to refuse). A negative n_predict means no limit on llama-server."""
@@ -178,13 +268,13 @@ def _greedy(data: dict) -> bool:
     return isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature <= 0
 
 
-async def _vocab_size(state: ProxyState) -> int:
+async def _vocab_size(state: ReplicaState) -> int:
     if state.n_vocab is None:
         state.n_vocab = await state.target.n_vocab()
     return state.n_vocab
 
 
-async def _tokens_of(state: ProxyState, text: str) -> list[int]:
+async def _tokens_of(state: ReplicaState, text: str) -> list[int]:
     """The target's tokens for a prompt text, as it tokenises its own /v1 prompts."""
     limit = state.config.limits.max_prompt_tokens
     # A cheap bound before asking the target to tokenise: no token is shorter than one character.
@@ -193,13 +283,13 @@ async def _tokens_of(state: ProxyState, text: str) -> list[int]:
     return await state.target.tokenize(text)
 
 
-def _check_prompt_length(state: ProxyState, n_tokens: int) -> None:
+def _check_prompt_length(state: ReplicaState, n_tokens: int) -> None:
     limit = state.config.limits.max_prompt_tokens
     if n_tokens > limit:
         raise invalid(f"prompt is {n_tokens} tokens; the limit is {limit}", param="prompt", code="prompt_too_long")
 
 
-async def _prompt_tokens(state: ProxyState, body: api._Body, data: dict, chat: bool) -> list[int]:
+async def _prompt_tokens(state: ReplicaState, body: api._Body, data: dict, chat: bool) -> list[int]:
     """Token ids of the prompt, made exactly as the target makes them for its own /v1 endpoints."""
     if chat:
         tokens = await _tokens_of(state, await state.target.apply_template({"messages": data["messages"]}))
@@ -216,7 +306,7 @@ async def _prompt_tokens(state: ProxyState, body: api._Body, data: dict, chat: b
     return tokens
 
 
-async def _check_relayed_prompt(state: ProxyState, data: dict, chat: bool) -> None:
+async def _check_relayed_prompt(state: ReplicaState, data: dict, chat: bool) -> None:
     """The prompt-length limit on a relayed request, counted by the target the way its endpoint will
     count it (a chat body through the same template parser). A prompt the target cannot read is left
     for its endpoint to refuse."""
@@ -233,7 +323,7 @@ async def _check_relayed_prompt(state: ProxyState, data: dict, chat: bool) -> No
 
 
 @contextlib.contextmanager
-def _concurrency_slot(state: ProxyState):
+def _concurrency_slot(state: ReplicaState):
     if state.stats.active >= state.config.limits.max_concurrency:
         raise ApiError(429, f"more than {state.config.limits.max_concurrency} requests at once; retry shortly",
                        "rate_limit_error", "too_many_requests", headers={"Retry-After": "1"})
@@ -253,9 +343,12 @@ def _sse(data: dict | str) -> bytes:
 
 
 async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
-    state = request.app[STATE]
     data = await _read_json(request)
-    _check_model(state, data)
+    async with request.app[STATE].group(data).replica() as replica:
+        return await _generate_on(replica, request, data, chat)
+
+
+async def _generate_on(state: ReplicaState, request: web.Request, data: dict, chat: bool) -> web.StreamResponse:
     try:
         mode = state.engine.resolve_mode(request.headers.get(MODE_HEADER))
     except ModeUnavailable as err:
@@ -283,7 +376,7 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
         return web.json_response(await run.complete())
 
 
-def _relayed_error(state: ProxyState, err: BackendError) -> ApiError:
+def _relayed_error(state: ReplicaState, err: BackendError) -> ApiError:
     return from_backend(err, state.config.target.name, relayed=True)
 
 
@@ -298,7 +391,7 @@ class _Relay:
     """One request relayed whole to a server's own OpenAI endpoint: its answer (or stream) as it is,
     with this proxy's ``model`` and the ``llamafleet`` object added."""
 
-    def __init__(self, state: ProxyState, route: Route, mode: str, chat: bool, body: dict):
+    def __init__(self, state: ReplicaState, route: Route, mode: str, chat: bool, body: dict):
         self.state, self.route, self.chat, self.body = state, route, chat, body
         self.endpoint = "/v1/chat/completions" if chat else "/v1/completions"
         self.report = Report(path=route.path, mode=mode, reason=route.reason)
@@ -378,7 +471,7 @@ class _Relay:
 class _Run:
     """One generation request: drives the engine, assembles text, records stats."""
 
-    def __init__(self, state: ProxyState, job: Job, mode: str, chat: bool, body: api._Body, route: Route):
+    def __init__(self, state: ReplicaState, job: Job, mode: str, chat: bool, body: api._Body, route: Route):
         self.state, self.job, self.mode, self.chat, self.body = state, job, mode, chat, body
         self.segments = route.segments
         self.report = Report(path=mode)
@@ -477,9 +570,12 @@ async def handle_chat(request: web.Request) -> web.StreamResponse:
 async def handle_embeddings(request: web.Request) -> web.StreamResponse:
     """Relayed whole to the target's own /v1/embeddings (a target started with --embeddings serves it;
     one without answers its own error)."""
-    state = request.app[STATE]
     data = await _read_json(request)
-    _check_model(state, data)
+    async with request.app[STATE].group(data).replica() as state:
+        return await _embed(state, data)
+
+
+async def _embed(state: ReplicaState, data: dict) -> web.StreamResponse:
     with _concurrency_slot(state):
         started = time.perf_counter()
         try:
@@ -501,17 +597,27 @@ async def handle_embeddings(request: web.Request) -> web.StreamResponse:
 async def handle_models(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     return web.json_response({"object": "list", "data": [
-        {"id": state.config.model_name, "object": "model", "created": int(state.stats.started), "owned_by": "llamafleet"}
+        {"id": name, "object": "model", "created": int(state.stats.started), "owned_by": "llamafleet"}
+        for name in state.models
     ]})
 
 
 async def handle_health(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    target_ok = await state.target.health(timeout=min(2.0, state.config.timeouts.connect_s + 1))
-    drafters = state.engine.pool.status()
+    timeout = min(2.0, state.config.timeouts.connect_s + 1)
+    if state.config.models is None:
+        target_ok = await state.target.health(timeout=timeout)
+        answer = {"target": target_ok, "drafters": state.engine.pool.status()}
+    else:  # several: each replica's own health; the proxy is up while every model has one
+        groups = list(state.models.values())
+        healths = await asyncio.gather(*(r.target.health(timeout=timeout) for g in groups for r in g.replicas))
+        answer, at = {"models": {}}, iter(healths)
+        for group in groups:
+            answer["models"][group.name] = {r.service: next(at) for r in group.replicas}
+        target_ok = all(any(replicas.values()) for replicas in answer["models"].values())
+        answer["target"] = target_ok
     status = "ok" if target_ok else "target_unavailable"
-    return web.json_response({"status": status, "target": target_ok, "drafters": drafters},
-                             status=200 if target_ok else 503)
+    return web.json_response({"status": status, **answer}, status=200 if target_ok else 503)
 
 
 async def handle_stats(request: web.Request) -> web.StreamResponse:

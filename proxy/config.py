@@ -179,6 +179,9 @@ class ProxyConfig(Strict):
         return self.native is not None and self.native.url == self.target.url and not self.target.request_fields
 
     def available_modes(self) -> list[SpeculationMode]:
+        if self.models is not None:  # the modes every replica offers
+            offered = [self.replica_config(m, r).available_modes() for m in self.models for r in m.replicas]
+            return [mode for mode in offered[0] if all(mode in other for other in offered)]
         modes = [SpeculationMode.auto, SpeculationMode.direct]
         if self.native is not None:
             modes.append(SpeculationMode.native)

@@ -25,6 +25,7 @@ class _Replica:
     backoff_s: float = BACKOFF_S
     probing: bool = False
     failures: int = 0
+    served: int = 0  # requests routed to it, ever
 
 
 class Router:
@@ -47,6 +48,7 @@ class Router:
 
     def start(self, index: int) -> None:
         self.replicas[index].in_flight += 1
+        self.replicas[index].served += 1
 
     def finish(self, index: int) -> None:
         self.replicas[index].in_flight -= 1
@@ -79,4 +81,4 @@ class Router:
 
     def status(self) -> list[dict]:
         return [{"in_flight": r.in_flight, "slots": r.slots, "in_service": r.down_until is None,
-                 "failures": r.failures} for r in self.replicas]
+                 "failures": r.failures, "served": r.served} for r in self.replicas]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import aiohttp
 
@@ -24,7 +24,7 @@ class LlamaServer:
     """One llama-server, reached at ``url`` through a shared session."""
 
     def __init__(self, name: str, url: str, session: aiohttp.ClientSession, timeout: float,
-                 request_fields: dict | None = None):
+                 request_fields: dict | None = None, on_fault: Callable[[BackendError], None] | None = None):
         self.name = name
         self.url = url
         self.session = session
@@ -32,6 +32,13 @@ class LlamaServer:
         # Added to every generation request: {"speculative.n_max": 0} makes a natively speculating
         # target decode plainly, on builds that read it per request.
         self.request_fields = dict(request_fields or {})
+        # Told of every failed call (the replica router takes a failing server out of service).
+        self.on_fault = on_fault
+
+    def _failed(self, err: BackendError) -> BackendError:
+        if self.on_fault is not None:
+            self.on_fault(err)
+        return err
 
     # --- plumbing ---------------------------------------------------------------------------------
 
@@ -59,12 +66,12 @@ class LlamaServer:
             async with resp:
                 payload = await resp.read()
             if resp.status != 200:
-                raise _answered(self.name, path, resp.status, payload)
+                raise self._failed(_answered(self.name, path, resp.status, payload))
             return json.loads(payload)
         except asyncio.TimeoutError:
-            raise BackendError(self.name, f"{path} timed out after {timeout:.1f}s", timeout=True) from None
+            raise self._failed(BackendError(self.name, f"{path} timed out after {timeout:.1f}s", timeout=True)) from None
         except (aiohttp.ClientError, ValueError) as err:
-            raise BackendError(self.name, f"{path} failed: {err or type(err).__name__}") from None
+            raise self._failed(BackendError(self.name, f"{path} failed: {err or type(err).__name__}")) from None
 
     async def health(self, timeout: float = 2.0) -> bool:
         try:
@@ -92,7 +99,7 @@ class LlamaServer:
             resp = await self._open("/completion", body, self.timeout)
             async with resp:
                 if resp.status != 200:
-                    raise _answered(self.name, "/completion", resp.status, await resp.read())
+                    raise self._failed(_answered(self.name, "/completion", resp.status, await resp.read()))
                 held: Piece | None = None
                 async for line in resp.content:
                     if not line.startswith(b"data: "):
@@ -113,9 +120,10 @@ class LlamaServer:
                 if held is not None:
                     yield held
         except asyncio.TimeoutError:
-            raise BackendError(self.name, f"/completion timed out after {self.timeout:.1f}s", timeout=True) from None
+            raise self._failed(BackendError(self.name, f"/completion timed out after {self.timeout:.1f}s",
+                                            timeout=True)) from None
         except (aiohttp.ClientError, ValueError) as err:
-            raise BackendError(self.name, f"/completion stream failed: {err or type(err).__name__}") from None
+            raise self._failed(BackendError(self.name, f"/completion stream failed: {err or type(err).__name__}")) from None
 
     async def next_tokens(self, contexts: list[list[int]], sampling: Sampling, seeds: list[int | None]) -> Verification:
         """One multi-prompt /completion: each context gets its own slot and one generated token.
@@ -161,7 +169,7 @@ class LlamaServer:
             resp = await self._open(route, self._openai_body(route, body), self.timeout)
             async with resp:
                 if resp.status != 200:
-                    raise _answered(self.name, route, resp.status, await resp.read())
+                    raise self._failed(_answered(self.name, route, resp.status, await resp.read()))
                 async for line in resp.content:
                     if not line.startswith(b"data: "):
                         continue  # blank separators, SSE comments (pings)
@@ -174,9 +182,10 @@ class LlamaServer:
                                            upstream=_error_object(payload))
                     yield data
         except asyncio.TimeoutError:
-            raise BackendError(self.name, f"{route} timed out after {self.timeout:.1f}s", timeout=True) from None
+            raise self._failed(BackendError(self.name, f"{route} timed out after {self.timeout:.1f}s",
+                                            timeout=True)) from None
         except (aiohttp.ClientError, ValueError) as err:
-            raise BackendError(self.name, f"{route} stream failed: {err or type(err).__name__}") from None
+            raise self._failed(BackendError(self.name, f"{route} stream failed: {err or type(err).__name__}")) from None
 
     # --- text helpers (target only) ---------------------------------------------------------------
 

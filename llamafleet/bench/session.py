@@ -33,6 +33,9 @@ def from_inventory(path: Path, proxy_service: str | None, token_file: Path | Non
     name = proxy_service or _only_proxy(inventory, path)
     config = ProxyConfig.from_inventory(inventory, name)
     service = inventory.services[name]
+    if config.target is None:
+        raise UserError(f"{path}: services.{name} fronts several targets; llamafleet bench measures a proxy "
+                        "with one target (benchmarks/replicas.py measures replicas)")
     offered = {m.value for m in config.available_modes()}
     return BenchSetup(
         target_url=config.target.url,

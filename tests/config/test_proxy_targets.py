@@ -107,6 +107,8 @@ def test_targets_become_models_with_replicas_and_drafters_by_tokenizer(tmp_path)
     assert ProxyConfig.model_validate(rendered) == config
     assert config.replica_config(slow, slow.replicas[1]).target.url.endswith(":8091")
     assert config.replica_of("target2") is slow.replicas[1]
+    # Modes offered are those every replica has: native only on target, so not native.
+    assert [m.value for m in config.available_modes()] == ["auto", "direct", "proxy"]
 
 
 def test_a_target_listed_twice_is_lf197(tmp_path):
