@@ -250,6 +250,9 @@ def build_renames(inventory_path: Path):
     flags = {old.flag(p): new.flag(p) for p in DEPLOY_PURPOSES
              if p not in DRAFT_PURPOSES and old.flag(p) and new.flag(p) and old.flag(p) != new.flag(p)}
     binaries = {old.rpc_binary: new.rpc_binary, old.server_binary: new.server_binary}
+    # The proxy config says whether the native server's build keeps every counted token (probed data).
+    keeps = [(f'"keeps_length": {json.dumps(bool(old.speculation_keeps_length))}',
+              f'"keeps_length": {json.dumps(bool(new.speculation_keeps_length))}')]
 
     def argv(args: list[str]) -> list[str]:
         args = list(args)
@@ -267,6 +270,8 @@ def build_renames(inventory_path: Path):
             s = s.replace(f" {before} ", f" {after} ").replace(f" {before}\n", f" {after}\n")
         for before, after in binaries.items():
             s = s.replace(f"/{before}", f"/{after}").replace(f"\\{before}", f"\\{after}")
+        for before, after in keeps:
+            s = s.replace(before, after)
         return s.replace(OLD, NEW).replace(f"LLAMA_BUILD_NUMBER={OLD[1:]}", f"LLAMA_BUILD_NUMBER={NEW[1:]}")
 
     return argv, text, binaries
