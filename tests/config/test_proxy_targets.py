@@ -159,3 +159,20 @@ def test_proxy_config_file_rejects_a_mixed_or_empty_shape(tmp_path):
         with pytest.raises(UserError) as err:
             ProxyConfig.load(path)
         assert str(path) in str(err.value) and "Traceback" not in str(err.value), name
+
+
+def test_doctor_compares_each_drafter_with_the_targets_of_its_tokenizer_family(tmp_path):
+    from llamafleet.doctor import Doctor
+
+    text = inventory_text("    targets: [target, small, other-target]\n", "[drafter, other-drafter]")
+    text = edit(text, "  proxy:\n", "  other-target:\n    role: target\n    host: local\n    port: 8094\n"
+                "    model: other\n\n  proxy:\n")
+    path = tmp_path / "cluster.yaml"
+    path.write_text(text)
+    inventory = load_inventory(path)
+    config = ProxyConfig.from_inventory(inventory, "proxy")
+    assert {m.name: [d.name for d in m.drafters] for m in config.models} == {
+        "smollm2-slow": ["drafter"], "smollm2": ["drafter"], "other": ["other-drafter"]}
+    pairs = Doctor(inventory, http=None, expect=None, proxy_token=None).vocabulary_pairs()
+    assert [(d, t) for d, t in pairs if d in ("drafter", "other-drafter")] == [
+        ("drafter", "target"), ("drafter", "small"), ("other-drafter", "other-target")]
