@@ -16,7 +16,7 @@ from enum import Enum
 from typing import Annotated, Literal, Union
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 # Every string lands somewhere: a unit file, a command line, a log line. A control character (C0, DEL,
 # C1) or a Unicode line separator can start a new directive there, so no string field accepts one.
@@ -439,7 +439,7 @@ class ProxyService(ServiceBase):
     role: Literal["proxy"]
     target: Name | None = Field(None, description="The target service it fronts (one model, one server).")
     targets: list[Name] = Field(
-        default_factory=list,
+        default_factory=list, validate_default=True,
         description="Several target services instead of one: targets of the same model are replicas (each "
         "request goes to the least busy one), different models are separate entries in /v1/models, selected "
         "by the request's model.")
@@ -448,11 +448,13 @@ class ProxyService(ServiceBase):
     draft_max: int = Field(8, gt=0, le=64, description="Largest draft length the controller may choose.")
     auth: ProxyAuth | None = Field(None, description="Bearer-token source; None disables auth (loopback only).")
 
-    @model_validator(mode="after")
-    def _one_target_field(self) -> "ProxyService":
-        if (self.target is None) == (not self.targets):
+    @field_validator("targets")
+    @classmethod
+    def _one_target_field(cls, targets: list[str], info: ValidationInfo) -> list[str]:
+        # On targets (validated after target), so the finding points at the proxy's targets line.
+        if "target" in info.data and (info.data["target"] is None) == (not targets):
             raise ValueError("set exactly one of target (one target service) or targets (a list of them)")
-        return self
+        return targets
 
     @property
     def target_names(self) -> list[str]:

@@ -127,7 +127,7 @@ def test_a_target_listed_twice_is_lf197(tmp_path):
 def test_exactly_one_of_target_and_targets(tmp_path, fields):
     _, findings = findings_of(tmp_path, inventory_text(fields))
     problems = [f for f in findings if f.severity is Severity.error]
-    assert any("exactly one of target" in f.message and dotted(f.path).startswith("services.proxy")
+    assert any("exactly one of target" in f.message and dotted(f.path) == "services.proxy.targets"
                for f in problems), "\n".join(map(str, problems))
 
 
