@@ -142,10 +142,11 @@ class ProxyConfig(Strict):
             raise ValueError("models must list at least one model, each name once")
         for model in self.models:
             for replica in model.replicas:
-                one = self.replica_config(model, replica)  # validated like a one-server config
-                if self.mode not in one.available_modes():
-                    raise ValueError(f"mode {self.mode.value!r} is not available on model {model.name!r} replica "
-                                     f"{replica.service!r}: {one._why_unavailable(self.mode)}")
+                try:
+                    self.replica_config(model, replica)  # validated like a one-server config (its mode too)
+                except ValidationError as err:
+                    problems = "; ".join(message for _, message in validation_problems(err))
+                    raise ValueError(f"model {model.name!r}, replica {replica.service!r}: {problems}") from None
         return self
 
     def served(self) -> list[ServedModel]:

@@ -176,3 +176,15 @@ def test_doctor_compares_each_drafter_with_the_targets_of_its_tokenizer_family(t
     pairs = Doctor(inventory, http=None, expect=None, proxy_token=None).vocabulary_pairs()
     assert [(d, t) for d, t in pairs if d in ("drafter", "other-drafter")] == [
         ("drafter", "target"), ("drafter", "small"), ("other-drafter", "other-target")]
+
+
+def test_proxy_config_file_names_the_replica_a_mode_is_missing_on(tmp_path):
+    plain = {"service": "b", "target": {"name": "b", "url": "http://127.0.0.1:2", "slots": 2}}
+    native = {"service": "a", "target": {"name": "a", "url": "http://127.0.0.1:1", "slots": 2},
+              "native": {"name": "a", "url": "http://127.0.0.1:1"}}
+    path = tmp_path / "proxy.json"
+    path.write_text(json.dumps({"mode": "native", "models": [{"name": "m", "replicas": [native, plain]}]}))
+    with pytest.raises(UserError, match=r"model 'm', replica 'b': mode 'native' is not available"):
+        ProxyConfig.load(path)
+    path.write_text(json.dumps({"mode": "native", "models": [{"name": "m", "replicas": [native]}]}))
+    assert [m.value for m in ProxyConfig.load(path).available_modes()] == ["auto", "direct", "native"]
