@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import openai
 import pytest
 
@@ -41,6 +42,9 @@ def test_two_models_each_served_by_its_own_server(smollm2_server, partial_target
                     {"name": "partial", "replicas": [replica("partial", partial_target_server, 5)]}]) as proxy:
         api = client(proxy.url)
         assert [m.id for m in api.models.list().data] == ["small", "partial"]
+        health = httpx.get(proxy.url + "/health", timeout=30)
+        assert health.status_code == 200 and health.json()["models"] == {"small": {"small": True},
+                                                                          "partial": {"partial": True}}
         own = {"small": client(smollm2_server.url), "partial": client(partial_target_server.url)}
         prompts = ["The capital of France is", "List three prime numbers:", "def fibonacci(n):"]
         texts: dict[str, list[str]] = {}
@@ -117,6 +121,9 @@ def test_a_killed_replica_loses_only_its_requests_in_flight(llama_build, smollm2
         assert all(len(text) > 200 for kind, text in results if kind == "ok")  # b's finished whole
         status = routed(proxy, "small")
         assert not status[0]["in_service"] and status[1]["in_service"] and status[0]["failures"] >= 1
+        health = httpx.get(proxy.url + "/health", timeout=30)
+        assert health.status_code == 200 and health.json()["models"] == {"small": {"a": False, "b": True}}
+        assert httpx.get(proxy.url + "/stats", timeout=30).json()["models"]["small"]["replicas"][0]["in_service"] is False
 
         # New requests all go to b while a is out (its probes find nothing listening).
         served_b = status[1]["served"]
@@ -136,3 +143,20 @@ def test_a_killed_replica_loses_only_its_requests_in_flight(llama_build, smollm2
             again = [f.result(timeout=300) for f in [pool.submit(_one, api, i, 16) for i in range(4)]]
             assert [kind for kind, _ in again] == ["ok"] * 4, again
             assert routed(proxy, "small")[0]["served"] > before
+
+
+def test_every_replica_down_is_a_clean_503():
+    # Nothing listens on these loopback ports: each replica fails on connect and is taken out.
+    down = [type("Closed", (), {"url": f"http://127.0.0.1:{servers.free_port()}"})() for _ in range(2)]
+    with proxy_for([{"name": "small", "replicas": [replica("a", down[0]), replica("b", down[1])]}]) as proxy:
+        api = client(proxy.url)
+        answers = []
+        for _ in range(3):
+            with pytest.raises(openai.APIStatusError) as err:
+                api.completions.create(model="small", prompt="hi", max_tokens=4)
+            answers.append((err.value.status_code, err.value.body["code"], err.value.body["message"]))
+        assert [a[:2] for a in answers] == [(503, "upstream_unavailable")] * 3
+        assert "unreachable" in answers[0][2] and 'no replica of model "small"' in answers[2][2]
+        assert [r["in_service"] for r in routed(proxy, "small")] == [False, False]
+        health = httpx.get(proxy.url + "/health", timeout=30)
+        assert health.status_code == 503 and health.json()["models"] == {"small": {"a": False, "b": False}}
