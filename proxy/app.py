@@ -88,7 +88,8 @@ class ModelGroup:
             replica.start(session, (lambda err, i=index: self._fault(i, err)) if several else None)
 
     def _fault(self, index: int, err: BackendError) -> None:
-        if err.status is None and not err.timeout and not err.upstream or (err.status or 0) >= 500:
+        unreachable = err.status is None and not err.timeout and not err.upstream  # connection refused or cut
+        if unreachable or (err.status or 0) >= 500:
             self.router.failed(index)
 
     async def _probe(self, index: int) -> None:
@@ -100,8 +101,8 @@ class ModelGroup:
         self._probes.update(tasks)
         for task in tasks:
             task.add_done_callback(self._probes.discard)
-        if wait and tasks:
-            await asyncio.gather(*tasks)
+        if wait and self._probes:  # those just started and any still running from an earlier request
+            await asyncio.gather(*list(self._probes))
 
     @contextlib.asynccontextmanager
     async def replica(self):
