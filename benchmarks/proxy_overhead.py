@@ -7,7 +7,6 @@ Run: .venv/bin/python benchmarks/proxy_overhead.py  (about 2 minutes on 2 cores)
 from __future__ import annotations
 
 import asyncio
-import json
 from contextlib import ExitStack
 
 import aiohttp

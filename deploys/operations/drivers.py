@@ -60,7 +60,7 @@ def linux_install_commands(kind: str, version: str, os_release: dict) -> list[st
                         f"(found {distro or 'an unknown distribution'})")
     sources = (f"deb [arch=amd64 signed-by=/etc/apt/keyrings/rocm.gpg] {ROCM_REPO}/rocm/apt/{version} {codename} main\n"
                f"deb [arch=amd64 signed-by=/etc/apt/keyrings/rocm.gpg] {ROCM_REPO}/amdgpu/{version}/ubuntu {codename} main\n")
-    pin = f"Package: *\nPin: origin repo.radeon.com\nPin-Priority: 600\n"
+    pin = "Package: *\nPin: origin repo.radeon.com\nPin-Priority: 600\n"
     return ["mkdir -p /etc/apt/keyrings",
             f"curl -fsSL {ROCM_REPO}/rocm/rocm.gpg.key | gpg --dearmor --yes -o /etc/apt/keyrings/rocm.gpg",
             f"printf %s {shlex.quote(sources)} > /etc/apt/sources.list.d/rocm.list",
