@@ -191,7 +191,10 @@ def _rendered_purposes(caps: builds.BuildCaps, name: str, service) -> Iterator[t
             yield "rpc_cache", base + ("cache",), "an rpc-worker's cache"
 
 
-def _check_args(caps: builds.BuildCaps, path: tuple, args: list[str]) -> Findings:
+def _walk_args(path: tuple, args: list[str], resolve, caps: builds.BuildCaps | None = None) -> Findings:
+    """One walk over ``extra_args``: ``resolve(token, where)`` gives the findings about a flag and its
+    option (None: no such flag, its values are skipped: one mistake, one finding). Values are counted
+    against the option, and checked against its choices where the pinned build's ``caps`` are known."""
     index = 0
     while index < len(args):
         token = args[index]
@@ -201,20 +204,31 @@ def _check_args(caps: builds.BuildCaps, path: tuple, args: list[str]) -> Finding
                           "write each flag followed by its value(s) as separate list items", where)
             index += 1
             continue
-        option = caps.server.lookup(_normalise(token))
-        if option is None or option.removed:
-            what = "lists only as removed" if option else "has no flag"
-            yield Finding("LF102", f"{caps.server_binary} {caps.build} {what} {token!r}", _flag_hint(caps, token), where)
+        findings, option = resolve(token, where)
+        yield from findings
+        if option is None:
             index = _skip_values(args, index)
             continue
         if option.values > len(args) - index - 1:
             yield Finding("LF106", f"{token} needs {option.values} value(s)", f"add the value after {token}", where)
-        elif option.choices:
+        elif caps is not None and option.choices:
             for item in args[index + 1].split(","):
                 if item not in option.choices:
                     yield Finding("LF108", f"{caps.server_binary} {caps.build} does not accept {item!r} for {token}",
                                   f"one of: {', '.join(option.choices)}", path + (index + 1,))
         index += 1 + option.values
+
+
+def _check_args(caps: builds.BuildCaps, path: tuple, args: list[str]) -> Findings:
+    def resolve(token: str, where: tuple):
+        option = caps.server.lookup(_normalise(token))
+        if option is None or option.removed:
+            what = "lists only as removed" if option else "has no flag"
+            return [Finding("LF102", f"{caps.server_binary} {caps.build} {what} {token!r}", _flag_hint(caps, token),
+                            where)], None
+        return [], option
+
+    return _walk_args(path, args, resolve, caps)
 
 
 def _skip_values(args: list[str], index: int) -> int:
@@ -229,33 +243,24 @@ def _check_args_unknown(build: str, path: tuple, args: list[str]) -> Findings:
     """extra_args at a build with no capability data: a flag that no known build has is an error, one
     that only some known builds have is a warning naming them."""
     known = builds.known_builds()
-    index = 0
-    while index < len(args):
-        token = args[index]
-        where = path + (index,)
-        if not _is_flag(token):
-            yield Finding("LF106", f"{token!r} is not a flag and no flag before it takes a value",
-                          "write each flag followed by its value(s) as separate list items", where)
-            index += 1
-            continue
+
+    def resolve(token: str, where: tuple):
         flag = _normalise(token)
         having = builds.builds_with_flag("server", flag)
         if not having:
             near = list(dict.fromkeys(s for b in reversed(known) if (c := builds.caps_for(b))
                                       for s in builds.nearest_flags(c, "server", flag)))
-            yield Finding("LF102", f"no known llama.cpp build ({', '.join(known)}) has flag {token!r}, and {build} "
-                          "is not known here", f"did you mean {' or '.join(near)}?" if near else
-                          "see `llama-server --help` of the pinned build", where)
-            index = _skip_values(args, index)
-            continue
+            return [Finding("LF102", f"no known llama.cpp build ({', '.join(known)}) has flag {token!r}, and "
+                            f"{build} is not known here", f"did you mean {' or '.join(near)}?" if near else
+                            "see `llama-server --help` of the pinned build", where)], None
+        findings = []
         if len(having) < len(known):
-            yield Finding("LF102", f"{token} exists only in {', '.join(having)} of the known builds; {build} is not "
-                          "known here and may lack it", f"check `llama-server --help` of {build}", where,
-                          Severity.warning)
-        option = builds.caps_for(having[-1]).server.lookup(flag)
-        if option.values > len(args) - index - 1:
-            yield Finding("LF106", f"{token} needs {option.values} value(s)", f"add the value after {token}", where)
-        index += 1 + option.values
+            findings.append(Finding("LF102", f"{token} exists only in {', '.join(having)} of the known builds; "
+                                    f"{build} is not known here and may lack it",
+                                    f"check `llama-server --help` of {build}", where, Severity.warning))
+        return findings, builds.caps_for(having[-1]).server.lookup(flag)
+
+    return _walk_args(path, args, resolve)
 
 
 def _flag_hint(caps: builds.BuildCaps, flag: str) -> str:

@@ -110,3 +110,16 @@ def start_sshd(folder: Path, hosts: int, *, startup_files: bool = True) -> Sshd:
 def _listening(address: str, port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex((address, port)) == 0
+
+
+def running_sshd(tmp_path_factory, hosts: int = 3):
+    """A module fixture's body: a real sshd standing in for ``hosts`` hosts, skipped (a failure under
+    CI) where this machine has none."""
+    import pytest
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(f"no real sshd: {reason}")
+    server = start_sshd(tmp_path_factory.mktemp("sshd"), hosts=hosts)
+    yield server
+    server.stop()

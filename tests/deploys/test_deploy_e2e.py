@@ -28,7 +28,7 @@ from llamafleet.deploys.plan import plan_host
 from llamafleet.deploys.render import render_unit
 from llamafleet.rig import mirror as mirror_mod
 from llamafleet.rig.servers import free_port
-from sshd_rig import start_sshd, unavailable_reason
+from sshd_rig import running_sshd
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,12 +55,7 @@ def sha256(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(f"no real sshd: {reason}")
-    server = start_sshd(tmp_path_factory.mktemp("sshd"), hosts=3)
-    yield server
-    server.stop()
+    yield from running_sshd(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ from llamafleet.cli import main
 from llamafleet.rig import mirror as mirror_mod
 from llamafleet.rig.cache import cache_root
 from llamafleet.rig.servers import free_port
-from sshd_rig import start_sshd, unavailable_reason
+from sshd_rig import running_sshd
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,12 +79,7 @@ def pack_relabelled_archive(real_bin: Path, dest: Path, build: str, start: str) 
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(f"no real sshd: {reason}")
-    server = start_sshd(tmp_path_factory.mktemp("sshd"), hosts=3)
-    yield server
-    server.stop()
+    yield from running_sshd(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
