@@ -21,7 +21,6 @@ from typing import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
-from pydantic import ValidationError
 
 from llamafleet.proxy import api
 from llamafleet.proxy.backend import BackendError
@@ -29,7 +28,7 @@ from llamafleet.proxy.config import ProxyConfig
 from llamafleet.proxy.dashboard import handle_dashboard
 from llamafleet.proxy.engine import Engine, ModeUnavailable, Route
 from llamafleet.proxy.replicas import Router
-from llamafleet.proxy.errors import ApiError, from_backend, from_validation, internal, invalid
+from llamafleet.proxy.errors import ApiError, from_backend, internal, invalid
 from llamafleet.proxy.speculation import PROXY_SAMPLING_METHOD, Job, Report
 from llamafleet.proxy.stats import Stats, controller_gauges
 from llamafleet.proxy.text import TextAssembler

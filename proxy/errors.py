@@ -3,9 +3,6 @@
 
 from __future__ import annotations
 
-from pydantic import ValidationError
-
-from llamafleet.errors import validation_problems
 from llamafleet.proxy.backend import BackendError
 
 
@@ -26,13 +23,6 @@ class ApiError(Exception):
 
 def invalid(message: str, param: str | None = None, code: str = "invalid_request") -> ApiError:
     return ApiError(400, message, "invalid_request_error", code, param)
-
-
-def from_validation(err: ValidationError) -> ApiError:
-    """Name every offending field; the first one becomes ``param``."""
-    problems = [(".".join(map(str, loc)) or "body", message)
-                for loc, message in validation_problems(err, unknown="unknown or unsupported field")]
-    return invalid("; ".join(f"{where}: {message}" for where, message in problems[:8]), param=problems[0][0])
 
 
 def from_backend(err: BackendError, target_name: str, relayed: bool = False) -> ApiError:

@@ -8,44 +8,11 @@ also has a native-speculation target that runs the draft on its own ggml-rpc-ser
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
+from proxy_testlib import DRAFT_MAX, TOKEN, Rig, proxy_config
 
 from llamafleet.proxy.background import BackgroundProxy
-from llamafleet.proxy.config import ProxyConfig
 from llamafleet.rig import models, servers
-from llamafleet.rig.servers import RunningProcess
-
-TOKEN = "test-token-0123456789"
-DRAFT_MAX = 4
-SLOTS = 5
-
-
-@dataclass
-class Rig:
-    name: str
-    target: RunningProcess
-    native: RunningProcess
-    drafter: RunningProcess
-    proxy: BackgroundProxy
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {TOKEN}"}
-
-
-def proxy_config(target: RunningProcess, drafters: list[RunningProcess], native: RunningProcess | None, **extra) -> ProxyConfig:
-    return ProxyConfig.model_validate({
-        "listen": {"host": "127.0.0.1", "port": 0},
-        "model_name": "rig",
-        "target": {"name": "target", "url": target.url, "slots": SLOTS},
-        "drafters": [{"name": f"drafter{i}", "url": d.url} for i, d in enumerate(drafters)],
-        "native": {"name": "native", "url": native.url} if native else None,
-        "draft_max": DRAFT_MAX,
-        **extra,
-    })
-
 
 def _native_server(llama_build, model, draft, rpc, log_dir, name):
     args = ["-c", "1024", "-np", "2", "-nr", *models.native_target_args(draft, f"127.0.0.1:{rpc.port}", DRAFT_MAX)]

@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import TOKEN
+from proxy_testlib import TOKEN
 from llamafleet.proxy.background import BackgroundProxy
 from llamafleet.proxy.config import ProxyConfig
 from llamafleet.rig import servers

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import TOKEN, proxy_config
+from proxy_testlib import TOKEN, proxy_config
 from llamafleet.proxy.background import BackgroundProxy
 
 pytestmark = pytest.mark.slow

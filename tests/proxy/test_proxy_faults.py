@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from conftest import TOKEN, proxy_config
+from proxy_testlib import TOKEN, proxy_config
 from llamafleet.proxy.background import BackgroundProxy
 from llamafleet.rig import servers
 
