@@ -54,6 +54,12 @@ class ReplicaState:
         self.target: LlamaServer | None = None
         self.engine: Engine | None = None
         self.n_vocab: int | None = None
+        self._chat_parsing: tuple[str | None] | None = None  # read once from the target's /props
+
+    async def chat_parsing(self) -> str | None:
+        if self._chat_parsing is None:
+            self._chat_parsing = (await self.target.chat_parsing(),)
+        return self._chat_parsing[0]
 
     def start(self, session: aiohttp.ClientSession, on_fault: Callable[[BackendError], None] | None) -> None:
         cfg = self.config
@@ -356,6 +362,9 @@ async def _generate_on(state: ReplicaState, request: web.Request, data: dict, ch
     cap = state.config.limits.max_tokens
     _check_max_tokens(data, cap)
     body, reason = api.token_path_body(data, chat)
+    if chat and reason is None:
+        reason = await state.chat_parsing()
+        body = None if reason else body
     with _concurrency_slot(state):
         route = state.engine.route(mode, body.sampling().greedy if body else _greedy(data), reason)
         if route.whole:

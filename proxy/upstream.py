@@ -15,6 +15,11 @@ import aiohttp
 
 from llamafleet.proxy.backend import BackendError, Piece, Sampling, Verification
 
+# Template capabilities (llama-server /props chat_template_caps) under which the server parses a chat
+# reply (tool calls, reasoning) instead of returning its text as generated.
+PARSED_CHAT_CAPS = ("supports_tool_calls", "supports_tools", "supports_preserve_reasoning", "supports_reasoning_effort")
+THINKING_MARKERS = ("<think>", "reasoning_content", "<|channel|>")
+
 _FINISH = {"eos": "eos", "limit": "limit", "word": "stop"}
 # The OpenAI routes that generate: a plain path's request fields go into their bodies.
 GENERATION_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
@@ -197,6 +202,21 @@ class LlamaServer:
     async def detokenize(self, tokens: list[int]) -> str:
         data = await self._post("/detokenize", {"tokens": tokens})
         return data["content"]
+
+    async def chat_parsing(self) -> str | None:
+        """Why the server's chat answers are not its generated text as such, or None when they are.
+
+        llama-server parses a chat reply with the model's template where that template has tool calls
+        or reasoning (``message.tool_calls``, ``reasoning_content``); the token-level paths return the
+        generated text unparsed, so such chat requests must go whole to the server's own endpoint.
+        Read from ``/props``: its ``chat_template_caps`` and the template text itself.
+        """
+        props = await self._post("/props", None)
+        caps = props.get("chat_template_caps") or {}
+        parsed = sorted(k for k in PARSED_CHAT_CAPS if caps.get(k))
+        template = str(props.get("chat_template") or "")
+        parsed += [f"template mentions {m}" for m in THINKING_MARKERS if m in template]
+        return f"chat template parsed by the server ({', '.join(parsed)})" if parsed else None
 
     async def n_vocab(self) -> int:
         data = await self._post("/v1/models", None)

@@ -292,3 +292,30 @@ def test_relayed_requests_keep_auto_informed(surface):
     proxy.chat.completions.create(model=MODEL, messages=WEATHER, tools=TOOLS, max_tokens=8, temperature=0)
     controller = httpx.get(surface.url + "/stats", headers=AUTH, timeout=30).json()["controller"]
     assert controller["seconds_per_token"]["greedy"]["direct"] > 0
+
+
+@pytest.fixture(scope="module")
+def drafting_surface(jinja_target, smollm2_server):
+    """The tool-template target with a drafter, so the proxy path is on offer."""
+    with BackgroundProxy(ProxyConfig.model_validate({
+            "listen": {"host": "127.0.0.1", "port": 0}, "model_name": MODEL,
+            "target": {"name": "target", "url": jinja_target.url, "slots": 2},
+            "drafters": [{"name": "drafter", "url": smollm2_server.url}]}), token=TOKEN) as proxy:
+        yield proxy
+
+
+@pytest.mark.parametrize("mode", ["proxy", "auto"])
+def test_plain_chat_to_a_template_the_server_parses_goes_whole(drafting_surface, jinja_target, mode):
+    """A template with tool calls (its /props chat_template_caps say so) makes the server parse chat
+    replies; the token-level paths would return the raw text. So even a chat request with no tools
+    goes whole to the server's own endpoint, and ``reason`` says why."""
+    proxy, target = clients(drafting_surface.url, jinja_target.url)
+    body = dict(model=MODEL, messages=[{"role": "user", "content": "Name a colour."}], max_tokens=12, temperature=0)
+    report = same_answer(proxy.chat.completions.create(**body, extra_headers={"X-Llamafleet-Mode": mode}),
+                         target.chat.completions.create(**body))
+    assert report["path"] == "direct" and report["reason"].startswith("chat template parsed by the server")
+    assert "supports_tool_calls" in report["reason"]
+    # A completion (no chat template) still runs on the token-level path asked for.
+    got = proxy.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=8, temperature=0,
+                                   extra_headers={"X-Llamafleet-Mode": "proxy"})
+    assert got.model_extra["llamafleet"]["path"] == "proxy"
