@@ -38,7 +38,7 @@ def run(tmp_path_factory, llama_build, smollm2):
     return printed.getvalue(), json.loads((out / "bench.json").read_text()), out
 
 
-def test_tables_follow_the_seed_report(run):
+def test_tables_have_every_condition_category_and_the_statistics(run):
     printed, _, _ = run
     for heading in ("### Baseline (direct to the target, no speculation)", "path `native`", "path `proxy`",
                     "path `auto`", "### Tightwad proxy, same servers", "### Proxy statistics"):
