@@ -117,10 +117,9 @@ class Engine:
         for path, limit, probe in segments:
             want = remaining if limit is None else min(limit, remaining)
             while True:
-                budget = want
                 started, produced, finished = self.clock(), 0, False
                 try:
-                    async with contextlib.aclosing(self._run(path, job, context, budget, report, greedy)) as pieces:
+                    async with contextlib.aclosing(self._run(path, job, context, want, report, greedy)) as pieces:
                         async for piece in pieces:
                             context += piece.tokens
                             produced += len(piece.tokens)

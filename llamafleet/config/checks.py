@@ -723,9 +723,7 @@ def check_plain_routes(inventory: Inventory) -> Findings:
     Without a plain route, ``auto`` can only choose among speculating paths, so a draft that does not
     pay makes every request slower than the target alone would be. Say so before deploying.
     """
-    from llamafleet.config.builds import caps_for
-
-    caps = caps_for(inventory.llama_cpp.build)
+    caps = builds.caps_for(inventory.llama_cpp.build)
     for name, service in inventory.services.items():
         route = _plain_route(inventory, name)
         if route is None:

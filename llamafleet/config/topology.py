@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llamafleet.config.builds import caps_for
 from llamafleet.config.models import Backend, Inventory, PlainPath, TargetService
 
 SIDECAR_SUFFIX = "-plain"
@@ -54,8 +55,6 @@ def plain_route(inventory: Inventory, name: str) -> PlainRoute | None:
     service = inventory.services[name]
     if not isinstance(service, TargetService) or service.native_draft is None:
         return None
-    from llamafleet.config.builds import caps_for
-
     wanted = service.native_draft.plain
     caps = caps_for(inventory.llama_cpp.build)
     per_request = caps.per_request_speculative if caps is not None else None
