@@ -132,7 +132,7 @@ def driver_findings(plan: HostPlan, state: dict) -> list[Finding]:
     drivers = state.get("drivers") or {}
     findings = []
     if host.driver is not None:
-        running = running_version(host.driver.kind, host.os, drivers)
+        running = running_version(host.driver.kind, drivers)
         pending = state.get("driver_pending") == {"kind": host.driver.kind, "version": host.driver.version}
         if pending and host.allow_reboot:
             hint = _would("reboot the host into the installed driver")

@@ -30,7 +30,7 @@ NVIDIA_WINDOWS_INSTALLER = "{version}-desktop-win10-win11-64bit-international-dc
 ROCM_REPO = "https://repo.radeon.com"
 
 
-def running_version(kind: str, os_: OS, drivers: dict) -> str | None:
+def running_version(kind: str, drivers: dict) -> str | None:
     if kind == "nvidia":
         parsed = parse_nvidia_smi(drivers.get("nvidia-smi") or "")
         return parsed["driver"] if parsed else None
@@ -103,7 +103,7 @@ def driver(host_name: str, kind: str, version: str, os_name: str, drivers: dict,
            os_release: dict, allow_reboot: bool, install_dir: str, mirror: str | None = None):
     """Install the pinned ``kind`` driver ``version`` when the running one differs."""
     os_ = OS(os_name)
-    running = running_version(kind, os_, drivers)
+    running = running_version(kind, drivers)
     if running == version:
         return
     windows = os_ is OS.windows
