@@ -9,6 +9,8 @@ themselves, from wherever it runs (a laptop, a CI runner):
 - ``/props`` ``total_slots`` equals the inventory's ``parallel``;
 - each drafter shares its target's vocabulary: ``/v1/models`` metadata, then ``/tokenize`` of probe
   strings, which must give identical ids (the same family name can still hide a changed vocabulary);
+- a TLS proxy serves the certificate the deploy gave it (sha256 fingerprint against the local copy),
+  and every other call to it trusts exactly that certificate;
 - the proxy answers with its bearer token and refuses without it;
 - no speculating path of the proxy is slower than plain decoding on the traffic it measured
   (a warning with the ratio, whatever the acceptance rate);
@@ -20,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -36,6 +39,7 @@ from llamafleet.config.models import (
     RpcWorkerService,
     TargetService,
 )
+from llamafleet import tls
 from llamafleet.llama_client import LlamaClient, LlamaServerError
 from llamafleet.report import Finding, Report, Severity, by_host, parallel_count
 
@@ -281,21 +285,76 @@ class Doctor:
 
     # proxy: auth
 
-    def check_proxy(self, name: str, svc: ProxyService) -> list[Finding]:
+    # proxy: TLS
+
+    def _proxy_client(self, name: str, svc: ProxyService) -> tuple[str | None, LlamaClient | None]:
+        """The proxy's base URL and the client to ask it with: for a TLS proxy, one that trusts exactly
+        the local copy of its certificate (None when there is none here)."""
         base = self._base(svc)
-        check = f"proxy auth {name}"
-        if base is None:
-            return [_not_from_here(svc.host, check, svc.bind)]
+        if base is None or svc.tls is None:
+            return base, self.http
+        pair = tls.local_pair(self.inv, name, create=False)
+        if pair is None:
+            return base, None
         try:
-            health = self.http.request(base + "/health")
-            anonymous = self.http.request(base + "/v1/models")
+            context = tls.pinned_context(pair.cert)
+        except (OSError, ssl.SSLError):
+            return base, None
+        return "https" + base.removeprefix("http"), LlamaClient(self.http.timeout, context=context)
+
+    def check_tls(self, name: str, svc: ProxyService) -> Finding:
+        """The certificate the proxy serves is the one the deploy put there: its sha256 fingerprint
+        against the local copy's (the inventory's cert_file, or the self-signed pair in the state folder)."""
+        check = f"proxy tls {name}"
+        address = service_address(self.inv, svc.bind, svc.host)
+        pair = tls.local_pair(self.inv, name, create=False)
+        try:
+            expected = tls.file_fingerprint(pair.cert) if pair is not None else None
+        except tls.TlsFileError as err:
+            return Finding(svc.host, check, Severity.error, "the local certificate", str(err))
+        if expected is None:
+            return Finding(svc.host, check, Severity.skipped, actual="no local copy of the self-signed certificate",
+                           hint=f"run doctor where the deploy ran, or copy its {tls.self_signed_dir(self.inv.cluster, name)}"
+                                f" here (or set {tls.STATE_ENV})")
+        try:
+            served = tls.fingerprint(tls.served_certificate(address, svc.port, self.http.timeout))
+        except tls.PlainHttp:
+            return Finding(svc.host, check, Severity.fail, f"TLS, certificate sha256 {expected}", "plain HTTP",
+                           hint=f"the proxy runs without its tls config: re-deploy {svc.host}")
+        except (OSError, ssl.SSLError) as err:
+            return Finding(svc.host, check, Severity.error, f"TLS, certificate sha256 {expected}",
+                           f"no answer: {address}:{svc.port}: {getattr(err, 'strerror', None) or err}",
+                           hint=f"start the proxy service {name} on {svc.host}")
+        if served != expected:
+            return Finding(svc.host, check, Severity.fail, f"certificate sha256 {expected}", f"sha256 {served}",
+                           hint=f"the proxy serves another certificate than the deploy's: re-deploy {svc.host}, or "
+                                "find who replaced it (clients that pinned the certificate refuse this one)")
+        return Finding(svc.host, check, Severity.ok, f"certificate sha256 {expected}", f"sha256 {served}")
+
+    # proxy: auth
+
+    def check_proxy(self, name: str, svc: ProxyService) -> list[Finding]:
+        check = f"proxy auth {name}"
+        if self._base(svc) is None:
+            return [_not_from_here(svc.host, check, svc.bind)]
+        findings = []
+        if svc.tls is not None:
+            findings.append(self.check_tls(name, svc))
+            if findings[0].severity is not Severity.ok:  # every other call trusts only the expected certificate
+                return findings + [Finding(svc.host, check, Severity.skipped, actual=f"see proxy tls {name}")]
+        base, http = self._proxy_client(name, svc)
+        if http is None:
+            return findings + [Finding(svc.host, check, Severity.skipped, actual=f"see proxy tls {name}")]
+        try:
+            health = http.request(base + "/health")
+            anonymous = http.request(base + "/v1/models")
             token = self.proxy_token or _token_from_auth(svc)
-            authed = self.http.request(base + "/v1/models", token=token) if token else None
+            authed = http.request(base + "/v1/models", token=token) if token else None
         except LlamaServerError as err:
             return [Finding(svc.host, f"health {name}", Severity.error, "answers /health", _no_answer(err),
                             hint=f"start the proxy service {name} on {svc.host}")]
-        findings = [Finding(svc.host, f"health {name}", Severity.ok if health.status == 200 else Severity.fail,
-                            "200", str(health.status))]
+        findings.append(Finding(svc.host, f"health {name}", Severity.ok if health.status == 200 else Severity.fail,
+                                "200", str(health.status)))
         if svc.auth is None:
             findings.append(Finding(svc.host, check, Severity.ok if anonymous.status == 200 else Severity.fail,
                                     "200 without a token (auth: none)", str(anonymous.status)))
@@ -321,15 +380,18 @@ class Doctor:
         measured slower than the plain path is a warning with the ratio, whatever its acceptance rate."""
         check = f"speculation speed {name}"
         expected = "speculating paths at least as fast as plain decoding"
-        base = self._base(svc)
+        base, http = self._proxy_client(name, svc)
         if base is None:
             return _not_from_here(svc.host, check, svc.bind)
+        if http is None:
+            return Finding(svc.host, check, Severity.skipped, actual="no local copy of the proxy's certificate",
+                           hint=f"see proxy tls {name}")
         token = (self.proxy_token or _token_from_auth(svc)) if svc.auth else None
         if svc.auth and not token:
             return Finding(svc.host, check, Severity.skipped, actual="no token available here for /stats",
                            hint=f"set {svc.auth.token_env or 'LLAMAFLEET_PROXY_TOKEN'} for doctor")
         try:
-            reply = self.http.request(base + "/stats", token=token)
+            reply = http.request(base + "/stats", token=token)
         except LlamaServerError as err:
             return Finding(svc.host, check, Severity.skipped, actual=_no_answer(err), hint="see health " + name)
         body = reply.body if isinstance(reply.body, dict) else {}

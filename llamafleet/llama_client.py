@@ -12,6 +12,7 @@ The proxy's own calls to its backends are asynchronous and live in ``proxy/upstr
 from __future__ import annotations
 
 import json
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -43,13 +44,15 @@ class LlamaServerError(UserError):
 
 
 class LlamaClient:
-    """Calls with ``timeout`` seconds each, a bearer ``token`` and extra ``headers`` on every call."""
+    """Calls with ``timeout`` seconds each, a bearer ``token`` and extra ``headers`` on every call;
+    ``context``: the SSL context of https:// calls (a TLS proxy: ``llamafleet.tls.pinned_context``)."""
 
     def __init__(self, timeout: float = 30.0, *, token: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, context: ssl.SSLContext | None = None) -> None:
         self.timeout = timeout
         self.token = token
         self.headers = dict(headers or {})
+        self.context = context
 
     def _open(self, url: str, data: Any, token: str | None, timeout: float | None):
         headers = {"Content-Type": "application/json", **self.headers}
@@ -59,7 +62,8 @@ class LlamaClient:
         body = None if data is None else json.dumps(data).encode()
         request = urllib.request.Request(url, data=body, headers=headers)
         try:
-            return urllib.request.urlopen(request, timeout=self.timeout if timeout is None else timeout)
+            return urllib.request.urlopen(request, timeout=self.timeout if timeout is None else timeout,
+                                          context=self.context)
         except urllib.error.HTTPError as err:
             return err  # an answer all the same: the caller reads its status and body
         except (urllib.error.URLError, OSError) as err:

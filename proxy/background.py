@@ -16,6 +16,7 @@ class BackgroundProxy:
 
     def __init__(self, config: ProxyConfig, token: str | None = None):
         self.app = create_app(config, token)
+        self.ssl_context = config.tls.server_context() if config.tls else None
         self.host = config.listen.host
         self.port = config.listen.port
         self._loop = asyncio.new_event_loop()
@@ -26,7 +27,7 @@ class BackgroundProxy:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.ssl_context else 'http'}://{self.host}:{self.port}"
 
     @property
     def state(self) -> ProxyState:
@@ -48,7 +49,7 @@ class BackgroundProxy:
     async def _start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
         await site.start()
         self.port = self._runner.addresses[0][1]
 

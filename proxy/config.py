@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,23 @@ class Auth(ProxyAuth):
         return token
 
 
+class Tls(Strict):
+    """HTTPS: the proxy host's certificate and key files (paths only; the deploy puts them there, the key as
+    a 0600 file of the service user). Without it the proxy serves plain HTTP."""
+
+    cert_file: str = Field(min_length=1, description="PEM certificate (chain) the proxy serves.")
+    key_file: str = Field(min_length=1, description="Its PEM private key, unencrypted, mode 0600.")
+
+    def server_context(self) -> ssl.SSLContext:
+        """The server's SSL context, read now: a missing, unreadable or mismatched pair is a UserError."""
+        from llamafleet.tls import TlsFileError, server_context
+
+        try:
+            return server_context(self.cert_file, self.key_file)
+        except TlsFileError as err:
+            raise UserError(f"tls: {err}") from None
+
+
 class Limits(Strict):
     max_body_bytes: int = Field(1 << 20, gt=0)
     max_tokens: int = Field(4096, gt=0, description="Cap on a request's max_tokens; larger requests get a 400.")
@@ -121,6 +139,7 @@ class ProxyConfig(Strict):
                                   description="Default path; X-Llamafleet-Mode overrides it per request.")
     draft_max: int = Field(8, gt=0, le=64)
     auth: Auth | None = Field(None, description="None disables auth: only for a loopback listener.")
+    tls: Tls | None = Field(None, description="Serve HTTPS with this certificate and key; None serves HTTP.")
     limits: Limits = Field(default_factory=Limits)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     history_size: int = Field(256, gt=0, description="Requests kept in /stats history.")
@@ -232,6 +251,11 @@ class ProxyConfig(Strict):
             auth = Auth.model_validate(service.auth.model_dump())
         common = dict(listen=Listen(host=service.bind, port=service.port), mode=service.mode,
                       draft_max=service.draft_max, auth=auth)
+        if service.tls is not None:
+            from llamafleet.tls import host_paths
+
+            cert, key = host_paths(inventory.hosts[service.host].install_dir, service_name)
+            common["tls"] = Tls(cert_file=cert, key_file=key)
         drafters = [(BackendRef(name=n, url=service_url(inventory, inventory.services[n])),
                      _tokenizer(inventory, inventory.services[n].model)) for n in service.drafters]
         if service.target is not None:

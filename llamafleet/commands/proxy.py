@@ -11,7 +11,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("proxy", help="Run the OpenAI-compatible speculation proxy.",
                                    description="Run the OpenAI-compatible speculation proxy from a config file.")
     parser.add_argument("--config", required=True, metavar="FILE", help="Proxy config (YAML or JSON); see docs/proxy.md.")
-    parser.add_argument("--check", action="store_true", help="Validate the config and the token source, then exit.")
+    parser.add_argument("--check", action="store_true",
+                        help="Validate the config, the token source and the TLS files, then exit.")
     parser.set_defaults(func=run)
 
 
@@ -23,11 +24,13 @@ def run(args: argparse.Namespace) -> int:
 
     config = ProxyConfig.load(args.config)
     app = create_app(config)  # reads the token now: a missing token fails before listening
+    ssl_context = config.tls.server_context() if config.tls else None  # so are the certificate and key
     if args.check:
         print(f"{args.config}: ok (modes: {', '.join(m.value for m in config.available_modes())})")
         return 0
     try:
-        web.run_app(app, host=config.listen.host, port=config.listen.port, print=None, access_log=None)
+        web.run_app(app, host=config.listen.host, port=config.listen.port, print=None, access_log=None,
+                    ssl_context=ssl_context)
     except OSError as err:
         raise UserError(f"cannot listen on {config.listen.host}:{config.listen.port}: {err.strerror}") from None
     return 0

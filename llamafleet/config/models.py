@@ -435,6 +435,31 @@ class ProxyAuth(Strict):
     token_env: EnvKey | None = Field(None, description="Environment variable holding the bearer token.")
 
 
+class ProxyTls(Strict):
+    """HTTPS for the proxy: a certificate and key of your own, or a self-signed pair made once on the
+    deployer (kept in its local state folder, see docs/hardening.md) whose fingerprint doctor checks."""
+
+    cert_file: AbsPath | None = Field(None, description="PEM certificate (chain) on the machine that runs the deploy: "
+                                      "an absolute path. Uploaded to the proxy host.")
+    key_file: AbsPath | None = Field(None, description="Its PEM private key (unencrypted, mode 0600) on the machine "
+                                     "that runs the deploy: an absolute path. Uploaded as a 0600 secret.")
+    self_signed: bool = Field(False, validate_default=True,
+                              description="Generate a self-signed pair for the proxy's address instead, once; "
+                              "later deploys reuse it.")
+
+    @field_validator("self_signed")
+    @classmethod
+    def _one_source(cls, self_signed: bool, info: ValidationInfo) -> bool:
+        files = [info.data.get("cert_file"), info.data.get("key_file")]
+        if "cert_file" not in info.data or "key_file" not in info.data:
+            return self_signed  # a file path is wrong and reported
+        if self_signed and any(files):
+            raise ValueError("set either self_signed: true or cert_file and key_file, not both")
+        if not self_signed and not all(files):
+            raise ValueError("set both cert_file and key_file (or self_signed: true)")
+        return self_signed
+
+
 class ProxyService(ServiceBase):
     role: Literal["proxy"]
     target: Name | None = Field(None, description="The target service it fronts (one model, one server).")
@@ -447,6 +472,7 @@ class ProxyService(ServiceBase):
     mode: SpeculationMode = SpeculationMode.auto
     draft_max: int = Field(8, gt=0, le=64, description="Largest draft length the controller may choose.")
     auth: ProxyAuth | None = Field(None, description="Bearer-token source; None disables auth (loopback only).")
+    tls: ProxyTls | None = Field(None, description="Serve HTTPS; None serves plain HTTP.")
 
     @field_validator("targets")
     @classmethod
