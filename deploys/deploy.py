@@ -19,7 +19,7 @@ from functools import lru_cache
 
 from llamafleet.config.models import Inventory, ServiceManager
 from llamafleet.deploys import rollout
-from llamafleet.deploys.facts.host_state import HostState, WindowsHostState, helper_source, state_spec
+from llamafleet.deploys.facts.host_state import helper_source, host_state_fact, state_spec
 from llamafleet.deploys.operations import drivers as driver_ops
 from llamafleet.deploys.operations import files as file_ops
 from llamafleet.deploys.operations import launchd, llama_cpp, models, readiness, secrets, supervisord, systemd, winsw
@@ -159,7 +159,7 @@ class PlannedOperation:
 
     step: str
     name: str
-    operation: object  # a pyinfra @operation; ``operation._inner(**kwargs)`` yields its commands
+    operation: object  # a pyinfra @operation; ``common.operation_commands(operation, kwargs)`` yields its commands
     kwargs: dict
     position: tuple[int, ...] = ()
     when: str = "always"
@@ -399,12 +399,27 @@ def _learn_installed(host, plan: HostPlan, state: dict) -> HostPlan:
     return plan_host(plan.inventory, plan.name, caps)
 
 
+def _call_at(host, position: tuple[int, ...], call):
+    """``call()`` (one operation call) at ``position`` in pyinfra's operation order.
+
+    pyinfra orders operations by their call site followed by the index of every ``host.loop`` they
+    are called inside (its public way to tell apart operations called from one line). Each level of
+    ``position`` is one ``host.loop`` level, entered at that index plus one: the first barrier's
+    level is -1, and shifting every level by one keeps the order, as pyinfra compares them as tuples."""
+    if not position:
+        return call()
+    meta = None
+    for index in host.loop(range(position[0] + 2)):
+        if index == position[0] + 1:
+            meta = _call_at(host, position[1:], call)
+    return meta
+
+
 def deploy_host(host) -> HostChanges:
     """Queue the operations for ``host`` (the pyinfra host object of the running deploy)."""
     inventory = inventory_for(host)
     plan = plan_host(inventory, host.data.get("llamafleet_host") or host.name)
-    fact = WindowsHostState if plan.windows else HostState
-    state = host.get_fact(fact, spec=state_spec(plan))
+    state = host.get_fact(host_state_fact(plan.windows), spec=state_spec(plan))
     if state is None:
         raise UserError(f"hosts.{plan.name}: could not read the host's state "
                         f"({'PowerShell' if plan.windows else 'python3'} is required on the host)")
@@ -423,12 +438,8 @@ def deploy_host(host) -> HostChanges:
                                                   "kwargs": kwargs}
         if planned.tag == "wait":
             kwargs["_ignore_errors"] = True  # a failed readiness is answered by the rollback and report below
-        position = [STEPS.index(planned.step), *planned.position]
-        host.loop_position.extend(position)
-        try:
-            meta = operation(name=planned.name, **kwargs)
-        finally:
-            del host.loop_position[-len(position):]
+        meta = _call_at(host, (STEPS.index(planned.step), *planned.position),
+                        lambda: operation(name=planned.name, **kwargs))
         run.record(plan.name, planned.tag, meta)
     return host_changes(plan, state)
 

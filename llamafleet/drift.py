@@ -20,17 +20,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyinfra.api import Config, FactBase, OperationError, State
+from pyinfra.api import Config, OperationError, State
 from pyinfra.api import Inventory as PyinfraInventory
 from pyinfra.api.state import BaseStateCallback
-from pyinfra.facts.files import FileContents, Sha256File
 
 from llamafleet.config.models import OS, Backend, Inventory, ServiceManager
 from llamafleet.config.pyinfra_groups import groups
 from llamafleet.deploys.deploy import HostChanges, build_spec, host_changes, planned_operations, service_states
 from llamafleet.deploys.facts.drivers import METAL_MIN_MACOS, metal_supported, parse_sw_vers
-from llamafleet.deploys.facts.host_state import HostState, WindowsHostState, helper_source, state_spec
-from llamafleet.deploys.operations.common import file_matches, ps_quote, sha256_text
+from llamafleet.deploys.facts.files import file_text_fact, sha256_fact
+from llamafleet.deploys.facts.host_state import helper_source, host_state_fact, state_spec
+from llamafleet.deploys.operations.common import file_matches, operation_commands, sha256_text
 from llamafleet.deploys.operations.drivers import running_version
 from llamafleet.deploys.operations.proxy import record_text
 from llamafleet.deploys.plan import HostPlan, plan_host
@@ -387,14 +387,13 @@ def operations_with_changes(plan: HostPlan, state: dict) -> list[str]:
     the way pyinfra decides it (an operation changes the host when its generator yields anything)."""
     return [op.name for op in planned_operations(plan, state)
             if op.when != "failed"  # rollback and report run only after a failed readiness
-            and next(iter(op.operation._inner(**op.kwargs)), None) is not None]
+            and next(iter(operation_commands(op.operation, op.kwargs)), None) is not None]
 
 
 def read_host(host, plan: HostPlan, deep: bool) -> tuple[HostReading | Unreadable, int]:
     """Read one connected host (the deploy's state fact, then what the findings need) and dry-run the
     deploy's plan on it; returns the reading and how many remote commands it took."""
-    fact = WindowsHostState if plan.windows else HostState
-    host_state = host.get_fact(fact, spec=state_spec(plan))
+    host_state = host.get_fact(host_state_fact(plan.windows), spec=state_spec(plan))
     commands = 1
     if not isinstance(host_state, dict):
         needs = "PowerShell" if plan.windows else "python3"
@@ -418,46 +417,12 @@ def read_host(host, plan: HostPlan, deep: bool) -> tuple[HostReading | Unreadabl
 
 
 def _file_text(host, plan: HostPlan, path: str) -> str | None:
-    if plan.windows:
-        lines = host.get_fact(WindowsFileText, path=path)
-    else:
-        lines = host.get_fact(FileContents, path=path)
+    lines = host.get_fact(file_text_fact(plan.windows), path=path)
     return None if lines is None else "\n".join(lines) + "\n"
 
 
 def _file_sha256(host, plan: HostPlan, path: str) -> str | None:
-    return host.get_fact(WindowsSha256File if plan.windows else Sha256File, path=path)
-
-
-class WindowsFileText(FactBase):
-    """A file's text on a Windows host over OpenSSH + PowerShell (None when it does not exist)."""
-
-    shell_executable = None
-
-    def command(self, path: str) -> str:
-        quoted = ps_quote(path)
-        return f"if (Test-Path -LiteralPath {quoted}) {{ Get-Content -LiteralPath {quoted} }} else {{ '{_MISSING}' }}"
-
-    def process(self, output):
-        return None if list(output) == [_MISSING] else list(output)
-
-
-class WindowsSha256File(FactBase):
-    """A file's sha256 (lower-case hex) on a Windows host, or None when it does not exist."""
-
-    shell_executable = None
-
-    def command(self, path: str) -> str:
-        quoted = ps_quote(path)
-        return (f"if (Test-Path -LiteralPath {quoted}) {{ (Get-FileHash -Algorithm SHA256 -LiteralPath {quoted}).Hash.ToLower() }}"
-                f" else {{ '{_MISSING}' }}")
-
-    def process(self, output):
-        value = "".join(output).strip()
-        return None if value == _MISSING else value
-
-
-_MISSING = "llamafleet-missing-file"
+    return host.get_fact(sha256_fact(plan.windows), path=path)
 
 
 def run_drift(inventory: Inventory, path: Path, hosts: list[str], *, deep: bool,

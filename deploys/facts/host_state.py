@@ -102,3 +102,8 @@ class WindowsHostState(FactBase):
 
     def process(self, output):
         return json.loads("\n".join(output))
+
+
+def host_state_fact(windows: bool) -> type[FactBase]:
+    """The state fact of the host's OS (both return the same JSON document)."""
+    return WindowsHostState if windows else HostState

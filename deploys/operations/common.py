@@ -68,6 +68,16 @@ def upload_windows(path: str, content: str):
     yield FileUploadCommand(BytesIO(content.encode()), path.replace("\\", "/"))
 
 
+def operation_commands(operation, kwargs: dict):
+    """The commands a pyinfra ``@operation`` yields for ``kwargs``, without adding it to a deploy (a
+    gated operation inside another one; drift's dry run of the deploy's operation list).
+
+    pyinfra has no public name for an operation's body: its decorator keeps it as ``_inner``, which its
+    error for an operation called inside another one points to ("Use the `_inner` function to call the
+    underlying operation"). This is the one place llamafleet reaches it."""
+    return operation._inner(**kwargs)
+
+
 def helper_command(helper: str, verb: str, spec: dict) -> str:
     """Run one verb of the uploaded POSIX helper with a JSON argument."""
     return f"python3 {shlex.quote(helper)} {verb} {shlex.quote(json.dumps(spec, sort_keys=True))}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pyinfra.api import FunctionCommand, operation
 
-from llamafleet.deploys.operations.common import helper_command, ps_helper_command
+from llamafleet.deploys.operations.common import helper_command, operation_commands, ps_helper_command
 
 
 @operation()
@@ -44,4 +44,4 @@ def gated(gate, operation, kwargs: dict):
     plans (and in a dry run) the rollout is healthy, so a switch is a change and a rollback is not;
     while it executes, the results of the operations before decide (``deploy.Rollout``)."""
     if gate():
-        yield from operation._inner(**kwargs)
+        yield from operation_commands(operation, kwargs)
