@@ -20,7 +20,9 @@ from functools import lru_cache
 from llamafleet.config.models import Inventory, ServiceManager
 from llamafleet.deploys import rollout
 from llamafleet.deploys.facts.host_state import helper_source, host_state_fact, state_spec
+from llamafleet.deploys.facts.firewall import with_live_rules
 from llamafleet.deploys.operations import drivers as driver_ops
+from llamafleet.deploys.operations import firewall as firewall_ops
 from llamafleet.deploys.operations import files as file_ops
 from llamafleet.deploys.operations import launchd, llama_cpp, models, readiness, secrets, supervisord, systemd, winsw
 from llamafleet.deploys.operations.common import file_matches
@@ -145,7 +147,7 @@ def wait_spec(plan: HostPlan, build: str | None = None) -> dict:
 # "rollout" an operation's position also carries (group, phase, host position, index), and barriers
 # that every host shares (_between_barriers) make pyinfra run the groups one after another and,
 # within a group, the hosts one after another.
-STEPS = ("helper", "driver", "build", "check", "models", "secrets", "proxy", "rollout")
+STEPS = ("helper", "driver", "build", "check", "models", "secrets", "proxy", "firewall", "rollout")
 STOP, SWITCH, ROLLBACK = 0, 1, 2  # rollout phases
 
 
@@ -208,6 +210,7 @@ def planned_operations(plan: HostPlan, state: dict) -> list[PlannedOperation]:
         from llamafleet.deploys.operations import proxy
 
         ops.append(PlannedOperation("proxy", "llamafleet proxy (wheel)", proxy.project, proxy.project_kwargs(plan, state)))
+    ops += [PlannedOperation("firewall", name, op, kwargs) for name, op, kwargs in firewall_ops.planned(plan, state)]
     files = rendered_files(plan)
     clients = rpc_clients(plan)
     steps: list[PlannedOperation] = []  # the rollout's, placed between barriers below
@@ -424,6 +427,7 @@ def deploy_host(host) -> HostChanges:
         raise UserError(f"hosts.{plan.name}: could not read the host's state "
                         f"({'PowerShell' if plan.windows else 'python3'} is required on the host)")
     plan = _learn_installed(host, plan, state)
+    state = with_live_rules(host, plan, state)  # firewall rules, where managed
     if plan.caps_note:
         print(f"llamafleet deploy: hosts.{plan.name}: {plan.caps_note}", file=sys.stderr)
     _check_limit(plan, state, host.state)

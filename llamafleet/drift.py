@@ -29,6 +29,8 @@ from llamafleet.config.pyinfra_groups import groups
 from llamafleet.deploys.deploy import HostChanges, build_spec, host_changes, planned_operations, service_states
 from llamafleet.deploys.facts.drivers import METAL_MIN_MACOS, metal_supported, parse_sw_vers
 from llamafleet.deploys.facts.files import file_text_fact, sha256_fact
+from llamafleet.deploys.facts.firewall import with_live_rules
+from llamafleet.deploys.firewall import firewall_findings
 from llamafleet.deploys.facts.host_state import helper_source, host_state_fact, state_spec
 from llamafleet.deploys.operations.common import file_matches, operation_commands, sha256_text
 from llamafleet.deploys.operations.drivers import running_version
@@ -72,6 +74,7 @@ def compare_host(plan: HostPlan, reading: HostReading) -> list[Finding]:
         *file_findings(plan, reading),
         *service_findings(plan, reading.state),
         *port_findings(plan, reading.state),
+        *firewall_findings(plan, reading.state),
     ]
 
 
@@ -398,6 +401,8 @@ def read_host(host, plan: HostPlan, deep: bool) -> tuple[HostReading | Unreadabl
     if not isinstance(host_state, dict):
         needs = "PowerShell" if plan.windows else "python3"
         return Unreadable(f"the state fact returned nothing ({needs} is required on the host)"), commands
+    with_rules = with_live_rules(host, plan, host_state)  # the firewall's rules: one more command where managed
+    commands, host_state = commands + (with_rules is not host_state), with_rules
     try:
         would_change = operations_with_changes(plan, host_state)
     except (UserError, OperationError) as err:

@@ -743,6 +743,15 @@ def check_plain_routes(inventory: Inventory) -> Findings:
                           Severity.warning)
 
 
+def check_firewall(inventory: Inventory) -> Findings:
+    """LF172-LF175: host firewall rules the deploy could not write, or that would not hold
+    (``llamafleet.deploys.firewall``)."""
+    from llamafleet.deploys.firewall import firewall_problems
+
+    for code, message, hint, path, warning in firewall_problems(inventory):
+        yield Finding(code, message, hint, path, Severity.warning if warning else Severity.error)
+
+
 CHECKS = (check_references, check_one_build, check_managed_args, check_flags, check_model_on_host, check_tokenizers, check_ports,
           check_binds, check_hosts, check_devices, check_gpu_layers, check_memory, check_downloads, check_proxies,
-          check_plain_routes, check_unit_values, check_secrets)
+          check_plain_routes, check_unit_values, check_secrets, check_firewall)

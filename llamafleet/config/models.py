@@ -114,6 +114,20 @@ DeviceName = Annotated[str, Field(pattern=DEVICE_PATTERN, max_length=32)]
 FileName = Annotated[str, Field(pattern=FILE_NAME_PATTERN, max_length=255,
                                 description="One path component: no '/', '\\', '..' or control characters.")]
 Address = Annotated[str, Field(pattern=ADDRESS_PATTERN, max_length=253), AfterValidator(_address)]
+# An IP network (CIDR) or one IP address, host bits clear: what a firewall rule can name. No DNS name.
+NETWORK_PATTERN = r"^[0-9A-Fa-f.:]+(/[0-9]{1,3})?$"
+
+
+def _network(value: str) -> str:
+    try:
+        ipaddress.ip_network(value)
+    except ValueError as err:
+        raise ValueError(f"{value!r} is not an IP network or address (e.g. 192.168.1.0/24, 10.0.0.5, fd00::/64): "
+                         f"{err}") from None
+    return value
+
+
+Network = Annotated[str, Field(pattern=NETWORK_PATTERN, max_length=64), AfterValidator(_network)]
 Url = Annotated[str, Field(pattern=URL_PATTERN, max_length=2048,
                            description="http:// or https://, without user name or password."), AfterValidator(_url)]
 AbsPath = Annotated[str, Field(pattern=ABS_PATH_PATTERN, max_length=1024)]
@@ -245,6 +259,19 @@ class RocmDriverPin(Strict):
 DriverPin = Annotated[Union[NvidiaDriverPin, RocmDriverPin], Field(discriminator="kind")]
 
 
+class Firewall(Strict):
+    """Host firewall rules (docs/hardening.md, "Network exposure"): nftables on Linux, Windows Firewall on
+    Windows, none on macOS."""
+
+    manage: bool | None = Field(
+        None, description="Render and apply the rules. Default: on for Linux and Windows hosts reached over SSH at "
+        "an address that is not loopback; off for macOS, local and loopback hosts (they share this machine's kernel).")
+    allow: list[Network] = Field(
+        default_factory=list,
+        description="Further IP networks or addresses that may reach every service port, e.g. the machine that runs "
+        "llamafleet doctor or bench.")
+
+
 class Host(Strict):
     connection: Connection
     addresses: list[Address] = Field(
@@ -269,6 +296,8 @@ class Host(Strict):
     service_manager: ServiceManager
     service_user: UserName | None = Field(None, description="Account services run as; defaults to the connection user.")
     models: list[Name] = Field(default_factory=list, description="Models to place on this host.")
+    firewall: Firewall | None = Field(None, description="This host's firewall: manage overrides the cluster's, allow "
+                                      "adds to it.")
 
     @field_validator("install_dir", "models_dir")
     @classmethod
@@ -504,6 +533,7 @@ class Inventory(Strict):
     hosts: dict[Name, Host] = Field(min_length=1)
     models: dict[Name, Model] = Field(default_factory=dict)
     services: dict[Name, Service] = Field(default_factory=dict)
+    firewall: Firewall = Field(default_factory=Firewall, description="Host firewall rules for every host.")
 
     def services_on(self, host: str) -> dict[str, Service]:
         return {name: s for name, s in self.services.items() if s.host == host}

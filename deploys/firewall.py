@@ -1,0 +1,412 @@
+"""Host firewall rules: which ports of a host accept connections from which addresses (pure).
+
+Derived from the inventory and the host's plan alone, nothing resolved or contacted:
+
+- an RPC worker's port accepts only the hosts of the targets that use it (``rpc_workers`` and
+  ``native_draft.rpc_worker``): whoever reaches ggml-rpc-server can run code on its device;
+- a llama-server's port (a target, its plain sidecar, a drafter) accepts only the hosts of the
+  proxies that use it, so the proxy's auth cannot be walked around;
+- the proxy's port is open: it is the door, with its own auth;
+- a service of any other role (the cluster's file cache) accepts every host of the cluster;
+- every restricted port also accepts loopback (127.0.0.1 and ::1, where a host's own connections to a
+  loopback address come from), the host's own addresses (where its connections to its own LAN address
+  come from: the deploy's readiness probes) and ``firewall.allow`` (the cluster's, then the host's).
+
+A host's addresses are the IP literals the inventory gives for it: its ssh address, its ``addresses``
+and the addresses its services bind. A DNS name is never resolved here (a plan must not depend on
+what a resolver answers today): a peer known only by name cannot be named in a rule, and ``validate``
+says so (LF172) rather than deploy a rule that would shut it out.
+
+The rules are rendered as an nftables file for Linux (``templates/nftables.nft.j2``: its own
+``table inet llamafleet`` only, replaced as one transaction by ``nft -f``) and as Windows Firewall
+commands (``New-NetFirewallRule``/``Set-NetFirewallRule``/``Remove-NetFirewallRule`` on rules named
+``llamafleet-<service>``). macOS hosts get none (see docs/hardening.md). Every value that lands in
+either is typed here: ports are ints, addresses ``ipaddress`` networks, names the inventory's name
+pattern; the nft filter refuses anything else, and PowerShell strings go through ``ps_quote``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import jinja2
+
+from llamafleet.config.models import OS, Inventory, ProxyService, TargetService
+from llamafleet.config.topology import plain_route
+from llamafleet.errors import UserError
+
+TABLE = "llamafleet"  # nft: table inet llamafleet
+WINDOWS_PREFIX = "llamafleet-"  # Windows Firewall rule names: llamafleet-<service>
+LOOPBACK = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128"))
+ANY = "any"  # a port open to every address
+
+Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class PortRule:
+    """One service port: who may connect (``sources``: collapsed networks, or None for everyone)."""
+
+    service: str
+    role: str
+    port: int
+    sources: tuple[Net, ...] | None
+    peers: tuple[str, ...] = ()  # the hosts whose addresses are in sources because they use the service
+
+    @property
+    def v4(self) -> list[Net]:
+        return [n for n in self.sources or () if n.version == 4]
+
+    @property
+    def v6(self) -> list[Net]:
+        return [n for n in self.sources or () if n.version == 6]
+
+
+@dataclass(frozen=True)
+class HostFirewall:
+    host: str
+    manage: bool
+    why: str  # why the firewall is (not) managed, in words
+    kind: str | None  # "nftables", "windows", or None (macOS: nothing to render)
+    rules: tuple[PortRule, ...] = ()
+
+    def expected(self) -> dict[int, object]:
+        """port -> ANY or the sorted networks that may connect: what a live reading is compared with."""
+        return {r.port: ANY if r.sources is None else tuple(net_text(n) for n in r.sources) for r in self.rules}
+
+
+# --- addresses -------------------------------------------------------------------------------------
+
+
+def _literal(value: str) -> Net | None:
+    """An IP literal as a one-address network (IPv4-mapped IPv6 as IPv4); None for a DNS name or a wildcard."""
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    mapped = getattr(address, "ipv4_mapped", None)
+    address = mapped or address
+    return None if address.is_unspecified else ipaddress.ip_network(address)
+
+
+def host_addresses(inventory: Inventory, host_name: str) -> list[Net]:
+    """The IP literals the inventory gives for a host: ssh address, ``addresses``, its services' binds."""
+    host = inventory.hosts[host_name]
+    names = [getattr(host.connection, "address", ""), *host.addresses]
+    names += [s.bind for s in inventory.services_on(host_name).values()]
+    found = (_literal(name) for name in names if name)
+    return sorted({n for n in found if n is not None}, key=lambda n: (n.version, n))
+
+
+def on_loopback(inventory: Inventory, host_name: str) -> bool:
+    """A host reached on this machine (a local connection or a loopback address) shares its kernel."""
+    connection = inventory.hosts[host_name].connection
+    if connection.type == "local":
+        return True
+    literal = _literal(connection.address)
+    return connection.address == "localhost" or (literal is not None and literal.network_address.is_loopback)
+
+
+def managed(inventory: Inventory, host_name: str) -> tuple[bool, str]:
+    """Whether the deploy manages this host's firewall, and why (the ``firewall.manage`` default)."""
+    host = inventory.hosts[host_name]
+    own = host.firewall.manage if host.firewall is not None else None
+    setting = own if own is not None else inventory.firewall.manage
+    if setting is not None:
+        where = f"hosts.{host_name}.firewall.manage" if own is not None else "firewall.manage"
+        return setting, f"{where} is {str(setting).lower()}"
+    if host.os is OS.macos:
+        return False, "macOS: llamafleet manages no firewall there (pf is left as it is)"
+    if on_loopback(inventory, host_name):
+        return False, ("reached on loopback, so it shares this machine's kernel (and firewall) with every other "
+                       "such host: set firewall.manage to manage it anyway")
+    return True, f"default for {host.os.value} hosts reached over SSH"
+
+
+def allowed(inventory: Inventory, host_name: str) -> list[Net]:
+    """``firewall.allow`` of the cluster and of the host."""
+    host = inventory.hosts[host_name]
+    extra = [*inventory.firewall.allow, *(host.firewall.allow if host.firewall is not None else [])]
+    return [ipaddress.ip_network(n) for n in extra]
+
+
+# --- who uses what -----------------------------------------------------------------------------------
+
+
+def _sidecar_targets(inventory: Inventory) -> dict[str, str]:
+    """plain sidecar service name -> its target."""
+    out = {}
+    for name, svc in inventory.services.items():
+        if isinstance(svc, TargetService) and svc.native_draft is not None and svc.native_draft.rpc_worker in \
+                inventory.services and svc.host in inventory.hosts:
+            route = plain_route(inventory, name)
+            if route is not None and route.sidecar:
+                out[route.sidecar] = name
+    return out
+
+
+def peer_hosts(inventory: Inventory, service: str, role: str) -> tuple[str, ...] | None:
+    """The hosts whose services use ``service`` (None: it is open to every address)."""
+    if role == "proxy":
+        return None
+    users: set[str] = set()
+    if role == "rpc-worker":
+        for svc in inventory.services.values():
+            if isinstance(svc, TargetService) and (service in svc.rpc_workers or (
+                    svc.native_draft is not None and svc.native_draft.rpc_worker == service)):
+                users.add(svc.host)
+    elif role in ("target", "target-plain", "drafter"):
+        target = _sidecar_targets(inventory).get(service, service) if role == "target-plain" else service
+        for svc in inventory.services.values():
+            if isinstance(svc, ProxyService) and (target in svc.target_names if role != "drafter"
+                                                  else service in svc.drafters):
+                users.add(svc.host)
+    else:  # a cluster-wide service (the file cache): every host of the cluster fetches from it
+        users = set(inventory.hosts)
+    return tuple(sorted(h for h in users if h in inventory.hosts))
+
+
+def unaddressed_peers(inventory: Inventory, host_name: str, services) -> list[tuple[str, str]]:
+    """(service, peer host) pairs where the peer is another host with no IP literal in the inventory."""
+    out = []
+    for service, role in services:
+        for peer in peer_hosts(inventory, service, role) or ():
+            if peer != host_name and not host_addresses(inventory, peer):
+                out.append((service, peer))
+    return out
+
+
+def host_firewall(plan) -> HostFirewall:
+    """The firewall of one host's plan (``deploys/plan.py``'s HostPlan)."""
+    inventory, name = plan.inventory, plan.name
+    manage, why = managed(inventory, name)
+    kind = {OS.linux: "nftables", OS.windows: "windows"}.get(plan.host.os)
+    if not manage or kind is None:
+        return HostFirewall(name, False, why, kind)
+    services = [(s.service, s.role) for s in plan.services]
+    missing = unaddressed_peers(inventory, name, services)
+    if missing:
+        service, peer = missing[0]
+        raise UserError(f"hosts.{name}: the firewall rule for {service} must name host {peer!r}, which has no IP "
+                        f"address in the inventory (LF172): add it under hosts.{peer}.addresses, or set "
+                        f"hosts.{name}.firewall.manage: false")
+    base = [*LOOPBACK, *host_addresses(inventory, name), *allowed(inventory, name)]
+    rules = []
+    for svc in sorted(plan.services, key=lambda s: s.port):
+        peers = peer_hosts(inventory, svc.service, svc.role)
+        if peers is None:
+            rules.append(PortRule(svc.service, svc.role, svc.port, None))
+            continue
+        nets = base + [n for peer in peers for n in host_addresses(inventory, peer)]
+        rules.append(PortRule(svc.service, svc.role, svc.port, collapse(nets), peers))
+    return HostFirewall(name, True, why, kind, tuple(rules))
+
+
+def net_text(net: Net) -> str:
+    """A network as text: a single address without its /32 or /128."""
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+
+
+def collapse(nets) -> tuple[Net, ...]:
+    """Networks merged where they touch or overlap, IPv4 first: one canonical form for plan and host."""
+    v4 = ipaddress.collapse_addresses(n for n in nets if n.version == 4)
+    v6 = ipaddress.collapse_addresses(n for n in nets if n.version == 6)
+    return (*v4, *v6)
+
+
+# --- nftables ------------------------------------------------------------------------------------------
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+def nft_value(value) -> str:
+    """The one way a value lands in the nft file: a port, a network or a service name; nothing free-form."""
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535:
+        return str(value)
+    if isinstance(value, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return net_text(value)
+    if isinstance(value, str) and _NAME.match(value):
+        return value
+    raise ValueError(f"refusing {value!r} in an nftables file: only ports, IP networks and service names go there")
+
+
+def nft_set(nets) -> str:
+    return ", ".join(nft_value(n) for n in nets)
+
+
+@lru_cache(maxsize=1)
+def _templates() -> jinja2.Environment:
+    folder = resources.files("llamafleet.templates")
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader(str(folder)), undefined=jinja2.StrictUndefined,
+                                     keep_trailing_newline=True, autoescape=False, trim_blocks=True,
+                                     lstrip_blocks=True)
+    environment.filters.update({"nft": nft_value, "nft_set": nft_set})
+    return environment
+
+
+def render_nftables(firewall: HostFirewall) -> str:
+    try:
+        return _templates().get_template("nftables.nft.j2").render(
+            host=firewall.host, table=TABLE, rules=firewall.rules)
+    except ValueError as err:
+        raise UserError(f"hosts.{firewall.host}: firewall: {err}") from None
+
+
+def nftables_path(plan) -> str:
+    return plan.path("etc", "firewall.nft")
+
+
+# --- Windows Firewall -------------------------------------------------------------------------------
+
+
+def windows_rule_name(service: str) -> str:
+    return WINDOWS_PREFIX + service
+
+
+def windows_remote(rule: PortRule) -> list[str]:
+    """RemoteAddress values: Windows Firewall leaves loopback alone, so the loopback networks are left out."""
+    if rule.sources is None:
+        return [ANY]
+    return [net_text(n) for n in rule.sources if n not in LOOPBACK]
+
+
+def windows_expected(firewall: HostFirewall) -> dict[str, dict]:
+    """rule name -> {port, remote}: what the live rules are compared with. A port only loopback may reach
+    needs no rule (Windows Firewall blocks other inbound connections by default)."""
+    return {windows_rule_name(r.service): {"port": r.port, "remote": tuple(windows_remote(r))}
+            for r in firewall.rules if windows_remote(r)}
+
+
+def windows_differences(expected: dict, live: dict) -> list[tuple[str, str, str]]:
+    """(rule name, expected, actual) for every llamafleet rule that differs. ``expected``: name ->
+    {port, remote} (:func:`windows_expected`); ``live``: ``parse_windows_rules``."""
+    rules = live.get("rules", {})
+    out = []
+    for name, want in expected.items():
+        remote = tuple(want["remote"])
+        have = rules.get(name)
+        text = f"inbound TCP {want['port']} allowed from {', '.join(remote)}"
+        if have is None:
+            out.append((name, text, "no such rule"))
+            continue
+        if (have["ports"], have["remote"], have["direction"], have["action"], have["protocol"], have["enabled"]) != \
+                ((want["port"],), remote, "Inbound", "Allow", "TCP", True):
+            out.append((name, text, f"{have['direction'].lower()} {have['protocol']} "
+                                    f"{','.join(map(str, have['ports']))} {have['action'].lower()} from "
+                                    f"{', '.join(have['remote']) or 'nowhere'}"
+                                    + ("" if have["enabled"] else " (disabled)")))
+    for name in sorted(set(rules) - set(expected)):
+        out.append((name, "no such rule", f"a rule for port(s) {','.join(map(str, rules[name]['ports']))}"))
+    return out
+
+
+# --- nftables: comparing a live table with the plan ---------------------------------------------------
+
+
+def nft_differences(expected: dict, live: dict) -> list[tuple[str, str, str]]:
+    """(what, expected, actual) for every port whose live rules differ. ``expected``: port -> ANY or
+    networks (:meth:`HostFirewall.expected`); ``live``: ``parse_nft``."""
+    if live.get("status") != "ok":
+        return [(f"table inet {TABLE}", "present", live.get("detail") or live.get("status", "unreadable"))]
+    out = []
+    if live.get("chain") != "ok":
+        out.append(("chain input", "type filter hook input policy accept", live.get("chain") or "missing"))
+    ports = live.get("ports", {})
+    want = {port: ANY if value == ANY else tuple(value) for port, value in expected.items()}
+    for port, value in want.items():
+        have = ports.get(port, ANY)
+        if have != value:
+            out.append((f"port {port}", describe(value), describe(have)))
+    for port in sorted(set(ports) - set(want)):
+        out.append((f"port {port}", "no rule", describe(ports[port])))
+    out += [("rule", "only llamafleet's rules", other) for other in live.get("other", [])]
+    return out
+
+
+def describe(sources) -> str:
+    return "open to every address" if sources == ANY else f"only from {', '.join(sources)}"
+
+
+def differences(firewall: HostFirewall, live: dict | None) -> list[tuple[str, str, str]]:
+    """What differs between the planned rules and the host's (nothing when the firewall is not managed)."""
+    if not firewall.manage or firewall.kind is None:
+        return []
+    if live is None:
+        return [("rules", "read from the host", "not read")]
+    if firewall.kind == "nftables":
+        return nft_differences(firewall.expected(), live)
+    return windows_differences(windows_expected(firewall), live)
+
+
+# --- validate: firewalls the deploy could not write, or that would not hold ---------------------------
+
+
+def firewall_problems(inventory: Inventory):
+    """(code, message, hint, data path, warning?) for ``llamafleet validate`` (LF172-LF175)."""
+    cluster_manage = inventory.firewall.manage
+    shared_kernel = []
+    for name, host in inventory.hosts.items():
+        manage, _ = managed(inventory, name)
+        own = host.firewall.manage if host.firewall is not None else None
+        if host.os is OS.macos:
+            if own:
+                yield ("LF173", "llamafleet manages no firewall on macOS hosts", "remove firewall.manage here, and "
+                       "see docs/hardening.md for what a macOS host exposes", ("hosts", name, "firewall", "manage"), False)
+            elif own is None and cluster_manage:
+                yield ("LF173", f"macOS host {name!r} gets no firewall rules (llamafleet manages none on macOS)",
+                       "see docs/hardening.md for what a macOS host exposes", ("firewall", "manage"), True)
+            continue
+        if not manage:
+            continue
+        if on_loopback(inventory, name):
+            shared_kernel.append(name)
+        services = [(s, svc.role) for s, svc in inventory.services_on(name).items()]
+        for service, peer in unaddressed_peers(inventory, name, services):
+            connection = inventory.hosts[peer].connection
+            yield ("LF172", f"host {name!r}'s firewall must let {peer!r} reach {service!r}, but the inventory gives "
+                   f"{peer!r} no IP address" + (f" (only the name {connection.address!r}, which is not resolved "
+                                                "when rules are planned)" if connection.type == "ssh" else ""),
+                   f"list {peer}'s IP addresses under hosts.{peer}.addresses, or set "
+                   f"hosts.{name}.firewall.manage: false", ("hosts", peer, "connection"), False)
+    for name in shared_kernel[1:]:
+        yield ("LF174", f"hosts {shared_kernel[0]!r} and {name!r} are both reached on this machine's loopback, so "
+               f"they share one kernel and one table inet {TABLE}: each deploy would replace the other's rules",
+               "manage the firewall of at most one of them", ("hosts", name, "firewall", "manage"), False)
+    places = [(("firewall", "allow", i), n) for i, n in enumerate(inventory.firewall.allow)]
+    places += [(("hosts", h, "firewall", "allow", i), n) for h, host in inventory.hosts.items()
+               if host.firewall is not None for i, n in enumerate(host.firewall.allow)]
+    for path, network in places:
+        if ipaddress.ip_network(network).prefixlen == 0:
+            yield ("LF175", f"allow {network} lets every address reach every service port, RPC workers included",
+                   "allow the networks of the machines that need it (e.g. the one running llamafleet doctor)",
+                   path, True)
+
+
+# --- drift -------------------------------------------------------------------------------------------
+
+
+def firewall_findings(plan, state: dict) -> list:
+    """Drift's findings for the host's firewall: one per difference, or one ok line (none where the
+    firewall is not managed). ``state["firewall"]``: the live rules (facts/firewall.py)."""
+    from llamafleet.report import Finding, Severity
+
+    firewall = host_firewall(plan)
+    if not firewall.manage or firewall.kind is None:
+        return []
+    live = state.get("firewall")
+    if live is None or live.get("status") in ("no-nft", "failed"):
+        return [Finding(host=plan.name, check="firewall", severity=Severity.error, expected="the live rules",
+                        actual=(live or {}).get("detail", "not read"),
+                        hint=f"or set hosts.{plan.name}.firewall.manage: false")]
+    hint = (f"a deploy would replace table inet {TABLE}" if firewall.kind == "nftables"
+            else "a deploy would create, set or remove the llamafleet-* Windows Firewall rules that differ")
+    found = differences(firewall, live)
+    if not found:
+        what = f"{len(firewall.rules)} port rule(s) as planned"
+        return [Finding(host=plan.name, check="firewall", severity=Severity.ok, expected=what, actual=what)]
+    return [Finding(host=plan.name, check=f"firewall {what}", severity=Severity.fail, expected=expected,
+                    actual=actual, hint=hint) for what, expected, actual in found]
