@@ -76,7 +76,7 @@ class HostFirewall:
 
     def expected(self) -> dict[int, object]:
         """port -> ANY or the sorted networks that may connect: what a live reading is compared with."""
-        return {r.port: ANY if r.sources is None else tuple(net_text(n) for n in r.sources) for r in self.rules}
+        return {r.port: ANY if r.sources is None else [net_text(n) for n in r.sources] for r in self.rules}
 
 
 # --- addresses -------------------------------------------------------------------------------------
@@ -94,12 +94,15 @@ def _literal(value: str) -> Net | None:
 
 
 def host_addresses(inventory: Inventory, host_name: str) -> list[Net]:
-    """The IP literals the inventory gives for a host: ssh address, ``addresses``, its services' binds."""
+    """The IP literals the inventory gives for a host (ssh address, ``addresses``, its services' binds),
+    loopback left out."""
     host = inventory.hosts[host_name]
     names = [getattr(host.connection, "address", ""), *host.addresses]
     names += [s.bind for s in inventory.services_on(host_name).values()]
     found = (_literal(name) for name in names if name)
-    return sorted({n for n in found if n is not None}, key=lambda n: (n.version, n))
+    # A loopback address says nothing about where the host's connections come from on the network.
+    return sorted({n for n in found if n is not None and not n.network_address.is_loopback},
+                  key=lambda n: (n.version, n))
 
 
 def on_loopback(inventory: Inventory, host_name: str) -> bool:
@@ -277,7 +280,7 @@ def windows_remote(rule: PortRule) -> list[str]:
 def windows_expected(firewall: HostFirewall) -> dict[str, dict]:
     """rule name -> {port, remote}: what the live rules are compared with. A port only loopback may reach
     needs no rule (Windows Firewall blocks other inbound connections by default)."""
-    return {windows_rule_name(r.service): {"port": r.port, "remote": tuple(windows_remote(r))}
+    return {windows_rule_name(r.service): {"port": r.port, "remote": windows_remote(r)}
             for r in firewall.rules if windows_remote(r)}
 
 
@@ -287,14 +290,14 @@ def windows_differences(expected: dict, live: dict) -> list[tuple[str, str, str]
     rules = live.get("rules", {})
     out = []
     for name, want in expected.items():
-        remote = tuple(want["remote"])
+        remote = list(want["remote"])
         have = rules.get(name)
         text = f"inbound TCP {want['port']} allowed from {', '.join(remote)}"
         if have is None:
             out.append((name, text, "no such rule"))
             continue
         if (have["ports"], have["remote"], have["direction"], have["action"], have["protocol"], have["enabled"]) != \
-                ((want["port"],), remote, "Inbound", "Allow", "TCP", True):
+                ([want["port"]], remote, "Inbound", "Allow", "TCP", True):
             out.append((name, text, f"{have['direction'].lower()} {have['protocol']} "
                                     f"{','.join(map(str, have['ports']))} {have['action'].lower()} from "
                                     f"{', '.join(have['remote']) or 'nowhere'}"
@@ -316,7 +319,7 @@ def nft_differences(expected: dict, live: dict) -> list[tuple[str, str, str]]:
     if live.get("chain") != "ok":
         out.append(("chain input", "type filter hook input policy accept", live.get("chain") or "missing"))
     ports = live.get("ports", {})
-    want = {port: ANY if value == ANY else tuple(value) for port, value in expected.items()}
+    want = {port: ANY if value == ANY else list(value) for port, value in expected.items()}
     for port, value in want.items():
         have = ports.get(port, ANY)
         if have != value:

@@ -123,7 +123,7 @@ def parse_nft(output: str) -> dict:
         if port in decided:
             continue
         if verdict == "drop":
-            decided[port] = tuple(net_text(n) for n in collapse(accepted.get(port, [])))
+            decided[port] = [net_text(n) for n in collapse(accepted.get(port, []))]
         elif sources is None:
             decided[port] = ANY
         else:
@@ -157,10 +157,10 @@ class WindowsFirewallRules(FactBase):
         return parse_windows_rules("\n".join(output))
 
 
-def _remote(values: list[str]) -> tuple:
-    """RemoteAddress values -> ("any",) or the collapsed networks, then keywords (LocalSubnet, ...) sorted."""
+def _remote(values: list[str]) -> list[str]:
+    """RemoteAddress values -> ["any"] or the collapsed networks, then keywords (LocalSubnet, ...) sorted."""
     if any(v.lower() == ANY for v in values):
-        return (ANY,)
+        return [ANY]
     nets, keywords = [], []
     for value in values:
         try:
@@ -171,7 +171,7 @@ def _remote(values: list[str]) -> tuple:
                 nets.append(ipaddress.ip_network(value, strict=False))
         except ValueError:
             keywords.append(value)
-    return (*(net_text(n) for n in collapse(nets)), *sorted(keywords))
+    return [*(net_text(n) for n in collapse(nets)), *sorted(keywords)]
 
 
 def _strings(value) -> list[str]:
@@ -191,7 +191,7 @@ def parse_windows_rules(output: str) -> dict:
     for item in data:
         ports = _strings(item.get("LocalPort"))
         rules[item["Name"]] = {
-            "ports": tuple(int(p) if p.isdigit() else p for p in ports),
+            "ports": [int(p) if p.isdigit() else p for p in ports],
             "remote": _remote(_strings(item.get("RemoteAddress"))),
             "direction": str(item.get("Direction")), "action": str(item.get("Action")),
             "protocol": str(item.get("Protocol")).upper(), "enabled": str(item.get("Enabled")) == "True",
