@@ -79,9 +79,6 @@ class LocalPair:
     def cert_pem(self) -> str:
         return read_pem(self.cert, "certificate").decode()
 
-    def key_sha256(self) -> str:
-        return hashlib.sha256(read_pem(self.key, "key")).hexdigest()
-
 
 def local_pair(inventory, service: str, *, create: bool = True) -> LocalPair | None:
     """The pair a proxy service of ``inventory`` serves. For ``self_signed`` it is generated (or renewed)
@@ -99,6 +96,32 @@ def local_pair(inventory, service: str, *, create: bool = True) -> LocalPair | N
         return pair if pair.cert.exists() else None
     generate_self_signed(pair, names, f"llamafleet {inventory.cluster} {service}")
     return pair
+
+
+@dataclass(frozen=True)
+class HostFiles:
+    """What the deploy puts on a proxy's host: the certificate (an owned file, 0644) and the key (a
+    secret copied from the deployer's ``key_source``, 0600 and owned by the service user)."""
+
+    cert_path: str
+    cert_pem: str
+    key_path: str
+    key_source: str
+
+
+def host_files(inventory, service: str) -> HostFiles:
+    """The proxy's pair as the deploy places it; a self-signed pair is generated here on first use.
+    A file that went missing or bad since ``validate`` is one :class:`UserError` naming the service."""
+    from llamafleet.errors import UserError
+
+    svc = inventory.services[service]
+    try:
+        pair = local_pair(inventory, service)
+        pem = pair.cert_pem()
+    except (ValueError, OSError) as err:  # TlsFileError, or a certificate file that is not text
+        raise UserError(f"services.{service}.tls: {err}") from None
+    cert_path, key_path = host_paths(inventory.hosts[svc.host].install_dir, service)
+    return HostFiles(cert_path, pem, key_path, str(pair.key))
 
 
 def subject_names(inventory, service: str) -> list[str]:

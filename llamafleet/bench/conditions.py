@@ -7,9 +7,12 @@ the only difference between conditions is who serves it: the target llama-server
 
 from __future__ import annotations
 
+import ssl
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 
+from llamafleet import tls
 from llamafleet.errors import UserError
 from llamafleet.llama_client import LlamaClient
 
@@ -38,6 +41,7 @@ class Condition:
     headers: dict[str, str] = field(default_factory=dict)
     timeout: float = 600.0
     fields: dict = field(default_factory=dict)  # added to every body (a plain request to a speculating target)
+    cert: str | None = None  # a TLS proxy's certificate, the only one trusted (llamafleet.tls.pinned_context)
 
     def complete(self, prompt: str, max_tokens: int) -> Outcome:
         body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, **self.fields}
@@ -59,7 +63,11 @@ class Condition:
         )
 
     def client(self) -> LlamaClient:
-        return LlamaClient(self.timeout, headers=self.headers)
+        return LlamaClient(self.timeout, headers=self.headers, context=self._context)
+
+    @cached_property
+    def _context(self) -> ssl.SSLContext | None:  # read once, not inside a timed request
+        return tls.pinned_context(self.cert) if self.cert else None
 
     def spec_figures(self, answer: dict) -> dict | None:
         figures = answer.get("llamafleet")
@@ -72,11 +80,11 @@ def baseline(target_url: str, fields: dict | None = None) -> Condition:
     return Condition("baseline", target_url, fields=dict(fields or {}))
 
 
-def llamafleet_path(mode: str, proxy_url: str, token: str | None) -> Condition:
+def llamafleet_path(mode: str, proxy_url: str, token: str | None, cert: str | None = None) -> Condition:
     headers = {MODE_HEADER: mode}
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    return Condition(mode, proxy_url, headers)
+    return Condition(mode, proxy_url, headers, cert=cert)
 
 
 class TightwadCondition(Condition):

@@ -107,7 +107,7 @@ def _conditions(setup: BenchSetup, modes: list[str], args, log_dir: Path,
                 stack: ExitStack) -> tuple[list[cond.Condition], list[str]]:
     """Baseline, each speculation path asked for, then Tightwad where it can run."""
     conditions = [cond.baseline(setup.target_url, setup.target_fields)]
-    conditions += [cond.llamafleet_path(m, setup.proxy_url, setup.token) for m in modes]
+    conditions += [cond.llamafleet_path(m, setup.proxy_url, setup.token, setup.proxy_cert) for m in modes]
     notes = list(setup.notes)
     python = None if args.no_tightwad else tightwad.tightwad_python()
     if args.no_tightwad:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llamafleet import tls
 from llamafleet.config import load_inventory
 from llamafleet.config.models import SpeculationMode
 from llamafleet.errors import UserError
@@ -26,6 +27,7 @@ class BenchSetup:
     about: dict = field(default_factory=dict)  # what was benchmarked, for the JSON file
     notes: list[str] = field(default_factory=list)  # caveats printed under the tables
     target_fields: dict = field(default_factory=dict)  # request fields that keep the baseline plain
+    proxy_cert: str | None = None  # a TLS proxy: the local copy of its certificate, the only one trusted
 
 
 def from_inventory(path: Path, proxy_service: str | None, token_file: Path | None) -> BenchSetup:
@@ -37,9 +39,11 @@ def from_inventory(path: Path, proxy_service: str | None, token_file: Path | Non
         raise UserError(f"{path}: services.{name} fronts several targets; llamafleet bench measures a proxy "
                         "with one target (benchmarks/replicas.py measures replicas)")
     offered = {m.value for m in config.available_modes()}
+    proxy_url, cert = service_url(inventory, service), _proxy_cert(inventory, name, path)
     return BenchSetup(
         target_url=config.target.url,
-        proxy_url=service_url(inventory, service),
+        proxy_url="https" + proxy_url.removeprefix("http") if cert else proxy_url,
+        proxy_cert=cert,
         token=_token(config, token_file),
         drafter_url=config.drafters[0].url if config.drafters else None,
         modes=[m for m in SPECULATION_MODES if m in offered],
@@ -56,6 +60,19 @@ def _caveats(config: ProxyConfig) -> list[str]:
         return [f"the target {config.target.name} loads its own draft (native_draft) and has no plain path "
                 "(native_draft.plain: none), so the baseline already runs llama.cpp's native speculation."]
     return []
+
+
+def _proxy_cert(inventory, name: str, path: Path) -> str | None:
+    """The certificate to trust for a TLS proxy: the inventory's cert_file, or the self-signed pair the
+    deploy generated on this machine."""
+    if inventory.services[name].tls is None:
+        return None
+    pair = tls.local_pair(inventory, name, create=False)
+    if pair is None:
+        raise UserError(f"{path}: services.{name} serves TLS with a self-signed certificate that is not on this "
+                        f"machine ({tls.self_signed_dir(inventory.cluster, name)}): run bench where the deploy ran, "
+                        f"or copy that folder's cert.pem there (or set {tls.STATE_ENV})")
+    return str(pair.cert)
 
 
 def _only_proxy(inventory, path: Path) -> str:

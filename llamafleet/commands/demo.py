@@ -17,6 +17,7 @@ cannot pay and ``auto`` has to settle on the plain path.
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from llamafleet import tls
 from llamafleet.config.topology import plain_route
 from llamafleet.errors import UserError
 from llamafleet.llama_client import LlamaClient, LlamaServerError
@@ -53,9 +55,9 @@ def _port_free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-def _wait_json(url: str, timeout: float = 120) -> dict:
+def _wait_json(url: str, timeout: float = 120, cert: str | None = None) -> dict:
     try:
-        return LlamaClient(10.0).wait_json(url, within=timeout)
+        return LlamaClient(10.0, context=tls.pinned_context(cert) if cert else None).wait_json(url, within=timeout)
     except LlamaServerError as err:
         raise UserError(f"{url} does not answer after the deploy: {err.reason}") from None
 
@@ -78,10 +80,15 @@ def verify(inventory) -> list[str]:
                              f"{route.reason})")
         elif svc.role == "proxy":
             token_file = svc.auth.token_file if svc.auth else None
-            _wait_json(f"{url}/health")
-            lines.append(f"  proxy      {name:10} {url}  (OpenAI API; bearer token in {token_file})")
+            pair = tls.local_pair(inventory, name, create=False) if svc.tls else None  # the deploy made it
+            cert = str(pair.cert) if pair else None
+            url = "https" + url.removeprefix("http") if svc.tls else url
+            _wait_json(f"{url}/health", cert=cert)
+            lines.append(f"  proxy      {name:10} {url}  (OpenAI API; bearer token in {token_file}"
+                         + (f"; certificate {cert})" if cert else ")"))
             target = inventory.services[svc.target_names[0]]
             lines += ["", "Try:", f"  curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' "
+                      + (f"--cacert {shlex.quote(cert)} " if cert else "")
                       + (f"-H \"Authorization: Bearer $(cat {token_file})\" " if token_file else "")
                       + "-d '{\"model\": \"" + target.model + "\", \"messages\": [{\"role\": \"user\", "
                       "\"content\": \"Name three colours.\"}], \"max_tokens\": 32}'"]

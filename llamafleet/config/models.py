@@ -16,7 +16,7 @@ from enum import Enum
 from typing import Annotated, Literal, Union
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 # Every string lands somewhere: a unit file, a command line, a log line. A control character (C0, DEL,
 # C1) or a Unicode line separator can start a new directive there, so no string field accepts one.
@@ -472,21 +472,17 @@ class ProxyTls(Strict):
                                       "an absolute path. Uploaded to the proxy host.")
     key_file: AbsPath | None = Field(None, description="Its PEM private key (unencrypted, mode 0600) on the machine "
                                      "that runs the deploy: an absolute path. Uploaded as a 0600 secret.")
-    self_signed: bool = Field(False, validate_default=True,
-                              description="Generate a self-signed pair for the proxy's address instead, once; "
-                              "later deploys reuse it.")
+    self_signed: bool = Field(False, description="Generate a self-signed pair for the proxy's address instead, "
+                              "once; later deploys reuse it.")
 
-    @field_validator("self_signed")
-    @classmethod
-    def _one_source(cls, self_signed: bool, info: ValidationInfo) -> bool:
-        files = [info.data.get("cert_file"), info.data.get("key_file")]
-        if "cert_file" not in info.data or "key_file" not in info.data:
-            return self_signed  # a file path is wrong and reported
-        if self_signed and any(files):
+    @model_validator(mode="after")
+    def _one_source(self) -> "ProxyTls":
+        files = [self.cert_file, self.key_file]
+        if self.self_signed and any(files):
             raise ValueError("set either self_signed: true or cert_file and key_file, not both")
-        if not self_signed and not all(files):
+        if not self.self_signed and not all(files):
             raise ValueError("set both cert_file and key_file (or self_signed: true)")
-        return self_signed
+        return self
 
 
 class ProxyService(ServiceBase):

@@ -14,6 +14,7 @@ import openai
 import pytest
 
 from llamafleet import tls
+from llamafleet.bench import conditions
 from llamafleet.cli import main
 from llamafleet.llama_client import LlamaClient, LlamaServerError
 from llamafleet.proxy.background import BackgroundProxy
@@ -99,6 +100,16 @@ def test_llama_client_pinned_to_the_certificate(tls_proxy, pairs):
     wrong = LlamaClient(30, token=TOKEN, context=tls.pinned_context(pairs["other"].cert))
     with pytest.raises(LlamaServerError, match="CERTIFICATE_VERIFY_FAILED"):
         wrong.json(f"{tls_proxy.url}/v1/models")
+
+
+def test_bench_condition_trusts_only_the_proxy_certificate(tls_proxy, pairs):
+    """bench's requests to a TLS proxy (and the demo's comparison, which runs bench) pin its certificate."""
+    good = conditions.llamafleet_path("direct", tls_proxy.url, TOKEN, str(pairs["served"].cert))
+    outcome = good.complete("The capital of France is", 4)
+    assert outcome.text and outcome.spec["path"] == "direct"
+    wrong = conditions.llamafleet_path("direct", tls_proxy.url, TOKEN, str(pairs["other"].cert))
+    with pytest.raises(LlamaServerError, match="CERTIFICATE_VERIFY_FAILED"):
+        wrong.complete("The capital of France is", 4)
 
 
 def test_served_certificate_says_plain_http(smollm2_server):
