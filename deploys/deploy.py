@@ -29,6 +29,7 @@ from llamafleet.deploys.operations.common import file_matches
 from llamafleet.deploys.plan import HostPlan, plan_host
 from llamafleet.deploys.render import rendered_files
 from llamafleet.errors import UserError
+from llamafleet.server_key import ensure_server_key, host_key_path
 
 INVENTORY_ENV = "LLAMAFLEET_INVENTORY"
 
@@ -107,8 +108,7 @@ def host_changes(plan: HostPlan, state: dict) -> HostChanges:
     unit_paths = {plan.unit_path(svc): svc.unit_name for svc in plan.services}
     changes.units = sorted(unit_paths[p] for p in changes.files if p in unit_paths)
     changes.stopped = sorted(u for u, s in service_states(plan, state).items() if s != "running")
-    changes.secrets = [s.path for s in plan.secrets
-                       if (seen.get(s.path) or {}).get("mode") != "0600" or seen[s.path].get("owner") != s.user]
+    changes.secrets = [s.path for s in plan.secrets if secrets.differs(vars(s), seen.get(s.path))]
     return changes
 
 
@@ -134,6 +134,7 @@ def wait_spec(plan: HostPlan, build: str | None = None) -> dict:
     if servers and number.isdigit():
         spec["props"] = {base: int(number) for base in servers}
         spec["completion"] = servers
+        spec["key_file"] = host_key_path(plan.host)  # /props and /completion need the servers' key
     if plan.host.service_manager is ServiceManager.supervisord:
         # A program answers before supervisord counts it RUNNING (startsecs); the deploy ends only
         # once it does, so what it leaves behind is what drift and the next deploy read as running.
@@ -205,7 +206,8 @@ def planned_operations(plan: HostPlan, state: dict) -> list[PlannedOperation]:
         "disk_free": state.get("disk_free", 0), "windows": windows}))
     if plan.secrets and not windows:
         ops.append(PlannedOperation("secrets", "secret files", secrets.token_files, {
-            "helper": helper, "secrets": [vars(s) for s in plan.secrets], "state_files": seen}))
+            "helper": helper, "secrets": [vars(s) for s in plan.secrets], "state_files": seen,
+            "install_dir": plan.host.install_dir}))
     if plan.proxy_services:
         from llamafleet.deploys.operations import proxy
 
@@ -223,8 +225,9 @@ def planned_operations(plan: HostPlan, state: dict) -> list[PlannedOperation]:
     steps.append(PlannedOperation("rollout", "service units and configs", file_ops.text_files, {
         "files": files, "state_files": seen, "windows": windows}, at(SWITCH, 1), "healthy", "units"))
     restart = unit_names(plan) if changes.build and changes.build.startswith("reinstall") else []
+    restart += [u for u in secrets.key_users(plan, changes.secrets) if u not in restart]  # a new server key
     steps.append(_services(plan, state, changes, restart, at(SWITCH, 2)))
-    if changes.build or changes.units or changes.stopped or changes.models:
+    if changes.build or changes.units or changes.stopped or changes.models or restart:
         steps.append(PlannedOperation("rollout", "services ready", readiness.wait_for_services, {
             "helper": helper, "spec": wait_spec(plan), "windows": windows}, at(SWITCH, 3), "healthy", "wait"))
         if upgrade:
@@ -421,6 +424,7 @@ def _call_at(host, position: tuple[int, ...], call):
 def deploy_host(host) -> HostChanges:
     """Queue the operations for ``host`` (the pyinfra host object of the running deploy)."""
     inventory = inventory_for(host)
+    ensure_server_key(inventory)  # the cluster's llama-server key: checked, or generated on first use
     plan = plan_host(inventory, host.data.get("llamafleet_host") or host.name)
     state = host.get_fact(host_state_fact(plan.windows), spec=state_spec(plan))
     if state is None:

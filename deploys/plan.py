@@ -28,6 +28,7 @@ from llamafleet.config.models import (
 from llamafleet.config.builds import BuildCaps, caps_for, known_builds
 from llamafleet.config.topology import plain_route
 from llamafleet.errors import UserError
+from llamafleet.server_key import host_key_path, key_source
 
 SERVICE_PREFIX = "llamafleet-"
 LAUNCHD_PREFIX = "org.llamafleet."
@@ -140,6 +141,7 @@ class ServicePlan:
 class SecretPlan:
     path: str
     user: str
+    source: str | None = None  # a local file copied to ``path`` (the server key); None: generated on the host
 
 
 @dataclass
@@ -260,6 +262,9 @@ def llama_server_argv(inventory: Inventory, host: Host, svc: TargetService | Dra
             flag("gpu_layers"), str(svc.gpu_layers)]
     if caps.flag("no_webui"):  # builds from before the web UI switch have no UI to turn off
         argv.append(caps.flag("no_webui"))
+    key_file = host_key_path(host)
+    if key_file is not None:  # the cluster's API key, from a 0600 file (llamafleet/server_key.py)
+        argv += [flag("api_key_file"), key_file]
     devices = list(svc.devices) if svc.devices else None
     if isinstance(svc, TargetService):
         # No CPU weight repacking: with it, verifying a batch of draft tokens and decoding one at a
@@ -370,4 +375,9 @@ def plan_host(inventory: Inventory, name: str, caps: BuildCaps | None = None) ->
             plan.proxy_services.append(svc_name)
             if svc.auth and svc.auth.token_file:
                 plan.secrets.append(SecretPlan(svc.auth.token_file, host.service_user or getattr(host.connection, "user", "root")))
+    key_file = host_key_path(host)
+    if key_file is not None and any(s.role != "rpc-worker" for s in on_host.values()):
+        # llama-servers read the cluster's key, the proxy sends it to them
+        plan.secrets.append(SecretPlan(key_file, host.service_user or getattr(host.connection, "user", "root"),
+                                       str(key_source(inventory))))
     return plan

@@ -32,7 +32,7 @@ from llamafleet.proxy.errors import ApiError, from_backend, internal, invalid
 from llamafleet.proxy.speculation import PROXY_SAMPLING_METHOD, Job, Report
 from llamafleet.proxy.stats import Stats, controller_gauges
 from llamafleet.proxy.text import TextAssembler
-from llamafleet.proxy.upstream import LlamaServer
+from llamafleet.proxy.upstream import LlamaServer, key_headers
 
 MODE_HEADER = "X-Llamafleet-Mode"
 PUBLIC_PATHS = frozenset({"/health", "/dashboard"})  # /dashboard: static page, its data comes from /stats (bench engineer)
@@ -137,6 +137,7 @@ class ProxyState:
     def __init__(self, config: ProxyConfig, token: str | None):
         self.config = config
         self.token = token.encode() if token else None
+        self.server_key = config.server_key()  # the llama-servers' API key, sent on every upstream call
         self.stats = Stats(config.history_size)
         self.session: aiohttp.ClientSession | None = None
         self.models = {model.name: ModelGroup(model.name, [
@@ -159,7 +160,7 @@ class ProxyState:
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=3.0)
         self.session = aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(sock_connect=cfg.timeouts.connect_s),
-            auto_decompress=False,
+            auto_decompress=False, headers=key_headers(self.server_key),
         )
         for group in self.models.values():
             group.start(self.session)

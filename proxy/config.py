@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from llamafleet.config.models import ProxyAuth, SpeculationMode, Strict
 from llamafleet.errors import UserError, validation_problems
+from llamafleet.server_key import host_key_path, read_secret
 
 MAX_CONFIG_BYTES = 1024 * 1024  # a proxy config is a few hundred bytes; the size is checked before reading
 
@@ -76,10 +77,7 @@ class Auth(ProxyAuth):
     def read_token(self) -> str:
         """Read the token now; a missing or empty source is a configuration error."""
         if self.token_file:
-            try:
-                token = Path(self.token_file).read_text().strip()
-            except OSError as err:
-                raise UserError(f"auth.token_file {self.token_file}: {err.strerror}") from None
+            token = read_secret(self.token_file, "auth.token_file")  # a 0600 file of this user
             where = f"auth.token_file {self.token_file}"
         else:
             token = os.environ.get(self.token_env or "", "").strip()
@@ -139,6 +137,9 @@ class ProxyConfig(Strict):
                                   description="Default path; X-Llamafleet-Mode overrides it per request.")
     draft_max: int = Field(8, gt=0, le=64)
     auth: Auth | None = Field(None, description="None disables auth: only for a loopback listener.")
+    server_key_file: str | None = Field(
+        None, min_length=1, description="File holding the API key the llama-servers require (mode 0600, on the proxy "
+        "host; the deploy's <install_dir>/etc/llama-server.key): sent as a bearer token on every upstream call.")
     tls: Tls | None = Field(None, description="Serve HTTPS with this certificate and key; None serves HTTP.")
     limits: Limits = Field(default_factory=Limits)
     timeouts: Timeouts = Field(default_factory=Timeouts)
@@ -167,6 +168,10 @@ class ProxyConfig(Strict):
                     problems = "; ".join(message for _, message in validation_problems(err))
                     raise ValueError(f"model {model.name!r}, replica {replica.service!r}: {problems}") from None
         return self
+
+    def server_key(self) -> str | None:
+        """The llama-servers' API key, read now from ``server_key_file`` (None: the servers need none)."""
+        return read_secret(self.server_key_file, "server_key_file") if self.server_key_file else None
 
     def served(self) -> list[ServedModel]:
         """Every model with its replicas (a one-server config is one model with one replica)."""
@@ -250,7 +255,8 @@ class ProxyConfig(Strict):
         if service.auth is not None:
             auth = Auth.model_validate(service.auth.model_dump())
         common = dict(listen=Listen(host=service.bind, port=service.port), mode=service.mode,
-                      draft_max=service.draft_max, auth=auth)
+                      draft_max=service.draft_max, auth=auth,
+                      server_key_file=host_key_path(inventory.hosts[service.host]))
         if service.tls is not None:
             from llamafleet.tls import host_paths
 

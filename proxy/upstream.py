@@ -25,6 +25,13 @@ _FINISH = {"eos": "eos", "limit": "limit", "word": "stop"}
 GENERATION_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 
+def key_headers(api_key: str | None) -> dict[str, str]:
+    """What every call to a llama-server carries: the servers' API key as a bearer token, where they
+    require one (a deployed cluster's do: ``--api-key-file``). The proxy's session sends it on every
+    request, so no call of this module goes out without it."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 class LlamaServer:
     """One llama-server, reached at ``url`` through a shared session."""
 

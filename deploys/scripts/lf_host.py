@@ -13,6 +13,9 @@ The deploy runs it on the host, never on the controller:
                         build, one short completion; a listening socket for RPC workers)
   token PATH USER       create a random bearer token file (0600, owned by USER) if missing, or
                         repair its mode and owner; a token path that is a link is refused
+  secret PATH USER UPLOAD
+                        put the secret the deploy uploaded to UPLOAD at PATH (0600, owned by
+                        USER) and remove the upload; a secret path that is a link is refused
 
 Exit codes: 0 done, 2 bad input or precondition, 3 verification failed. Errors are one line on
 stderr starting with "llamafleet:", so pyinfra shows the reason rather than a traceback.
@@ -485,20 +488,19 @@ def make_parents(folder):
         os.chmod(path, 0o755)  # whatever the umask
 
 
-def make_token(path, user):
-    """Create a random token file (0600, owned by ``user``) if missing, or repair the mode and owner of
-    the one there. Every open is O_NOFOLLOW and the repair goes through that open descriptor, so a token
-    path that is a symbolic link (or a hard link to another file) is refused, never written, chmod'ed or
-    chown'ed through."""
+def open_secret(path, user, what):
+    """Open (or create, 0600) the secret file ``path`` for writing, refusing what a secret must never
+    be written through: every open is O_NOFOLLOW, so a symbolic link in its place is refused (never
+    written, chmod'ed or chown'ed through), as is a file that is not regular or has another hard link.
+    Returns (descriptor, the user's pwd entry, "created" or "kept")."""
     import pwd
-    import secrets
 
     if not os.path.isabs(path):
-        raise Failure("token path %r is not absolute" % path)
+        raise Failure("%s path %r is not absolute" % (what, path))
     try:
         entry = pwd.getpwnam(user)
     except KeyError:
-        raise Failure("no user %r on this host to own the token file %s" % (user, path))
+        raise Failure("no user %r on this host to own the %s file %s" % (user, what, path))
     make_parents(os.path.dirname(path))
     nofollow = os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0)  # O_NONBLOCK: a fifo put there does not hang us
     try:
@@ -509,25 +511,79 @@ def make_token(path, user):
             fd = os.open(path, os.O_RDWR | nofollow)
         except OSError as err:
             if err.errno == errno.ELOOP:
-                raise Failure("token file %s is a symbolic link; refusing to write, chmod or chown through it "
-                              "(remove the link, the deploy then creates the file)" % path)
-            raise Failure("cannot open token file %s: %s" % (path, err.strerror))
+                raise Failure("%s file %s is a symbolic link; refusing to write, chmod or chown through it "
+                              "(remove the link, the deploy then creates the file)" % (what, path))
+            raise Failure("cannot open %s file %s: %s" % (what, path, err.strerror))
         result = "kept"
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise Failure("token file %s is not a regular file; refusing to use it" % path)
+            raise Failure("%s file %s is not a regular file; refusing to use it" % (what, path))
         if st.st_nlink != 1:
-            raise Failure("token file %s has %d hard links; refusing to chmod or chown a file shared with "
-                          "another path" % (path, st.st_nlink))
-        if st.st_size == 0:  # created but never written (an interrupted earlier run)
+            raise Failure("%s file %s has %d hard links; refusing to chmod or chown a file shared with "
+                          "another path" % (what, path, st.st_nlink))
+    except Failure:
+        os.close(fd)
+        raise
+    return fd, entry, result
+
+
+def own_secret(fd, entry):
+    """Mode 0600 and the service user as owner, through the open descriptor; True if it changed."""
+    st = os.fstat(fd)
+    if stat.S_IMODE(st.st_mode) == 0o600 and (st.st_uid, st.st_gid) == (entry.pw_uid, entry.pw_gid):
+        return False
+    os.fchmod(fd, 0o600)
+    os.fchown(fd, entry.pw_uid, entry.pw_gid)
+    return True
+
+
+def make_token(path, user):
+    """Create a random token file (0600, owned by ``user``) if missing, or repair the mode and owner of
+    the one there (through :func:`open_secret`'s descriptor)."""
+    import secrets
+
+    fd, entry, result = open_secret(path, user, "token")
+    try:
+        if os.fstat(fd).st_size == 0:  # created but never written (an interrupted earlier run)
             os.write(fd, (secrets.token_urlsafe(32) + "\n").encode())
             os.fsync(fd)
             result = "created" if result == "created" else "filled"
-        if stat.S_IMODE(st.st_mode) != 0o600 or (st.st_uid, st.st_gid) != (entry.pw_uid, entry.pw_gid):
-            os.fchmod(fd, 0o600)
-            os.fchown(fd, entry.pw_uid, entry.pw_gid)
+        if own_secret(fd, entry):
             result = "created" if result == "created" else "repaired"
+    finally:
+        os.close(fd)
+    return result
+
+
+def put_secret(path, user, upload):
+    """Write the secret the deploy uploaded to ``upload`` (a file in a 0700 folder) into ``path``
+    (0600, owned by ``user``; refused like a token path by :func:`open_secret`) and remove the upload.
+    The secret is read from files only, never from the command line."""
+    try:
+        fd = os.open(upload, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as err:
+        raise Failure("cannot read the uploaded secret %s: %s" % (upload, err.strerror))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Failure("the uploaded secret %s is not a regular file" % upload)
+        data = os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
+        os.unlink(upload)
+    if not data.strip():
+        raise Failure("the uploaded secret for %s is empty" % path)
+    fd, entry, result = open_secret(path, user, "secret")
+    try:
+        current = os.read(fd, len(data) + 1)
+        if current != data:
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.ftruncate(fd, 0)
+            os.write(fd, data)
+            os.fsync(fd)
+            result = "created" if result == "created" else "replaced"
+        if own_secret(fd, entry) and result == "kept":
+            result = "repaired"
     finally:
         os.close(fd)
     return result
@@ -544,10 +600,13 @@ def http_ok(url):
         return False
 
 
-def http_json(url, body=None, timeout=5):
-    """(status, JSON body or None); status 0 when nothing answered."""
+def http_json(url, body=None, timeout=5, key=None):
+    """(status, JSON body or None); status 0 when nothing answered. ``key``: the server's API key."""
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"} if data else {})
+    headers = {"Content-Type": "application/json"} if data else {}
+    if key:
+        headers["Authorization"] = "Bearer " + key
+    request = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read().decode() or "null")
@@ -567,18 +626,26 @@ def listen_key(endpoint):
 GAVE_UP = ("FATAL",)
 
 
-def props_build(base, build):
+def props_build(base, build, key=None):
     """None when ``base``/props reports build ``build`` ("b8942-f535774"), else what it reports."""
-    status, body = http_json(base + "/props")
+    status, body = http_json(base + "/props", key=key)
     info = str((body or {}).get("build_info", "")) if status == 200 else "HTTP %d" % status
     return None if info.startswith("b%d-" % build) else info
 
 
-def completes(base):
+def completes(base, key=None):
     """One short completion: the model loaded, and (for a target) its draft device answers."""
     status, body = http_json(base + "/completion", {"prompt": "Hello", "n_predict": 2, "temperature": 0,
-                                                     "cache_prompt": False}, timeout=120)
+                                                     "cache_prompt": False}, timeout=120, key=key)
     return status == 200 and isinstance(body, dict) and "content" in body
+
+
+def read_key(path):
+    try:
+        with open(path) as f:
+            return f.readline().strip()
+    except OSError as err:
+        raise Failure("cannot read the servers' API key file %s: %s" % (path, err.strerror))
 
 
 def wait(spec):
@@ -615,12 +682,14 @@ def wait(spec):
     if pending:
         raise Failure("not answering after %ss: %s (see the service logs under %s)"
                       % (spec.get("timeout", 300), ", ".join(t for _, t in pending), spec.get("logs", "the install dir")))
+    # The servers' API key (/health is public, /props and /completion are not), read from its file.
+    key = read_key(spec["key_file"]) if spec.get("key_file") else None
     for base, build in sorted((spec.get("props") or {}).items()):
-        wrong = props_build(base, build)
+        wrong = props_build(base, build, key)
         if wrong is not None:
             raise Failure("%s/props reports build_info %r, not build b%d" % (base, wrong, build), code=3)
     for base in spec.get("completion", []):
-        if not completes(base):
+        if not completes(base, key):
             raise Failure("%s/completion did not answer a 2-token completion" % base, code=3)
     return "all services answer"
 
@@ -818,11 +887,14 @@ def main(argv):
     try:
         if argv[:1] == ["token"] and len(argv) == 3:
             print(make_token(argv[1], argv[2]))
+        elif argv[:1] == ["secret"] and len(argv) == 4:
+            print(put_secret(argv[1], argv[2], argv[3]))
         elif len(argv) == 2 and argv[0] in COMMANDS:
             result = COMMANDS[argv[0]](json.loads(argv[1]))
             print(json.dumps(result, sort_keys=True) if argv[0] == "state" else "llamafleet: %s" % result)
         else:
-            raise Failure("usage: lf_host.py state|fetch|install|switch|rollback|wait SPEC_JSON | token PATH USER")
+            raise Failure("usage: lf_host.py state|fetch|install|switch|rollback|wait SPEC_JSON | token PATH USER"
+                          " | secret PATH USER UPLOAD")
     except Failure as err:
         return fail(str(err), err.code)
     except KeyError as err:

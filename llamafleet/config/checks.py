@@ -567,9 +567,12 @@ def check_unit_values(inventory: Inventory) -> Findings:
 
 # --- secrets in the inventory ---------------------------------------------------------------------
 
-# A name part that means "this holds a secret" (HF_TOKEN, OPENAI_API_KEY, --api-key, --hf-token); a
-# last part that means "this names where the secret is" (--api-key-file, HF_TOKEN_PATH) is fine.
-_SECRET_PART = re.compile(r"^(?:\w*key|token|secrets?|passwords?|passwd|pass|credentials?)$", re.I)
+# A name part that means "this holds a secret", in any case (HF_TOKEN, OPENAI_API_KEY, GithubToken,
+# db_password, --api-key, --hf-token); a last part that means "this names where the secret is"
+# (--api-key-file, HF_TOKEN_PATH) is fine, and so is a count (MAX_TOKENS).
+_SECRET_PART = re.compile(r"^(?:\w*key|\w*token|\w*secrets?|\w*passwords?|passwd|pass|credentials?)$", re.I)
+# The options that give llama-server its API key: the deploy sets the key itself (llamafleet/server_key.py).
+API_KEY_FLAGS = ("--api-key", "--api-key-file")
 _LOCATION_PART = re.compile(r"^(?:file|path|dir|env|name|id)$", re.I)
 _URL_CREDENTIALS = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s@]+@", re.I)
 
@@ -591,12 +594,23 @@ def _secret_flag(capss: list[builds.BuildCaps], flag: str) -> bool:
     return any(_names_a_secret(s) for s in spellings)
 
 
+def _api_key_option(capss: list[builds.BuildCaps], flag: str) -> str | None:
+    """Which of llama-server's API key options ``flag`` spells (--api-key or --api-key-file), if any."""
+    spellings = {flag}
+    for caps in capss:
+        option = caps.server.lookup(flag)
+        spellings.update(option.flags if option else ())
+    return next((s for s in API_KEY_FLAGS if s in spellings), None)
+
+
 def check_secrets(inventory: Inventory) -> Findings:
-    """LF196 (warning): a secret written into the inventory ends up in a unit file and, for
-    arguments, in every ``ps`` listing: a secret-looking ``extra_args`` flag (``--api-key``,
-    ``--hf-token``), an ``env`` value under a secret-looking name or under the proxy's
-    ``auth.token_env``, and a URL with a user name or password in any ``env`` value or argument."""
-    hint = "keep the secret in a 0600 file on the host and name the file (--api-key-file, auth.token_file)"
+    """LF109 (error): an API key option in ``extra_args``: the deploy gives every llama-server the
+    cluster's key from a 0600 file, and ``--api-key``'s value would land in the unit file and every
+    ``ps`` listing. LF196 (warning): a secret written into the inventory ends up in a unit file and,
+    for arguments, in every ``ps`` listing: a secret-looking ``extra_args`` flag (``--hf-token``), an
+    ``env`` value under a secret-looking name or under the proxy's ``auth.token_env``, and a URL with
+    a user name or password in any ``env`` value or argument."""
+    hint = "keep the secret in a 0600 file on the host and name the file (a *-file option, auth.token_file)"
     capss = _pinned_caps(inventory)
     for name, service in inventory.services.items():
         auth = getattr(service, "auth", None)
@@ -613,7 +627,15 @@ def check_secrets(inventory: Inventory) -> Findings:
         flags = dict(_flag_tokens(args))
         for index, item in enumerate(args):
             where = ("services", name, "extra_args", index)
-            if index in flags and _secret_flag(capss, flags[index]):
+            key_option = _api_key_option(capss, flags[index]) if index in flags else None
+            if key_option is not None:
+                exposed = "" if key_option == "--api-key-file" else \
+                    " (and its value would land in the unit file and every ps listing)"
+                yield Finding("LF109", f"{flags[index]} sets llama-server's API key, which the deploy sets itself"
+                              f"{exposed}: every llama-server gets --api-key-file with the cluster's key",
+                              "remove it; to choose the key, put it in a 0600 file on the machine that deploys and "
+                              "name that file in security.server_key_file", where)
+            elif index in flags and _secret_flag(capss, flags[index]):
                 yield Finding("LF196", f"{flags[index]} puts a secret on the command line (the unit file and "
                               "every ps listing show it)", hint, where, Severity.warning)
             elif _URL_CREDENTIALS.search(item):

@@ -518,6 +518,16 @@ Service = Annotated[
 ]
 
 
+class Security(Strict):
+    """The cluster's own secrets (docs/deploys.md, "Secrets")."""
+
+    server_key_file: PosixPath | None = Field(
+        None, description="File on the machine running the deploy holding the API key every llama-server requires "
+        "(mode 0600, one line). The deploy copies it to each host as a 0600 file of the service user, starts every "
+        "llama-server with --api-key-file, and gives the proxy the same file. Default: a key the deploy generates "
+        "once under $LLAMAFLEET_STATE/clusters/<cluster>/server.key.")
+
+
 class Inventory(Strict):
     """A whole llama.cpp cluster."""
 
@@ -529,6 +539,7 @@ class Inventory(Strict):
     hosts: dict[Name, Host] = Field(min_length=1)
     models: dict[Name, Model] = Field(default_factory=dict)
     services: dict[Name, Service] = Field(default_factory=dict)
+    security: Security = Field(default_factory=Security)
     firewall: Firewall = Field(default_factory=Firewall, description="Host firewall rules for every host.")
 
     def services_on(self, host: str) -> dict[str, Service]:

@@ -21,6 +21,8 @@ SOURCE_FILE = "    file: llama.cpp-b11434.tar.gz\n"
 MIRROR = "  mirror: http://127.0.0.1:8765\n"
 PROXY_AUTH = "    auth: {token_file: /opt/llamafleet/proxy.token}\n"
 DRAFTER_ARGS = '    ctx_size: 2048\n    extra_args: ["--threads", "1"]'
+SEED_ARGS = '    extra_args: ["--jinja"]'
+CLUSTER = "cluster: local\n"
 M2_MACOS = 'M2, vram_gb: 16}\n    memory_gb: 16\n    macos_version: "15.3"'
 
 
@@ -181,6 +183,29 @@ CASES = [
     _one("%NAME% in a WinSW argument", "unit format", SEED, "    devices: [CUDA1]\n",
          '    devices: [CUDA1]\n    extra_args: ["--alias", "%USERPROFILE%"]\n', "LF195",
          "services.desktop-drafter.extra_args[1]", '    extra_args: ["--alias"'),
+    # --- secrets: the servers' API key is the deploy's, from a 0600 file; never typed into a unit or argv
+    _one("--api-key in extra_args", "secret", LOCAL, DRAFTER_ARGS,
+         '    ctx_size: 2048\n    extra_args: ["--threads", "1", "--api-key", "s3cr3t-key"]', "LF109",
+         "services.drafter.extra_args[2]", '    extra_args: ["--threads", "1", "--api-key"'),
+    _one("--api-key-file in extra_args", "secret", LOCAL, DRAFTER_ARGS,
+         '    ctx_size: 2048\n    extra_args: ["--api-key-file", "/etc/key"]', "LF109",
+         "services.drafter.extra_args[0]", '    extra_args: ["--api-key-file"'),
+    _one("--api-key=value in extra_args", "secret", LOCAL, DRAFTER_ARGS,
+         '    ctx_size: 2048\n    extra_args: ["--api-key=s3cr3t-key"]', "LF109",
+         "services.drafter.extra_args[0]", '    extra_args: ["--api-key='),
+    _one("--api-key on a build without capability data", "secret", SEED, SEED_ARGS,
+         '    extra_args: ["--jinja", "--api-key", "k"]', "LF109", "services.target.extra_args[1]",
+         '    extra_args: ["--jinja", "--api-key"'),
+    _one("relative server_key_file", "secret", LOCAL, CLUSTER, CLUSTER + "security: {server_key_file: server.key}\n",
+         "LF013", "security.server_key_file", "security:"),
+    _one("'..' in server_key_file", "secret", LOCAL, CLUSTER,
+         CLUSTER + "security: {server_key_file: /home/me/../../etc/shadow}\n", "LF014", "security.server_key_file",
+         "security:"),
+    _one("the key itself in server_key_file", "secret", LOCAL, CLUSTER,
+         CLUSTER + "security: {server_key_file: sk-7f3a9c2e41d84b0e}\n", "LF013", "security.server_key_file",
+         "security:"),
+    _one("an unknown security setting", "secret", LOCAL, CLUSTER, CLUSTER + "security: {server_key: abc}\n",
+         "LF010", "security.server_key", "security:"),
     # --- placement
     _one("proxy on a windows host", "placement", SEED, "    host: mac-mini\n    bind: 192.168.86.40\n",
          "    host: desktop\n    bind: 192.168.86.36\n", "LF194", "services.proxy.host", "    host: desktop\n    bind: 192.168.86.36\n    port: 8000"),

@@ -1,6 +1,7 @@
 """LF196: `validate` warns when a secret is written into the inventory (and so into a unit file, and for
 arguments into every `ps` listing). Variants are edits of the committed examples: each warned case names
-the dotted path and the line; each quiet case is a lookalike that names where a secret is, or is no secret."""
+the dotted path and the line; each quiet case is a lookalike that names where a secret is, or is no secret.
+(llama-server's own API key options are errors, LF109: tests/config/bad_inventories.py.)"""
 
 from __future__ import annotations
 
@@ -28,18 +29,26 @@ def _proxy_env(body: str) -> list[tuple[str, str]]:
 
 # (id, example, edits, dotted path of the warning, snippet whose line it names)
 WARNED = [
-    ("api key argument", LOCAL, _args("--api-key", "s3cr3t"), "services.drafter.extra_args[0]", '    extra_args: ["--api-key"'),
+    ("hf token argument", LOCAL, _args("--hf-token", "s3cr3t"), "services.drafter.extra_args[0]",
+     '    extra_args: ["--hf-token"'),
     ("hf token after another flag", LOCAL, _args("--threads", "1", "--hf-token", "hf_x"),
      "services.drafter.extra_args[2]", '    extra_args: ["--threads", "1", "--hf-token"'),
     ("short spelling of a secret flag", LOCAL, _args("-hft", "hf_x"), "services.drafter.extra_args[0]",
      '    extra_args: ["-hft"'),
-    ("secret flag on a build without capability data", SEED, [(SEED_ARGS, '    extra_args: ["--jinja", "--api-key", "k"]')],
-     "services.target.extra_args[1]", '    extra_args: ["--jinja", "--api-key"'),
+    ("secret flag on a build without capability data", SEED, [(SEED_ARGS, '    extra_args: ["--jinja", "--hf-token", "k"]')],
+     "services.target.extra_args[1]", '    extra_args: ["--jinja", "--hf-token"'),
     ("secret-looking env name", LOCAL, _proxy_env("{HF_TOKEN: hf_abc}"), "services.proxy.env.HF_TOKEN", "    env: {HF_TOKEN"),
     ("api key env on a drafter", LOCAL, [(DRAFTER_ARGS, DRAFTER_ARGS + "\n    env: {OPENAI_API_KEY: sk-1}")],
      "services.drafter.env.OPENAI_API_KEY", "    env: {OPENAI_API_KEY"),
     ("password env, lower case", LOCAL, _proxy_env("{db_password: hunter2}"), "services.proxy.env.db_password",
      "    env: {db_password"),
+    ("token env in camel case", LOCAL, _proxy_env("{GithubToken: ghp_x}"), "services.proxy.env.GithubToken",
+     "    env: {GithubToken"),
+    ("token run into its prefix", LOCAL, _proxy_env("{HFTOKEN: hf_x}"), "services.proxy.env.HFTOKEN", "    env: {HFTOKEN"),
+    ("secret env, mixed case", LOCAL, _proxy_env("{Client_Secret: s3cr3t}"), "services.proxy.env.Client_Secret",
+     "    env: {Client_Secret"),
+    ("key env, lower case", LOCAL, _proxy_env("{anthropic_api_key: sk-1}"), "services.proxy.env.anthropic_api_key",
+     "    env: {anthropic_api_key"),
     ("the proxy's token_env given a value", LOCAL,
      [(PROXY_AUTH, "    auth: {token_env: LF_BEARER}\n    env: {LF_BEARER: abc}\n")], "services.proxy.env.LF_BEARER",
      "    env: {LF_BEARER"),
@@ -51,9 +60,9 @@ WARNED = [
 
 # lookalikes that must not warn
 QUIET = [
-    ("api key from a file", LOCAL, _args("--api-key-file", "/etc/llamafleet/key")),
     ("a switch named like a secret", LOCAL, _args("--cors-credentials")),
     ("token counts are no tokens", LOCAL, _proxy_env("{TOKENIZERS_PARALLELISM: 'false', MAX_TOKENS: '8'}")),
+    ("a key's id is no key", LOCAL, _proxy_env("{AWS_ACCESS_KEY_ID: AKIA1}")),
     ("env naming where the secret is", LOCAL, _proxy_env("{HF_TOKEN_PATH: /etc/hf, SSL_KEY_FILE: /etc/k}")),
     ("empty secret-looking value", LOCAL, _proxy_env("{HF_TOKEN: ''}")),
     ("token_env names a variable", LOCAL, [(PROXY_AUTH, "    auth: {token_env: LF_BEARER}\n")]),

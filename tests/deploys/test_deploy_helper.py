@@ -474,6 +474,63 @@ def test_token_for_an_unknown_user_is_one_line(tmp_path):
     assert not (tmp_path / "proxy.token").exists()
 
 
+def put_secret(path: Path, upload: Path, user: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(HELPER), "secret", str(path), user or _me(), str(upload)],
+                          capture_output=True, text=True)
+
+
+def _upload(folder: Path, text: str) -> Path:
+    folder.mkdir(mode=0o700, exist_ok=True)
+    upload = folder / "llama-server.key"
+    upload.write_text(text)
+    return upload
+
+
+def test_a_copied_secret_is_put_in_place_0600_and_its_upload_removed(tmp_path):
+    """The server key's copy: written through the same O_NOFOLLOW descriptor as a token, 0600 and owned
+    by the service user, in 0755 folders; the upload is gone afterwards; a changed key replaces the old
+    one in place; the same key again changes nothing."""
+    path = tmp_path / "etc" / "llama-server.key"
+    result = put_secret(path, _upload(tmp_path / "uploads", "first-key-0123456789\n"))
+    assert result.returncode == 0 and result.stdout.strip() == "created", result.stderr
+    assert path.read_text() == "first-key-0123456789\n" and oct(path.stat().st_mode & 0o777) == "0o600"
+    assert path.stat().st_uid == os.getuid() and oct(path.parent.stat().st_mode & 0o777) == "0o755"
+    assert list((tmp_path / "uploads").iterdir()) == []
+    assert put_secret(path, _upload(tmp_path / "uploads", "first-key-0123456789\n")).stdout.strip() == "kept"
+    path.chmod(0o644)
+    assert put_secret(path, _upload(tmp_path / "uploads", "second-key-0123456789\n")).stdout.strip() == "replaced"
+    assert path.read_text() == "second-key-0123456789\n" and oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.parametrize("dangling", [False, True], ids=["link to a file", "dangling link"])
+def test_a_secret_path_that_is_a_link_is_refused(tmp_path, dangling):
+    victim = tmp_path / "victim"
+    if not dangling:
+        victim.write_text("not a key\n")
+        victim.chmod(0o644)
+    link = tmp_path / "llama-server.key"
+    link.symlink_to(victim)
+    upload = _upload(tmp_path / "uploads", "a-key-0123456789abc\n")
+    line = one_line(put_secret(link, upload))
+    assert line == (f"llamafleet: secret file {link} is a symbolic link; refusing to write, chmod or chown through "
+                    "it (remove the link, the deploy then creates the file)")
+    assert not upload.exists()  # the key does not stay behind in the upload folder either
+    if dangling:
+        assert not victim.exists()
+    else:
+        assert victim.read_text() == "not a key\n" and oct(victim.stat().st_mode & 0o777) == "0o644"
+
+
+def test_a_missing_or_linked_upload_is_one_line(tmp_path):
+    line = one_line(put_secret(tmp_path / "k", tmp_path / "nothing"))
+    assert line == f"llamafleet: cannot read the uploaded secret {tmp_path / 'nothing'}: No such file or directory"
+    other = tmp_path / "other"
+    other.write_text("someone else's file\n")
+    (tmp_path / "up").symlink_to(other)
+    assert "cannot read the uploaded secret" in one_line(put_secret(tmp_path / "k", tmp_path / "up"))
+    assert not (tmp_path / "k").exists() and other.read_text() == "someone else's file\n"
+
+
 def test_state_reads_a_link_as_a_link(tmp_path):
     """A link put in a deployed file's place reads as mode 0777 and no hash, so the token operation
     sends it to the helper (which refuses it) instead of finding its target in order."""

@@ -104,12 +104,50 @@ def test_native_speculation_target_flags(seed):
     assert list(target.argv) == [
         "/opt/llamafleet/builds/b11434-rocm-src/llama-server",
         "-m", "/opt/llamafleet/models/gpt-oss-120b-UD-Q4_K_XL-00001-of-00002.gguf",
-        "--host", "192.168.86.29", "--port", "8080", "-c", "8192", "-np", "1", "-ngl", "26", "--no-webui", "-nr",
+        "--host", "192.168.86.29", "--port", "8080", "-c", "8192", "-np", "1", "-ngl", "26", "--no-webui",
+        "--api-key-file", "/opt/llamafleet/etc/llama-server.key", "-nr",
         "--rpc", "192.168.86.36:50052",
         "-md", "/opt/llamafleet/models/gpt-oss-20b-mxfp4.gguf", "-devd", "RPC0", "-ngld", "99",
         "--spec-type", "draft-simple", "--spec-draft-n-max", "8", "--spec-draft-n-min", "0",
         "-dev", "ROCm0", "--jinja"]
     assert ("LD_LIBRARY_PATH", "/opt/llamafleet/builds/b11434-rocm-src") in target.env
+
+
+@pytest.mark.parametrize("build", ["b11434", "b8942"])
+def test_every_llama_server_reads_the_cluster_key_from_its_file(seed, build, monkeypatch, tmp_path):
+    """Targets, plain sidecars and drafters on every POSIX host get --api-key-file (the build's own
+    spelling) naming the host's copy of the key; the host's secrets copy it from the local key file;
+    the proxy's config names the same file. (Windows hosts run without a key: docs/hardening.md.)"""
+    monkeypatch.setenv("LLAMAFLEET_STATE", str(tmp_path))
+    from llamafleet.deploys.render import rendered_files
+
+    data = seed.model_dump(mode="json", exclude_none=True)
+    data["llama_cpp"]["build"] = build
+    inventory = Inventory.model_validate(data)
+    local = str(tmp_path / "clusters" / "seed" / "server.key")
+    servers = 0
+    for name, host in inventory.hosts.items():
+        plan = plan_host(inventory, name)
+        key_file = f"{host.install_dir}/etc/llama-server.key"
+        copied = [s for s in plan.secrets if s.source]
+        for svc in plan.services:
+            if svc.role in ("target", "target-plain", "drafter"):
+                servers += 1
+                argv = list(svc.argv)
+                if host.os.value == "windows":
+                    assert "--api-key-file" not in argv
+                else:
+                    assert argv[argv.index("--api-key-file") + 1] == key_file, argv
+            assert "--api-key" not in svc.argv
+        readers = [s for s in plan.services if s.role in ("target", "target-plain", "drafter", "proxy")]
+        if host.os.value == "windows" or not readers:
+            assert copied == []
+        else:
+            assert [(s.path, s.source) for s in copied] == [(key_file, local)]
+        for service in plan.proxy_services:
+            config = rendered_files(plan)[plan.proxy_config_path(service)][0]
+            assert f'"server_key_file": "{key_file}"' in config
+    assert servers >= 3
 
 
 def test_native_draft_model_is_placed_on_the_target_host(seed):
