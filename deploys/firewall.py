@@ -94,15 +94,14 @@ def _literal(value: str) -> Net | None:
 
 
 def host_addresses(inventory: Inventory, host_name: str) -> list[Net]:
-    """The IP literals the inventory gives for a host (ssh address, ``addresses``, its services' binds),
-    loopback left out."""
+    """The IP literals the inventory gives for a host: its ssh address and ``addresses``, and the
+    addresses its services bind unless loopback (a service on 127.0.0.1 says nothing about where the
+    host's connections come from on the network)."""
     host = inventory.hosts[host_name]
-    names = [getattr(host.connection, "address", ""), *host.addresses]
-    names += [s.bind for s in inventory.services_on(host_name).values()]
-    found = (_literal(name) for name in names if name)
-    # A loopback address says nothing about where the host's connections come from on the network.
-    return sorted({n for n in found if n is not None and not n.network_address.is_loopback},
-                  key=lambda n: (n.version, n))
+    declared = [_literal(a) for a in [getattr(host.connection, "address", ""), *host.addresses] if a]
+    binds = [_literal(s.bind) for s in inventory.services_on(host_name).values()]
+    binds = [n for n in binds if n is not None and not n.network_address.is_loopback]
+    return sorted({n for n in declared + binds if n is not None}, key=lambda n: (n.version, n))
 
 
 def on_loopback(inventory: Inventory, host_name: str) -> bool:
