@@ -412,3 +412,21 @@ def firewall_findings(plan, state: dict) -> list:
         return [Finding(host=plan.name, check="firewall", severity=Severity.ok, expected=what, actual=what)]
     return [Finding(host=plan.name, check=f"firewall {what}", severity=Severity.fail, expected=expected,
                     actual=actual, hint=hint) for what, expected, actual in found]
+
+
+# --- llamafleet plan ----------------------------------------------------------------------------------
+
+
+def plan_summary(plan) -> dict:
+    """The host's firewall as ``llamafleet plan`` shows it (JSON shape; the text is rendered from it)."""
+    firewall = host_firewall(plan)
+    out = {"managed": firewall.manage and firewall.kind is not None, "kind": firewall.kind, "why": firewall.why,
+           "rules": [{"service": r.service, "role": r.role, "port": r.port, "used_by": list(r.peers),
+                      "from": ANY if r.sources is None else [net_text(n) for n in r.sources]}
+                     for r in firewall.rules]}
+    if out["managed"] and firewall.kind == "nftables":
+        out["file"] = {"path": nftables_path(plan), "content": render_nftables(firewall)}
+    elif out["managed"]:
+        out["windows_rules"] = {name: {"port": rule["port"], "remote": list(rule["remote"])}
+                                for name, rule in windows_expected(firewall).items()}
+    return out

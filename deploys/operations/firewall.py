@@ -57,9 +57,11 @@ def planned(plan, state: dict) -> list[tuple[str, object, dict]]:
     firewall = host_firewall(plan)
     if not firewall.manage or firewall.kind is None:
         return []
-    live = state.get("firewall")
+    # A state without a reading is a fresh host's (tests, an empty state): no rules yet.
+    fresh = {"status": "absent", "detail": "no table"} if firewall.kind == "nftables" else {"status": "ok", "rules": {}}
+    live = state.get("firewall", fresh)
     if live is None or live.get("status") in ("no-nft", "failed"):
-        why = live.get("detail") if live else "they were not read"
+        why = live.get("detail") if live else "the host did not answer the firewall fact"
         raise UserError(f"hosts.{plan.name}: cannot apply the firewall rules: {why} (or set "
                         f"hosts.{plan.name}.firewall.manage: false)")
     if firewall.kind == "nftables":

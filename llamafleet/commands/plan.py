@@ -132,6 +132,7 @@ def host_plan(plan) -> dict:
         "secrets": [{"path": s.path, "mode": mode_of("0600"), "owner": s.user, "made_by_deploy": not plan.windows}
                     for s in plan.secrets],
         "plain_paths": plain_paths(plan.inventory, plan.name),
+        "firewall": _firewall(plan),
         "files": files,
     }
 
@@ -213,6 +214,7 @@ def _host_lines(name: str, h: dict) -> list[str]:
         lines.append(f"    {svc_name} ({s['role']}): unit {s['unit']}, as {s['user']}, listens on {s['bind']}:{s['port']}")
         lines += [f"      env {k}={v}" for k, v in s["env"].items()]
         lines.append(f"      command: {s['command']}")
+    lines += _firewall_lines(h["firewall"])
     for target, p in h["plain_paths"].items():
         lines.append(f"  plain path of {target}: {p['summary']}")
     for s in h["secrets"]:
@@ -231,6 +233,28 @@ def _host_lines(name: str, h: dict) -> list[str]:
             lines += _content_lines(f["content"])
     return lines
 
+
+def _firewall(plan) -> dict:
+    from llamafleet.deploys.firewall import plan_summary
+
+    return plan_summary(plan)
+
+
+def _firewall_lines(f: dict) -> list[str]:
+    """Which port accepts whom (docs/hardening.md, "Network exposure")."""
+    if not f["managed"]:
+        return [f"  firewall: not managed ({f['why']}): every service port is reachable by whoever reaches its bind "
+                "address"]
+    how = "nftables, table inet llamafleet" if f["kind"] == "nftables" else "Windows Firewall, rules llamafleet-*"
+    lines = [f"  firewall: managed ({how}; {f['why']}):"]
+    for r in f["rules"]:
+        who = "open to every address" if r["from"] == "any" else "only from " + ", ".join(r["from"])
+        used = f" (used from {', '.join(r['used_by'])})" if r["used_by"] else ""
+        lines.append(f"    port {r['port']} {r['service']} ({r['role']}): {who}{used}")
+    if "file" in f:
+        lines.append(f"    {f['file']['path']}, applied with nft -f:")
+        lines += _content_lines(f["file"]["content"])
+    return lines
 
 def _content_lines(content: str) -> list[str]:
     """The content, each line behind ``| ``; a missing final newline is said, not hidden."""

@@ -108,7 +108,10 @@ def test_json_shape_is_stable(capsys):
     assert set(data["llama_cpp"]) == {"build", "capabilities", "rendered_with", "note"}
     for h in data["hosts"].values():
         assert list(h) == ["os", "arch", "backend", "service_manager", "install_dir", "build", "models", "services",
-                           "secrets", "plain_paths", "files"]
+                           "secrets", "plain_paths", "firewall", "files"]
+        assert set(h["firewall"]) - {"file", "windows_rules"} == {"managed", "kind", "why", "rules"}
+        for r in h["firewall"]["rules"]:
+            assert set(r) == {"service", "role", "port", "used_by", "from"} and isinstance(r["port"], int)
         assert set(h["build"]) == {"build", "build_id", "method", "dir", "binaries", "cmake_options", "artifacts"}
         for s in h["services"].values():
             assert set(s) == {"role", "unit", "unit_path", "user", "bind", "port", "argv", "command", "env"}
@@ -120,6 +123,18 @@ def test_json_shape_is_stable(capsys):
             assert p["kind"] in ("request", "sidecar", "none")
         for s in h["secrets"]:
             assert set(s) == {"path", "mode", "owner", "made_by_deploy"}
+
+
+def test_text_plan_says_which_port_accepts_whom(capsys):
+    """Per host: the firewall, managed or not and why, each port with the addresses it accepts, and the
+    nftables file the deploy applies (docs/hardening.md, "Network exposure")."""
+    _, out, _ = plan(capsys, ROOT / "inventory" / "examples" / "seed-cluster.yaml")
+    assert ("  firewall: managed (nftables, table inet llamafleet; default for linux hosts reached over SSH):\n"
+            "    port 8080 target (target): only from 127.0.0.1, 192.168.86.29, 192.168.86.40, ::1 (used from mac-mini)"
+            ) in out
+    assert "    port 50052 desktop-rpc (rpc-worker): only from 127.0.0.1, 192.168.86.29, 192.168.86.36, ::1 (used from akiva)" in out
+    assert "      | \t\ttcp dport 8080 drop" in out
+    assert out.count("  firewall: not managed (macOS: llamafleet manages no firewall there") == 2
 
 
 SEED = ROOT / "inventory" / "examples" / "seed-cluster.yaml"
