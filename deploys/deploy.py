@@ -18,9 +18,11 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from llamafleet.config.models import Inventory, ServiceManager
+from llamafleet.deploys import cache as file_cache
 from llamafleet.deploys import rollout
 from llamafleet.deploys.facts.host_state import helper_source, host_state_fact, state_spec
 from llamafleet.deploys.facts.firewall import with_live_rules
+from llamafleet.deploys.operations import cache as file_cache_ops
 from llamafleet.deploys.operations import drivers as driver_ops
 from llamafleet.deploys.operations import firewall as firewall_ops
 from llamafleet.deploys.operations import files as file_ops
@@ -68,11 +70,13 @@ def build_spec(plan: HostPlan) -> dict:
     b = plan.build
     return {"install_dir": plan.host.install_dir, "build": b.build, "build_id": b.build_id, "backend": b.backend,
             "method": b.method, "binaries": list(b.binaries), "cmake_options": list(b.cmake_options),
-            "artifacts": [{"file": a.file, "url": a.url, "sha256": a.sha256, "size": a.size} for a in b.artifacts]}
+            "artifacts": [{"file": a.file, "url": a.url, "sha256": a.sha256, "size": a.size,
+                           **file_cache.source_fields(plan.inventory, a.url, a.sha256, a.file)} for a in b.artifacts]}
 
 
 def model_specs(plan: HostPlan) -> list[dict]:
-    return [{"dest": m.path, "url": m.url, "sha256": m.sha256, "size": m.size} for m in plan.models]
+    return [{"dest": m.path, "url": m.url, "sha256": m.sha256, "size": m.size,
+             **file_cache.source_fields(plan.inventory, m.url, m.sha256, m.name)} for m in plan.models]
 
 
 def service_states(plan: HostPlan, state: dict) -> dict[str, str]:
@@ -148,7 +152,7 @@ def wait_spec(plan: HostPlan, build: str | None = None) -> dict:
 # "rollout" an operation's position also carries (group, phase, host position, index), and barriers
 # that every host shares (_between_barriers) make pyinfra run the groups one after another and,
 # within a group, the hosts one after another.
-STEPS = ("helper", "driver", "build", "check", "models", "secrets", "proxy", "firewall", "rollout")
+STEPS = ("helper", "cache", "driver", "build", "check", "models", "secrets", "proxy", "firewall", "rollout")
 STOP, SWITCH, ROLLBACK = 0, 1, 2  # rollout phases
 
 
@@ -177,6 +181,8 @@ def rpc_clients(plan: HostPlan) -> list[str]:
 
 def planned_operations(plan: HostPlan, state: dict) -> list[PlannedOperation]:
     """The operations (with their arguments) that bring the host from ``state`` to ``plan``."""
+    # The cluster's file cache comes first; the steps after it see its unit written and running.
+    cache_ops, state = file_cache_ops.planned(plan, state)
     changes = host_changes(plan, state)
     windows = plan.windows
     seen = state.get("files", {})
@@ -192,6 +198,7 @@ def planned_operations(plan: HostPlan, state: dict) -> list[PlannedOperation]:
 
     ops = [PlannedOperation("helper", "llamafleet helper script", file_ops.text_files, {
         "files": {helper: (helper_source(_helper_name(plan)), "0755")}, "state_files": seen, "windows": windows})]
+    ops += [PlannedOperation("cache", name, op, kwargs, position) for name, op, kwargs, position in cache_ops]
     ops += [PlannedOperation("driver", name, op, kwargs) for name, op, kwargs in driver_ops.planned(plan, state)]
     ops.append(PlannedOperation("build", f"llama.cpp {plan.build.build_id} ({plan.build.method})", llama_cpp.build, {
         "helper": helper, "spec": {**build_spec(plan), "switch": not upgrade}, "installed": installed,

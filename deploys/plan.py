@@ -27,6 +27,7 @@ from llamafleet.config.models import (
 )
 from llamafleet.config.builds import BuildCaps, caps_for, known_builds
 from llamafleet.config.topology import plain_route
+from llamafleet.deploys import cache as file_cache
 from llamafleet.errors import UserError
 from llamafleet.server_key import host_key_path, key_source
 
@@ -370,6 +371,9 @@ def plan_host(inventory: Inventory, name: str, caps: BuildCaps | None = None) ->
     plan = HostPlan(name, host, inventory, build, caps=caps, caps_note=note)
     plan.models = [f for m in models for f in _model_files(inventory, name, host, m, join)]
     plan.services = plan_services(inventory, name, host, build.build_id, install_path, caps)
+    plan.services += file_cache.cache_services(  # the cluster's file cache, on its host
+        inventory, name, plan.helper_path, host.service_user or getattr(host.connection, "user", None) or "root",
+        LAUNCHD_PREFIX if host.service_manager is ServiceManager.launchd else SERVICE_PREFIX)
     for svc_name, svc in sorted(on_host.items()):
         if isinstance(svc, ProxyService):
             plan.proxy_services.append(svc_name)

@@ -45,6 +45,7 @@ def inline_powershell(script: str) -> str:
 def state_spec(plan: HostPlan) -> str:
     """What the state script should look at, for this plan (JSON, passed as the fact's argument)."""
     from llamafleet.deploys.render import rendered_files
+    from llamafleet.deploys.operations.cache import cache_state_spec
 
     manager = plan.host.service_manager
     units = [svc.unit_name for svc in plan.services]
@@ -59,6 +60,8 @@ def state_spec(plan: HostPlan) -> str:
                          *([plan.path("venv", "llamafleet-wheel.json")] if plan.proxy_services else [])]),
         "drivers": drivers,
     }
+    if cached := cache_state_spec(plan):  # the cluster's file cache, on its host
+        spec["cache"] = cached
     if manager is ServiceManager.supervisord:
         spec["supervisor_conf"] = plan.supervisor_conf
     elif manager is ServiceManager.systemd:

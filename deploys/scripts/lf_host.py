@@ -3,7 +3,8 @@
 The deploy runs it on the host, never on the controller:
   state SPEC_JSON       print the host's whole state as one JSON document (the HostState fact
                         runs this file inline, so it works before anything is installed)
-  fetch SPEC_JSON       download one file resumably, verify its sha256, rename it into place
+  fetch SPEC_JSON       download one file resumably, verify its sha256, rename it into place;
+                        "sources" lists URLs tried in order (the cluster's cache, then upstream)
   install SPEC_JSON     install one llama.cpp build (release archive or source build) in its own
                         folder and, unless the spec says "switch": false, switch ``current`` to it
   switch SPEC_JSON      an upgrade's switch: remember the previous build and the files about to be
@@ -16,6 +17,9 @@ The deploy runs it on the host, never on the controller:
   secret PATH USER UPLOAD
                         put the secret the deploy uploaded to UPLOAD at PATH (0600, owned by
                         USER) and remove the upload; a secret path that is a link is refused
+  serve FOLDER ADDRESS PORT
+                        the cluster's file cache: serve FOLDER's verified files read-only on
+                        ADDRESS:PORT only (GET /<sha256>/<name>, with Range), until stopped
 
 Exit codes: 0 done, 2 bad input or precondition, 3 verification failed. Errors are one line on
 stderr starting with "llamafleet:", so pyinfra shows the reason rather than a traceback.
@@ -36,6 +40,7 @@ import sys
 import tarfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import xmlrpc.client
 import zipfile
@@ -125,24 +130,29 @@ def check_free_disk(directory, needed, what):
 
 
 def download_resumable(url, partial, size):
-    """Append to ``partial`` until it holds ``size`` bytes, resuming with HTTP Range after a cut."""
+    """Append to ``partial`` until it holds the whole file, resuming with HTTP Range after a cut.
+    ``size`` None (a release archive the inventory gives no size for): the server's answer tells it
+    (Content-Length of a 200, the total of a 206's Content-Range), so nothing asks for it separately."""
     last_error = None
     for _attempt in range(RETRIES):
         have = os.path.getsize(partial) if os.path.exists(partial) else 0
-        if have > size:
+        if size is not None and have > size:
             os.remove(partial)
             have = 0
-        if have == size:
+        if size is not None and have == size:
             open(partial, "ab").close()  # an empty file is a (short) download too
-            return
+            return size
         request = urllib.request.Request(url, headers={"Range": "bytes=%d-" % have} if have else {})
         try:
             with urllib.request.urlopen(request, timeout=60) as resp:
                 # A server that ignores Range answers 200 with the whole file: start over.
                 mode = "ab" if resp.status == 206 else "wb"
                 done = have if mode == "ab" else 0
+                size = size if size is not None else answered_size(resp, done)
                 copy_with_progress(resp, partial, mode, done, size, url)
         except urllib.error.HTTPError as err:
+            if err.code == 416 and have and size is None:
+                return have  # nothing past what we hold: the hash decides whether it is the file
             raise Failure("download of %s failed: HTTP %d %s" % (url, err.code, err.reason))
         except (urllib.error.URLError, OSError, socket.timeout, http.client.HTTPException) as err:
             last_error = err  # a cut connection: resume from what arrived
@@ -150,20 +160,24 @@ def download_resumable(url, partial, size):
     have = os.path.getsize(partial) if os.path.exists(partial) else 0
     if have != size:
         raise Failure("download of %s stopped at %s of %s (%s); run the deploy again to resume"
-                      % (url, human(have), human(size), last_error or "short response"))
+                      % (url, human(have), human(size or 0) if size is not None else "an unknown size",
+                         last_error or "short response"))
+    return size
 
 
-def remote_size(url):
-    """Size from a HEAD request, for files whose size the inventory does not state (release archives)."""
+def answered_size(resp, done):
+    """The whole file's size from a GET answer (200: Content-Length; 206: Content-Range's total)."""
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=60) as resp:
-            return int(resp.headers["Content-Length"])
-    except (urllib.error.URLError, OSError, TypeError, ValueError) as err:
-        raise Failure("cannot reach %s: %s" % (url, err))
+        if resp.status == 206:
+            return int(resp.headers["Content-Range"].rsplit("/", 1)[1])
+        return done + int(resp.headers["Content-Length"])
+    except (AttributeError, IndexError, TypeError, ValueError):
+        raise Failure("%s answered without the file's size (no Content-Length / Content-Range)" % resp.geturl())
 
 
 def copy_with_progress(resp, partial, mode, done, size, url):
     name = url.rsplit("/", 1)[-1]
+    origin = urllib.parse.urlsplit(url).netloc
     last_report = 0.0
     with open(partial, mode) as out:
         for block in iter(lambda: resp.read(CHUNK), b""):
@@ -172,36 +186,73 @@ def copy_with_progress(resp, partial, mode, done, size, url):
             now = time.monotonic()
             if now - last_report > 2 or done == size:
                 last_report = now
-                sys.stderr.write("llamafleet: %s %s / %s (%d%%)\n" % (name, human(done), human(size), 100 * done // max(size, 1)))
+                sys.stderr.write("llamafleet: %s %s / %s (%d%%) from %s\n"
+                                 % (name, human(done), human(size), 100 * done // max(size, 1), origin))
                 sys.stderr.flush()
         out.flush()
         os.fsync(out.fileno())
 
 
+def say(message):
+    sys.stderr.write("llamafleet: %s\n" % message)
+    sys.stderr.flush()
+
+
 def fetch(spec):
-    """Place ``spec['dest']`` with the expected sha256; a bad download never touches a good file."""
-    dest, sha256, url = spec["dest"], spec["sha256"], spec["url"]
+    """Place ``spec['dest']`` with the expected sha256; a bad download never touches a good file.
+
+    ``spec['sources']`` (default: ``[spec['url']]``) are tried in order, e.g. the cluster's file
+    cache, then upstream. What a source sends is hashed before it replaces anything: a source that
+    cannot be reached, or whose bytes have another sha256, is skipped with one line on stderr and the
+    next one is tried; only when every source failed does the fetch fail."""
+    dest, sha256 = spec["dest"], spec["sha256"]
+    sources = spec.get("sources") or [spec["url"]]
     directory = os.path.dirname(dest)
+    name = os.path.basename(dest)
     os.makedirs(directory, exist_ok=True)
     if is_verified(dest, sha256):
         return "verified"
-    size = int(spec["size"]) if spec.get("size") else remote_size(url)
-    if os.path.exists(dest) and os.path.getsize(dest) == size and sha256_file(dest) == sha256:
+    size = int(spec["size"]) if spec.get("size") else None
+    if os.path.exists(dest) and (size is None or os.path.getsize(dest) == size) and sha256_file(dest) == sha256:
         write_stamp(dest, sha256)
         return "verified (stamped)"
     # The temp file lives beside the destination so the final rename is atomic on one filesystem.
-    partial = os.path.join(directory, ".%s.partial" % os.path.basename(dest))
-    have = os.path.getsize(partial) if os.path.exists(partial) else 0
-    check_free_disk(directory, max(size - have, 0), os.path.basename(dest))
-    download_resumable(url, partial, size)
-    got = sha256_file(partial)
-    if got != sha256:
-        os.remove(partial)
-        kept = "the existing file was left in place" if os.path.exists(dest) else "nothing was installed"
-        raise Failure("sha256 mismatch for %s: expected %s, got %s; %s" % (url, sha256, got, kept), code=3)
-    os.replace(partial, dest)
-    write_stamp(dest, sha256)
-    return "downloaded"
+    partial = os.path.join(directory, ".%s.partial" % name)
+    if size is not None:
+        have = os.path.getsize(partial) if os.path.exists(partial) else 0
+        check_free_disk(directory, max(size - have, 0), name)
+    kept = "the existing file was left in place" if os.path.exists(dest) else "nothing was installed"
+    failures = []
+    for index, url in enumerate(sources):
+        more = index + 1 < len(sources)
+        # Bytes kept from an earlier source or run may be the wrong ones: on a mismatch after a
+        # resume, this source gets one more try from the first byte.
+        for from_zero in (False, True):
+            resumed = os.path.exists(partial) and os.path.getsize(partial) > 0
+            try:
+                download_resumable(url, partial, size)
+            except Failure as err:
+                failures.append(str(err))
+                if more:
+                    say("%s: skipping %s: %s" % (name, url, err))
+                break
+            got = sha256_file(partial)
+            if got == sha256:
+                os.replace(partial, dest)
+                write_stamp(dest, sha256)
+                return "downloaded %s from %s" % (name, url) if len(sources) > 1 else "downloaded"
+            os.remove(partial)
+            if resumed and not from_zero:
+                continue
+            failures.append("sha256 mismatch for %s: expected %s, got %s" % (url, sha256, got))
+            if more:
+                say("%s: skipping %s: it sent bytes with sha256 %s, not %s" % (name, url, got, sha256))
+            break
+    mismatch = any(f.startswith("sha256 mismatch") for f in failures)
+    if len(sources) == 1:
+        raise Failure(failures[0] + ("; %s" % kept if mismatch else ""), code=3 if mismatch else 2)
+    raise Failure("no source gave %s with sha256 %s (%s); %s" % (name, sha256, "; ".join(failures), kept),
+                  code=3 if mismatch else 2)
 
 
 # --- llama.cpp builds --------------------------------------------------------------------------
@@ -384,7 +435,8 @@ def install_into(spec, builds, target):
     archives = []
     for artifact in spec["artifacts"]:
         archives.append(os.path.join(downloads, artifact["file"]))
-        fetch({"url": artifact["url"], "dest": archives[-1], "sha256": artifact["sha256"], "size": artifact["size"]})
+        fetch({"url": artifact["url"], "dest": archives[-1], "sha256": artifact["sha256"], "size": artifact["size"],
+               "sources": artifact.get("sources")})
     staging = os.path.join(builds, ".%s.partial" % spec["build_id"])
     shutil.rmtree(staging, ignore_errors=True)
     if spec["method"] == "source":
@@ -694,6 +746,107 @@ def wait(spec):
     return "all services answer"
 
 
+# --- the cluster's file cache -------------------------------------------------------------------
+
+
+CACHED = re.compile(r"^/([0-9a-f]{64})/([^/]+)$")
+
+
+def cached_file(folder, path):
+    """The file ``GET /<sha256>/<name>`` may send, or None: a regular file (never a link) at
+    ``folder/<sha256>/<name>`` whose verified stamp says it has that sha256 and is unchanged since."""
+    match = CACHED.match(urllib.parse.unquote(path.split("?", 1)[0]))
+    if not match or match.group(2).startswith(".") or match.group(2) in ("..",) or "\\" in match.group(2):
+        return None
+    candidate = os.path.join(folder, match.group(1), match.group(2))
+    try:
+        if not stat.S_ISREG(os.lstat(candidate).st_mode):
+            return None
+    except OSError:
+        return None
+    return candidate if is_verified(candidate, match.group(1)) else None
+
+
+def serve(folder, bind, port):
+    """Serve the cache's verified files, read-only, on ``bind:port`` only: ``GET``/``HEAD``
+    ``/<sha256>/<name>`` (with ``Range: bytes=N-`` and ``bytes=N-M``) and ``/health``; anything else
+    is 404 (or 501 for other methods). Runs in the foreground under the host's service manager."""
+    import http.server
+
+    folder = os.path.abspath(folder)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        server_version = "llamafleet-cache"
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format, *args):  # noqa: A002 - one line per request in the service log
+            sys.stderr.write("llamafleet-cache: %s %s\n" % (self.address_string(), format % args))
+
+        def do_HEAD(self):
+            self.answer(body=False)
+
+        def do_GET(self):
+            self.answer(body=True)
+
+        def answer(self, body):
+            if self.path == "/health":
+                return self.reply(200, b"ok\n", body)
+            path = cached_file(folder, self.path)
+            if path is None:
+                return self.reply(404, b"not in the cache\n", body)
+            size = os.path.getsize(path)
+            start, end = 0, size - 1
+            wanted = re.match(r"^bytes=(\d+)-(\d*)$", self.headers.get("Range", ""))
+            if wanted:
+                start = int(wanted.group(1))
+                end = min(int(wanted.group(2)), size - 1) if wanted.group(2) else size - 1
+                if start >= size or end < start:
+                    self.send_response(416)
+                    self.send_header("Content-Range", "bytes */%d" % size)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(206)
+                self.send_header("Content-Range", "bytes %d-%d/%d" % (start, end, size))
+            else:
+                self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Accept-Ranges", "bytes")
+            self.send_header("Content-Length", str(end - start + 1))
+            self.end_headers()
+            if not body:
+                return
+            with open(path, "rb") as f:
+                f.seek(start)
+                remaining = end - start + 1
+                while remaining > 0:
+                    block = f.read(min(CHUNK, remaining))
+                    if not block:
+                        break
+                    self.wfile.write(block)
+                    remaining -= len(block)
+
+        def reply(self, code, text, body):
+            self.send_response(code)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(text)))
+            self.end_headers()
+            if body:
+                self.wfile.write(text)
+
+    class Server(http.server.ThreadingHTTPServer):
+        daemon_threads = True
+        address_family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+
+    try:
+        server = Server((bind, int(port)), Handler)
+    except (OSError, ValueError) as err:
+        raise Failure("cannot serve the cache on %s port %s: %s" % (bind, port, err))
+    sys.stderr.write("llamafleet-cache: serving %s on %s port %s\n" % (folder, bind, port))
+    sys.stderr.flush()
+    server.serve_forever()
+
+
 # --- state -------------------------------------------------------------------------------------
 
 
@@ -869,6 +1022,7 @@ def state(spec):
         "python": "%d.%d.%d" % sys.version_info[:3],
         "install": install_state(spec["install_dir"]),
         "models": {m["path"]: model_state(m["path"], m["sha256"]) for m in spec.get("models", [])},
+        "cache": {m["path"]: model_state(m["path"], m["sha256"]) for m in spec.get("cache", [])},
         "files": {path: file_state(path) for path in spec.get("files", [])},
         "services": services,
         "listening": listening_ports(),
@@ -889,12 +1043,15 @@ def main(argv):
             print(make_token(argv[1], argv[2]))
         elif argv[:1] == ["secret"] and len(argv) == 4:
             print(put_secret(argv[1], argv[2], argv[3]))
+        elif argv[:1] == ["serve"] and len(argv) == 4:
+            serve(argv[1], argv[2], argv[3])
         elif len(argv) == 2 and argv[0] in COMMANDS:
             result = COMMANDS[argv[0]](json.loads(argv[1]))
             print(json.dumps(result, sort_keys=True) if argv[0] == "state" else "llamafleet: %s" % result)
         else:
             raise Failure("usage: lf_host.py state|fetch|install|switch|rollback|wait SPEC_JSON | token PATH USER"
-                          " | secret PATH USER UPLOAD")
+                          " | secret PATH USER UPLOAD"
+                          " | serve FOLDER ADDRESS PORT")
     except Failure as err:
         return fail(str(err), err.code)
     except KeyError as err:

@@ -66,6 +66,16 @@ def _address(value: str) -> str:
     return value
 
 
+def _is_wildcard(value: str) -> bool:
+    """0.0.0.0, ::, or an IPv4-mapped ::ffff:0.0.0.0 (a host name is never one)."""
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_unspecified or (mapped is not None and mapped.is_unspecified)
+
+
 def _url(value: str) -> str:
     parts = urlsplit(value)
     host = parts.hostname or ""
@@ -441,12 +451,7 @@ class RpcWorkerService(ServiceBase):
     @field_validator("bind")
     @classmethod
     def _not_wildcard(cls, v: str) -> str:
-        try:
-            address = ipaddress.ip_address(v)
-        except ValueError:
-            return v  # a host name; check_binds wants it among the host's addresses
-        mapped = getattr(address, "ipv4_mapped", None)
-        if address.is_unspecified or (mapped is not None and mapped.is_unspecified):
+        if _is_wildcard(v):  # a host name: check_binds wants it among the host's addresses
             raise ValueError(f"ggml-rpc-server must bind a declared address, not the wildcard {v}")
         return v
 
@@ -528,6 +533,26 @@ class Security(Strict):
         "once under $LLAMAFLEET_STATE/clusters/<cluster>/server.key.")
 
 
+class FileCache(Strict):
+    """The cluster's file cache: one host fetches every model file and llama.cpp archive from its
+    upstream URL once, verifies it, and serves it to the other hosts (docs/deploys.md, "The file cache")."""
+
+    host: Name = Field(description="The host that fetches each file from upstream once and serves it (Linux or "
+                       "macOS).")
+    port: Port = Field(8780, description="Port of its file server.")
+    bind: Address | None = Field(
+        None, description="Address its file server listens on, one the other hosts reach; default: the host's ssh "
+        "address. Never a wildcard.")
+    folder: PosixPath | None = Field(None, description="Where it keeps the files; default: <install_dir>/cache.")
+
+    @field_validator("bind")
+    @classmethod
+    def _not_wildcard(cls, v: str | None) -> str | None:
+        if v is not None and _is_wildcard(v):
+            raise ValueError(f"the file cache serves the cluster's addresses only, not the wildcard {v}")
+        return v
+
+
 class Inventory(Strict):
     """A whole llama.cpp cluster."""
 
@@ -539,8 +564,10 @@ class Inventory(Strict):
     hosts: dict[Name, Host] = Field(min_length=1)
     models: dict[Name, Model] = Field(default_factory=dict)
     services: dict[Name, Service] = Field(default_factory=dict)
-    security: Security = Field(default_factory=Security)
     firewall: Firewall = Field(default_factory=Firewall, description="Host firewall rules for every host.")
+    security: Security = Field(default_factory=Security)
+    cache: FileCache | None = Field(None, description="Fetch each file from upstream once per cluster, on this "
+                                    "host, and serve it to the others; none: every host fetches from upstream.")
 
     def services_on(self, host: str) -> dict[str, Service]:
         return {name: s for name, s in self.services.items() if s.host == host}

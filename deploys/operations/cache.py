@@ -1,0 +1,86 @@
+"""The cluster's file cache in the deploy (see :mod:`llamafleet.deploys.cache` for the plan).
+
+Step "cache" of the deploy, before any host installs a build or a model: on the cache host, fetch
+every cluster file from upstream into the cache (resumable, verified), write its server's unit and
+start it (the host's own service manager, rendered like every other unit), and wait until it answers;
+then a barrier that every host shares, so pyinfra starts no host's downloads before the cache is up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from pyinfra.api import operation
+
+from llamafleet.config.models import ServiceManager
+from llamafleet.deploys.cache import ROLE, cache_fetch_specs
+from llamafleet.deploys.operations import files as file_ops
+from llamafleet.deploys.operations import readiness
+from llamafleet.deploys.operations.common import helper_command, sha256_text
+from llamafleet.deploys.operations.models import missing_files
+
+
+@operation()
+def cache_files(helper: str, files: list[dict], cache_state: dict):
+    """``files``: the helper's fetch specs into the cache folder; ``cache_state``: HostState ``cache``."""
+    for spec in missing_files(files, cache_state):
+        yield helper_command(helper, "fetch", spec)
+
+
+def cache_state_spec(plan) -> list[dict]:
+    """What the state fact reads on the cache host: each cached file's verified stamp."""
+    if not any(s.role == ROLE for s in plan.services):
+        return []
+    return [{"path": f["dest"], "sha256": f["sha256"]} for f in cache_fetch_specs(plan.inventory)]
+
+
+def planned(plan, state: dict) -> tuple[list[tuple], dict]:
+    """(name, operation, kwargs, position) of the cache step for this host, and the host's state as
+    the later steps should see it: with the cache's unit written and its server running (so the
+    rollout neither rewrites nor restarts it)."""
+    from llamafleet.deploys.deploy import _service_operation, host_changes, wait_spec
+    from llamafleet.deploys.render import rendered_files
+
+    if plan.inventory.cache is None:
+        return [], state
+    barrier = ("file cache: filled and serving", readiness.barrier, {}, (99,))
+    server = [s for s in plan.services if s.role == ROLE]
+    if not server:
+        return [barrier], state
+    only = replace(plan, services=server, proxy_services=[], secrets=[])
+    owned = {plan.unit_path(server[0])}
+    if plan.host.service_manager is ServiceManager.supervisord:
+        owned.add(plan.supervisor_conf)
+    files = {path: text for path, text in rendered_files(plan).items() if path in owned}
+    changes = host_changes(only, state)
+    service_name, service_op, service_kwargs = _service_operation(only, state, changes, [])
+    ops = [
+        ("file cache: fetch each file from upstream once", cache_files, {
+            "helper": plan.helper_path, "files": cache_fetch_specs(plan.inventory),
+            "cache_state": state.get("cache", {})}, (0,)),
+        ("file cache: its server's unit", file_ops.text_files, {
+            "files": files, "state_files": state.get("files", {})}, (1,)),
+        (f"file cache: {service_name}", service_op, service_kwargs, (2,)),
+    ]
+    if changes.files or changes.stopped:
+        ops.append(("file cache: serving", readiness.wait_for_services, {
+            "helper": plan.helper_path, "spec": {**wait_spec(only), "timeout": 60}}, (3,)))
+    return ops + [barrier], _after(plan, state, files, server[0].unit_name)
+
+
+def _after(plan, state: dict, files: dict, unit: str) -> dict:
+    """``state`` once the cache step has run: its files written, its server running."""
+    seen = dict(state.get("files", {}))
+    for path, (content, mode) in files.items():
+        seen[path] = {**(seen.get(path) or {}), "sha256": sha256_text(content), "mode": mode}
+    services = dict(state.get("services", {}))
+    manager = plan.host.service_manager
+    if manager is ServiceManager.supervisord:
+        now = services.get("supervisord", {})
+        services["supervisord"] = {**now, "running": True, "programs": {**now.get("programs", {}), unit: "RUNNING"},
+                                   "configs": sorted({*now.get("configs", []), unit})}
+    elif manager is ServiceManager.systemd:
+        services["systemd"] = {**services.get("systemd", {}), f"{unit}.service": "active"}
+    else:
+        services["launchd"] = {**services.get("launchd", {}), unit: "running"}
+    return {**state, "files": seen, "services": services}

@@ -1,0 +1,176 @@
+"""The cluster's file cache, end to end with real parts: a real sshd on loopback standing in for three
+hosts (127.0.0.2-4), the loopback mirror as "upstream" (it records every request), and the real pyinfra
+CLI. alpha is the cache host; every host installs the pinned build's release archive, and the hosts
+place two small model files between them (random bytes: the cache moves files, it never loads them).
+
+Shown: upstream serves each file exactly once for the whole cluster, every host holds verified copies,
+the cache's server listens on its cluster address only, a second run changes and fetches nothing, and
+a cache copy whose bytes changed on disk after it was verified is detected on arrival, skipped, and the
+file comes from upstream instead.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from llamafleet.rig import mirror as mirror_mod
+from llamafleet.rig.servers import free_port
+from sshd_rig import running_sshd
+from test_deploy_e2e import changed_operations, run_pyinfra
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+HELPER = ROOT / "deploys" / "scripts" / "lf_host.py"
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    yield from running_sshd(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory, llama_build):
+    files = tmp_path_factory.mktemp("files")
+    models = []
+    for name, size in (("model-a.gguf", 3 << 20), ("model-b.gguf", (1 << 20) + 7)):
+        (files / name).write_bytes(os.urandom(size))
+        models.append(files / name)
+    root = tmp_path_factory.mktemp("upstream")
+    content = mirror_mod.prepare_mirror(llama_build, models[0], root, extra_models=(models[1],))
+    server = mirror_mod.MirrorServer(root).start()
+    yield server, content
+    server.stop()
+
+
+def requests_per_file(server) -> collections.Counter:
+    return collections.Counter(path.lstrip("/") for _command, path, _range in server.requests)
+
+
+def said(run: subprocess.CompletedProcess) -> list[str]:
+    """What the hosts' commands printed (pyinfra -vvv shows it, one line each, after the host's name)."""
+    return (run.stdout + run.stderr).splitlines()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def deployed(sshd, upstream, tmp_path_factory):
+    server, content = upstream
+    base = tmp_path_factory.mktemp("hosts")
+    roots = {name: base / name for name in ("alpha", "beta", "gamma")}
+    places = {"alpha": ["a"], "beta": ["a", "b"], "gamma": ["b"]}
+
+    def host(i, name):
+        return {"connection": {"type": "ssh", "address": sshd.addresses[i], "port": sshd.ports[i], "user": sshd.user,
+                               "key_file": str(sshd.key_file)},
+                "os": "linux", "arch": "x86_64", "backend": "cpu", "install_dir": str(roots[name]),
+                "models_dir": str(roots[name] / "models"), "service_manager": "supervisord", "models": places[name]}
+
+    model = {"quant": "Q4_0", "tokenizer": "none"}
+    data = {
+        "version": 1, "cluster": "cache-e2e", "llama_cpp": {"build": "b11434"},
+        "hosts": {name: host(i, name) for i, name in enumerate(roots)},
+        "models": {key: {**model, "files": [{"name": f.name, "sha256": "0" * 64, "size": 1}]}
+                   for key, f in (("a", content.model), ("b", content.extra_models[0]))},
+        "cache": {"host": "alpha", "port": free_port()},  # bind: alpha's ssh address, 127.0.0.2
+    }
+    inventory_file = base / "cluster.yaml"
+    inventory_file.write_text(yaml.safe_dump(mirror_mod.pin_to_mirror(data, content, server.url), sort_keys=False))
+    server.requests.clear()
+    first = run_pyinfra(inventory_file, sshd, server.url, "-vvv")
+    yield {"first": first, "file": inventory_file, "roots": roots, "places": places, "server": server,
+           "content": content, "sshd": sshd, "cache": f"http://{sshd.addresses[0]}:{data['cache']['port']}"}
+    for root in roots.values():
+        conf = root / "supervisor" / "supervisord.conf"
+        if conf.exists():
+            subprocess.run(["supervisorctl", "-c", str(conf), "shutdown"], capture_output=True, timeout=60)
+
+
+def test_upstream_serves_each_file_once_for_the_whole_cluster(deployed):
+    first, content = deployed["first"], deployed["content"]
+    assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-3000:]
+    names = {content.release.name, content.model.name, content.extra_models[0].name}
+    assert requests_per_file(deployed["server"]) == {name: 1 for name in names}
+    # The two hosts that are not the cache got their files from it (the helper says where from).
+    cache = deployed["cache"]
+    for host, model in (("beta", content.model), ("gamma", content.extra_models[0])):
+        line = f"downloaded {model.name} from {cache}/{model.sha256}/{model.name}"
+        assert any(f"[{host}]" in out and line in out for out in said(first)), first.stderr[-6000:]
+
+
+def test_every_host_holds_verified_copies(deployed):
+    content, roots = deployed["content"], deployed["roots"]
+    by_key = {"a": content.model, "b": content.extra_models[0]}
+    for name, keys in deployed["places"].items():
+        for key in keys:
+            path = roots[name] / "models" / by_key[key].name
+            assert sha256(path) == by_key[key].sha256
+        record = json.loads((roots[name] / "builds" / "current" / "install.json").read_text())
+        assert record["artifacts_sha256"] == [content.release.sha256]
+    for f in (content.release, content.model, content.extra_models[0]):  # the cache, content-addressed
+        assert sha256(roots["alpha"] / "cache" / f.sha256 / f.name) == f.sha256
+
+
+def test_the_cache_serves_verified_files_read_only_on_its_cluster_address(deployed):
+    cache, model = deployed["cache"], deployed["content"].model
+    with urllib.request.urlopen(f"{cache}/{model.sha256}/{model.name}", timeout=10) as resp:
+        assert hashlib.sha256(resp.read()).hexdigest() == model.sha256
+    request = urllib.request.Request(f"{cache}/{model.sha256}/{model.name}", headers={"Range": "bytes=1000-"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        assert resp.status == 206 and len(resp.read()) == model.size - 1000
+    for path in (f"/{'0' * 64}/{model.name}", f"/{model.sha256}/.{model.name}.verified", "/", "/../etc/passwd"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{cache}{path}", timeout=10)
+        assert refused.value.code == 404, path
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(urllib.request.Request(f"{cache}/x", data=b"x", method="PUT"), timeout=10)
+    assert refused.value.code == 501
+    port = int(cache.rsplit(":", 1)[1])
+    listening = json.loads(subprocess.run(
+        [sys.executable, str(HELPER), "state", json.dumps({"install_dir": "/nonexistent", "models_dir": "/"})],
+        capture_output=True, text=True, check=True).stdout)["listening"]
+    assert [a for a in listening if a.endswith(f":{port}")] == [f"{deployed['sshd'].addresses[0]}:{port}"]
+
+
+def test_second_run_changes_and_fetches_nothing(deployed):
+    before = requests_per_file(deployed["server"])
+    second = run_pyinfra(deployed["file"], deployed["sshd"], deployed["server"].url)
+    assert second.returncode == 0, second.stdout[-4000:]
+    assert changed_operations(second.stdout) == []
+    assert requests_per_file(deployed["server"]) == before
+
+
+def test_a_corrupted_cache_copy_is_detected_skipped_and_replaced_from_upstream(deployed):
+    roots, model, cache = deployed["roots"], deployed["content"].extra_models[0], deployed["cache"]
+    cached = roots["alpha"] / "cache" / model.sha256 / model.name
+    # Bytes change on disk after verification, size and mtime kept: the cache's stamp still matches,
+    # so its server sends the bad bytes; only the receiving host's own hash can tell.
+    st = cached.stat()
+    data = bytearray(cached.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    cached.write_bytes(bytes(data))
+    os.utime(cached, ns=(st.st_atime_ns, st.st_mtime_ns))
+    gamma = roots["gamma"] / "models" / model.name
+    gamma.unlink()
+    before = requests_per_file(deployed["server"])
+    run = run_pyinfra(deployed["file"], deployed["sshd"], deployed["server"].url, "-vvv")
+    assert run.returncode == 0, run.stdout[-6000:]
+    url = f"{cache}/{model.sha256}/{model.name}"
+    skipped = [line for line in said(run) if f"{model.name}: skipping {url}: it sent bytes" in line]
+    assert len(skipped) == 1 and skipped[0].startswith("[gamma]"), run.stderr[-6000:]
+    assert sha256(gamma) == model.sha256
+    after = requests_per_file(deployed["server"])
+    assert after - before == {model.name: 1}  # the one file the cache could not give, from upstream
