@@ -62,7 +62,7 @@ def planned(plan, state: dict) -> tuple[list[tuple], dict]:
             "files": files, "state_files": state.get("files", {})}, (1,)),
         (f"file cache: {service_name}", service_op, service_kwargs, (2,)),
     ]
-    if changes.files or changes.stopped:
+    if changes.stopped or set(files) & set(changes.files):  # written, or not running: wait until it answers
         ops.append(("file cache: serving", readiness.wait_for_services, {
             "helper": plan.helper_path, "spec": {**wait_spec(only), "timeout": 60}}, (3,)))
     return ops + [barrier], _after(plan, state, files, server[0].unit_name)

@@ -155,6 +155,8 @@ def download_resumable(url, partial, size):
                 return have  # nothing past what we hold: the hash decides whether it is the file
             raise Failure("download of %s failed: HTTP %d %s" % (url, err.code, err.reason))
         except (urllib.error.URLError, OSError, socket.timeout, http.client.HTTPException) as err:
+            if isinstance(getattr(err, "reason", err), ConnectionRefusedError):
+                raise Failure("cannot connect to %s: connection refused" % url)  # nothing listens: no retry
             last_error = err  # a cut connection: resume from what arrived
             time.sleep(1)
     have = os.path.getsize(partial) if os.path.exists(partial) else 0

@@ -1,0 +1,102 @@
+"""The cluster's file cache in the plan and the operation list (pure: no host is contacted). The seed
+cluster with mac-mini (launchd) as the cache host: its server is one more service rendered like the
+others, it fetches every file of the cluster once, and every host's downloads name the cache first."""
+
+from __future__ import annotations
+
+import plistlib
+
+import pytest
+from test_deploy_plan import SEED, _commands, _fresh_state
+
+from llamafleet.config import load_inventory
+from llamafleet.deploys.cache import cluster_files
+from llamafleet.deploys.deploy import build_spec, model_specs, planned_operations
+from llamafleet.deploys.operations.common import sha256_text
+from llamafleet.deploys.plan import plan_host
+from llamafleet.deploys.render import render_unit, rendered_files
+
+CACHE = "http://192.168.86.40:8001"
+
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory):
+    path = tmp_path_factory.mktemp("inv") / "cluster.yaml"
+    path.write_text(SEED.read_text() + "\ncache:\n  host: mac-mini\n  port: 8001\n")
+    return load_inventory(path)
+
+
+def test_the_cache_server_is_one_more_service_on_its_host_only(cached):
+    mini = plan_host(cached, "mac-mini")
+    (server,) = [s for s in mini.services if s.role == "cache"]
+    assert server.argv == ("/usr/bin/env", "python3", "/usr/local/llamafleet/lib/lf_host.py", "serve",
+                           "/usr/local/llamafleet/cache", "192.168.86.40", "8001")
+    assert (server.bind, server.port, server.http_health) == ("192.168.86.40", 8001, True)
+    plist = plistlib.loads(render_unit(mini, server).encode())  # the host's own service manager
+    assert plist["Label"] == "org.llamafleet.file-cache" and tuple(plist["ProgramArguments"]) == server.argv
+    for name in ("akiva", "desktop", "m2-air"):
+        assert not [s for s in plan_host(cached, name).services if s.role == "cache"]
+
+
+def test_the_cache_holds_every_file_of_the_cluster_once(cached):
+    wanted = set()
+    for name in cached.hosts:
+        plan = plan_host(cached, name)
+        wanted |= {(a.sha256, a.file) for a in plan.build.artifacts} | {(m.sha256, m.name) for m in plan.models}
+    files = cluster_files(cached)
+    assert sorted((f["sha256"], f["name"]) for f in files) == sorted(wanted)
+    assert len(files) == len(wanted)  # gpt-oss-20b sits on three hosts, and is in the cache once
+
+
+def test_every_download_names_the_cache_first_then_upstream(cached):
+    for name in cached.hosts:
+        plan = plan_host(cached, name)
+        for spec in model_specs(plan) + build_spec(plan)["artifacts"]:
+            file = spec.get("file") or spec["dest"].replace("\\", "/").rsplit("/", 1)[1]
+            assert spec["sources"] == [f"{CACHE}/{spec['sha256']}/{file}", spec["url"]]
+
+
+def test_without_a_cache_every_host_fetches_from_upstream_as_before():
+    seed = load_inventory(SEED)
+    plan = plan_host(seed, "m2-air")
+    assert all("sources" not in spec for spec in model_specs(plan) + build_spec(plan)["artifacts"])
+    assert [op for op in planned_operations(plan, _fresh_state(plan)) if op.step == "cache"] == []
+
+
+def _cache_step(plan, state):
+    return [op for op in planned_operations(plan, state) if op.step == "cache"]
+
+
+def test_the_cache_host_fills_and_starts_its_cache_before_any_host_fetches(cached):
+    mini, air = plan_host(cached, "mac-mini"), plan_host(cached, "m2-air")
+    steps = _cache_step(mini, _fresh_state(mini))
+    assert [op.name for op in steps] == ["file cache: fetch each file from upstream once", "file cache: its server's unit",
+                                         "file cache: launchd daemons", "file cache: serving",
+                                         "file cache: filled and serving"]
+    fetches = list(steps[0].operation._inner(**steps[0].kwargs))
+    assert len(fetches) == len(cluster_files(cached))
+    assert all('"sources": ["https://' in c or '"sources": ["http://' in c for c in fetches)
+    assert not any(CACHE in c for c in fetches)  # the cache itself fetches from upstream only
+    assert steps[3].kwargs["spec"]["http"] == [f"{CACHE}/health"]
+    # Every other host has the barrier alone, at the same position: pyinfra runs it as one operation,
+    # after the cache host's steps and before any host's build or model download.
+    (barrier,) = _cache_step(air, _fresh_state(air))
+    assert (barrier.name, barrier.position) == (steps[-1].name, steps[-1].position)
+    # The unit is written once: the rollout sees it in place and its server running.
+    commands = _commands(mini, _fresh_state(mini))
+    assert commands.count("upload /Library/LaunchDaemons/org.llamafleet.file-cache.plist") == 1
+    assert sum("launchctl bootstrap system /Library/LaunchDaemons/org.llamafleet.file-cache.plist" in c
+               for c in commands) == 1
+
+
+def test_a_filled_and_serving_cache_changes_nothing(cached):
+    mini = plan_host(cached, "mac-mini")
+    state = _fresh_state(mini)
+    (server,) = [s for s in mini.services if s.role == "cache"]
+    unit = mini.unit_path(server)
+    state["files"][unit] = {"sha256": sha256_text(rendered_files(mini)[unit][0]), "mode": "0644"}
+    state["services"] = {"launchd": {server.unit_name: "running"}}
+    state["cache"] = {f"/usr/local/llamafleet/cache/{f['sha256']}/{f['name']}": {"verified": True}
+                      for f in cluster_files(cached)}
+    for op in _cache_step(mini, state):
+        assert list(op.operation._inner(**op.kwargs)) == [], op.name
