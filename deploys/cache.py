@@ -54,17 +54,20 @@ def cached_path(folder: str, sha256: str, name: str) -> str:
     return posixpath.join(folder, sha256, name)
 
 
-def source_fields(inventory: Inventory, upstream: str, sha256: str, name: str) -> dict:
-    """The helper's ``sources`` for one file: the cluster's cache, then upstream (nothing without a cache:
-    the helper then fetches ``url``)."""
-    base = cache_base_url(inventory)
-    if base is None:
+def source_fields(plan, upstream: str, sha256: str, name: str) -> dict:
+    """The helper's ``sources`` for one file of ``plan``'s host: the cluster's cache, then upstream.
+    Nothing without a cache, and nothing on Windows (its helper, ``lf_host.ps1``, fetches ``url`` only):
+    the helper then fetches ``url``, from upstream."""
+    base = cache_base_url(plan.inventory)
+    if base is None or plan.windows:
         return {}
     return {"sources": [f"{base}/{sha256}/{quote(name)}", upstream]}
 
 
 def cluster_files(inventory: Inventory) -> list[dict]:
-    """Every file some host of the cluster fetches: {name, sha256, size (None: unknown), url}, each once."""
+    """Every file some host of the cluster fetches through the cache: {name, sha256, size (None:
+    unknown), url}, each once. Windows hosts fetch from upstream (:func:`source_fields`): their files
+    are not cached for them."""
     from llamafleet.deploys.plan import plan_host
 
     files: dict[tuple[str, str], dict] = {}
@@ -73,6 +76,8 @@ def cluster_files(inventory: Inventory) -> list[dict]:
             plan = plan_host(inventory, name)
         except UserError:
             continue  # that host's own deploy reports why it cannot be planned
+        if plan.windows:
+            continue
         for a in plan.build.artifacts:
             files.setdefault((a.sha256, a.file), {"name": a.file, "sha256": a.sha256, "size": a.size, "url": a.url})
         for m in plan.models:

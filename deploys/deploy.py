@@ -71,12 +71,12 @@ def build_spec(plan: HostPlan) -> dict:
     return {"install_dir": plan.host.install_dir, "build": b.build, "build_id": b.build_id, "backend": b.backend,
             "method": b.method, "binaries": list(b.binaries), "cmake_options": list(b.cmake_options),
             "artifacts": [{"file": a.file, "url": a.url, "sha256": a.sha256, "size": a.size,
-                           **file_cache.source_fields(plan.inventory, a.url, a.sha256, a.file)} for a in b.artifacts]}
+                           **file_cache.source_fields(plan, a.url, a.sha256, a.file)} for a in b.artifacts]}
 
 
 def model_specs(plan: HostPlan) -> list[dict]:
     return [{"dest": m.path, "url": m.url, "sha256": m.sha256, "size": m.size,
-             **file_cache.source_fields(plan.inventory, m.url, m.sha256, m.name)} for m in plan.models]
+             **file_cache.source_fields(plan, m.url, m.sha256, m.name)} for m in plan.models]
 
 
 def service_states(plan: HostPlan, state: dict) -> dict[str, str]:
