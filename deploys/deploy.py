@@ -17,7 +17,7 @@ import weakref
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
-from llamafleet.config.models import Inventory, ServiceManager
+from llamafleet.config.models import Inventory
 from llamafleet.deploys import cache as file_cache
 from llamafleet.deploys import rollout
 from llamafleet.deploys.facts.host_state import helper_source, host_state_fact, state_spec
@@ -26,10 +26,9 @@ from llamafleet.deploys.operations import cache as file_cache_ops
 from llamafleet.deploys.operations import drivers as driver_ops
 from llamafleet.deploys.operations import firewall as firewall_ops
 from llamafleet.deploys.operations import files as file_ops
-from llamafleet.deploys.operations import launchd, llama_cpp, models, readiness, secrets, supervisord, systemd, winsw
+from llamafleet.deploys.operations import llama_cpp, models, readiness, secrets
 from llamafleet.deploys.operations.common import file_matches
 from llamafleet.deploys.plan import HostPlan, plan_host
-from llamafleet.deploys.render import rendered_files
 from llamafleet.errors import UserError
 from llamafleet.server_key import ensure_server_key, host_key_path
 
@@ -55,7 +54,7 @@ def inventory_for(host) -> Inventory:
 class HostChanges:
     """Everything that differs between the plan and the gathered state (empty = host matches)."""
 
-    build: str | None = None
+    build: llama_cpp.BuildChange | None = None
     models: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     units: list[str] = field(default_factory=list)
@@ -81,18 +80,7 @@ def model_specs(plan: HostPlan) -> list[dict]:
 
 def service_states(plan: HostPlan, state: dict) -> dict[str, str]:
     """unit name -> running state, normalised across service managers ("running" or anything else)."""
-    services = state.get("services", {})
-    manager = plan.host.service_manager
-    if manager is ServiceManager.supervisord:
-        raw = services.get("supervisord", {}).get("programs", {})
-        return {u: "running" if raw.get(u) == "RUNNING" else raw.get(u, "absent") for u in unit_names(plan)}
-    if manager is ServiceManager.systemd:
-        raw = services.get("systemd", {})
-        return {u: "running" if raw.get(f"{u}.service") == "active" else raw.get(f"{u}.service", "absent")
-                for u in unit_names(plan)}
-    raw = services.get("launchd" if manager is ServiceManager.launchd else "winsw", {})
-    # launchd reports "running"; Windows service states are "Running", "Stopped", ...
-    return {u: "running" if raw.get(u) in ("running", "Running") else raw.get(u, "absent") for u in unit_names(plan)}
+    return plan.manager.service_states(state.get("services", {}), unit_names(plan))
 
 
 def unit_names(plan: HostPlan) -> list[str]:
@@ -100,24 +88,20 @@ def unit_names(plan: HostPlan) -> list[str]:
 
 
 def host_changes(plan: HostPlan, state: dict) -> HostChanges:
-    files = rendered_files(plan)
+    files = plan.files
     seen = state.get("files", {})
     mode_matters = not plan.windows
     changes = HostChanges(build=llama_cpp.install_reason(build_spec(plan), state.get("install", {})))
     changes.models = [f["dest"] for f in models.missing_files(model_specs(plan), state.get("models", {}))]
     changes.files = sorted(p for p, (content, mode) in files.items()
                            if not file_matches(seen, p, content, mode if mode_matters else None))
-    if not file_matches(seen, plan.helper_path, helper_source(_helper_name(plan))):
+    if not file_matches(seen, plan.helper_path, helper_source(plan.helper_name)):
         changes.files.append(plan.helper_path)
     unit_paths = {plan.unit_path(svc): svc.unit_name for svc in plan.services}
     changes.units = sorted(unit_paths[p] for p in changes.files if p in unit_paths)
     changes.stopped = sorted(u for u, s in service_states(plan, state).items() if s != "running")
     changes.secrets = [s.path for s in plan.secrets if secrets.differs(vars(s), seen.get(s.path))]
     return changes
-
-
-def _helper_name(plan: HostPlan) -> str:
-    return "lf_host.ps1" if plan.windows else "lf_host.py"
 
 
 LLAMA_SERVER_ROLES = ("target", "target-plain", "drafter")
@@ -139,11 +123,7 @@ def wait_spec(plan: HostPlan, build: str | None = None) -> dict:
         spec["props"] = {base: int(number) for base in servers}
         spec["completion"] = servers
         spec["key_file"] = host_key_path(plan.host)  # /props and /completion need the servers' key
-    if plan.host.service_manager is ServiceManager.supervisord:
-        # A program answers before supervisord counts it RUNNING (startsecs); the deploy ends only
-        # once it does, so what it leaves behind is what drift and the next deploy read as running.
-        spec["supervisord"] = {"conf": plan.supervisor_conf, "programs": unit_names(plan)}
-    return spec
+    return spec | plan.manager.wait_spec(plan, unit_names(plan))
 
 
 # The deploy's steps, in order. pyinfra identifies an operation by its call site, and every planned
@@ -197,7 +177,7 @@ def planned_operations(plan: HostPlan, state: dict) -> list[PlannedOperation]:
         return (slot.group, phase, slot.position if phase == SWITCH else 0, index)
 
     ops = [PlannedOperation("helper", "llamafleet helper script", file_ops.text_files, {
-        "files": {helper: (helper_source(_helper_name(plan)), "0755")}, "state_files": seen, "windows": windows})]
+        "files": {helper: (helper_source(plan.helper_name), "0755")}, "state_files": seen, "windows": windows})]
     ops += [PlannedOperation("cache", name, op, kwargs, position) for name, op, kwargs, position in cache_ops]
     ops += [PlannedOperation("driver", name, op, kwargs) for name, op, kwargs in driver_ops.planned(plan, state)]
     ops.append(PlannedOperation("build", f"llama.cpp {plan.build.build_id} ({plan.build.method})", llama_cpp.build, {
@@ -220,7 +200,7 @@ def planned_operations(plan: HostPlan, state: dict) -> list[PlannedOperation]:
 
         ops.append(PlannedOperation("proxy", "llamafleet proxy (wheel)", proxy.project, proxy.project_kwargs(plan, state)))
     ops += [PlannedOperation("firewall", name, op, kwargs) for name, op, kwargs in firewall_ops.planned(plan, state)]
-    files = rendered_files(plan)
+    files = plan.files
     clients = rpc_clients(plan)
     steps: list[PlannedOperation] = []  # the rollout's, placed between barriers below
     if upgrade and clients:
@@ -231,7 +211,7 @@ def planned_operations(plan: HostPlan, state: dict) -> list[PlannedOperation]:
             "files": sorted(files), "current": current, "windows": windows}, at(SWITCH, 0), "healthy", "switch"))
     steps.append(PlannedOperation("rollout", "service units and configs", file_ops.text_files, {
         "files": files, "state_files": seen, "windows": windows}, at(SWITCH, 1), "healthy", "units"))
-    restart = unit_names(plan) if changes.build and changes.build.startswith("reinstall") else []
+    restart = unit_names(plan) if changes.build and changes.build.reason is llama_cpp.BuildReason.reinstall else []
     restart += [u for u in secrets.key_users(plan, changes.secrets) if u not in restart]  # a new server key
     steps.append(_services(plan, state, changes, restart, at(SWITCH, 2)))
     if changes.build or changes.units or changes.stopped or changes.models or restart:
@@ -242,13 +222,14 @@ def planned_operations(plan: HostPlan, state: dict) -> list[PlannedOperation]:
             # e.g. a plain sidecar, is removed by the rollback), on the build the install record names.
             before = replace(plan, services=[s for s in plan.services if seen.get(plan.unit_path(s))])
             previous = (installed.get("record") or {}).get("build") or ""
-            everything = HostChanges(units=unit_names(before), files=[plan.supervisor_conf])
+            everything = HostChanges(units=unit_names(before), files=sorted(before.files))
             added = [s for s in plan.services if s not in before.services]
-            if added and plan.host.service_manager is ServiceManager.windows_service:
-                # WinSW services the switch installed are removed while their XML (which the rollback
-                # deletes) is still there; supervisord drops removed programs at its reload by itself.
-                steps.append(PlannedOperation("rollout", "remove the services the switch added", winsw.remove, {
-                    "xml": {s.unit_name: plan.unit_path(s) for s in added}}, at(ROLLBACK, 0), "failed"))
+            removal = plan.manager.remove_call(plan, added) if added else None
+            if removal:
+                # The services the switch installed are removed while their units (which the rollback
+                # deletes) are still there (WinSW); supervisord drops removed programs at its reload.
+                steps.append(PlannedOperation("rollout", "remove the services the switch added", *removal,
+                                              at(ROLLBACK, 0), "failed"))
             steps += [
                 PlannedOperation("rollout", f"roll back to {current}", llama_cpp.rollback, {
                     "helper": helper, "install_dir": plan.host.install_dir, "windows": windows},
@@ -287,9 +268,7 @@ def _after_switch(plan: HostPlan) -> dict:
     """The service state a rollback starts from: the switch left the services installed and running,
     so the restored units are all reapplied (supervisord: reload every program; WinSW, which reads its
     XML only at install: stop, uninstall, install and start each service)."""
-    if plan.host.service_manager is ServiceManager.windows_service:
-        return {"services": {"winsw": {u: "Running" for u in unit_names(plan)}}}
-    return {"services": {"supervisord": {"running": True}}}
+    return {"services": plan.manager.with_running({}, unit_names(plan))}
 
 
 def _without_completion() -> dict:
@@ -299,19 +278,8 @@ def _without_completion() -> dict:
 
 
 def _stop(plan: HostPlan, units: list[str], position: tuple[int, ...]) -> PlannedOperation:
-    manager = plan.host.service_manager
-    name = "stop RPC clients while their workers switch builds"
-    if manager is ServiceManager.supervisord:
-        return PlannedOperation("rollout", name, supervisord.stop, {"conf": plan.supervisor_conf, "programs": units},
-                                position, "healthy", "stop")
-    if manager is ServiceManager.systemd:
-        return PlannedOperation("rollout", name, systemd.stop, {"units": [f"{u}.service" for u in units]},
-                                position, "healthy", "stop")
-    if manager is ServiceManager.windows_service:
-        return PlannedOperation("rollout", name, winsw.stop, {
-            "xml": {s.unit_name: plan.unit_path(s) for s in plan.services if s.unit_name in units}},
-            position, "healthy", "stop")
-    return PlannedOperation("rollout", name, launchd.stop, {"labels": units}, position, "healthy", "stop")
+    return PlannedOperation("rollout", "stop RPC clients while their workers switch builds",
+                            *plan.manager.stop_call(plan, units), position, "healthy", "stop")
 
 
 class Rollout:
@@ -462,26 +430,5 @@ def deploy_host(host) -> HostChanges:
 def _services(plan: HostPlan, state: dict, changes: HostChanges, restart: list[str], position: tuple[int, ...] = (),
               when: str = "healthy") -> PlannedOperation:
     tag = "services" if when == "healthy" else "restart"
-    return PlannedOperation("rollout", *_service_operation(plan, state, changes, restart), position, when, tag)
-
-
-def _service_operation(plan: HostPlan, state: dict, changes: HostChanges, restart: list[str]) -> tuple:
-    """(name, operation, kwargs) of the host's service manager for these changes."""
-    manager = plan.host.service_manager
-    services = state.get("services", {})
-    units = unit_names(plan)
-    if manager is ServiceManager.supervisord:
-        return ("supervisord programs", supervisord.services, {
-            "conf": plan.supervisor_conf, "programs": units, "changed": changes.units, "restart": restart,
-            "conf_changed": plan.supervisor_conf in changes.files, "state": services.get("supervisord", {})})
-    if manager is ServiceManager.systemd:
-        return ("systemd units", systemd.services, {
-            "units": [f"{u}.service" for u in units], "changed": [f"{u}.service" for u in changes.units],
-            "restart": [f"{u}.service" for u in restart], "state": services.get("systemd", {})})
-    if manager is ServiceManager.launchd:
-        return ("launchd daemons", launchd.services, {
-            "plists": {s.unit_name: plan.unit_path(s) for s in plan.services}, "changed": changes.units,
-            "restart": restart, "state": services.get("launchd", {})})
-    return ("Windows services (WinSW)", winsw.services, {
-        "install_dir": plan.host.install_dir, "xml": {s.unit_name: plan.unit_path(s) for s in plan.services},
-        "changed": changes.units, "restart": restart, "state": services.get("winsw", {})})
+    call = plan.manager.services_call(plan, state.get("services", {}), changes, restart)
+    return PlannedOperation("rollout", *call, position, when, tag)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ntpath
 import posixpath
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from llamafleet.config.models import (
     OS,
@@ -22,17 +23,17 @@ from llamafleet.config.models import (
     Inventory,
     ProxyService,
     RpcWorkerService,
-    ServiceManager,
     TargetService,
 )
 from llamafleet.config.builds import BuildCaps, caps_for, known_builds
 from llamafleet.config.topology import plain_route
 from llamafleet.deploys import cache as file_cache
+from llamafleet.deploys.operations.manager import ServiceManagerModule, manager_for
 from llamafleet.errors import UserError
 from llamafleet.server_key import host_key_path, key_source
 
-SERVICE_PREFIX = "llamafleet-"
-LAUNCHD_PREFIX = "org.llamafleet."
+HELPERS = {False: "lf_host.py", True: "lf_host.ps1"}  # the host helper script, by "is the host Windows"
+INSTALL_RECORD = "install.json"  # in each build's folder, written by the helper when it installs the build
 # cmake options every build gets: RPC for cross-machine drafting, and the pinned build number so a
 # tree without git metadata still reports the build it was made from (it would say "build 0").
 BASE_CMAKE_OPTIONS = ("-DGGML_RPC=ON", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DCMAKE_BUILD_TYPE=Release")
@@ -167,8 +168,34 @@ class HostPlan:
         return (ntpath if self.windows else posixpath).join(self.host.install_dir, *parts)
 
     @property
+    def manager(self) -> ServiceManagerModule:
+        return manager_for(self.host.service_manager)
+
+    @property
+    def helper_name(self) -> str:
+        return HELPERS[self.windows]
+
+    @property
     def helper_path(self) -> str:
-        return self.path("lib", "lf_host.ps1" if self.windows else "lf_host.py")
+        return self.path("lib", self.helper_name)
+
+    @property
+    def project_record_path(self) -> str:
+        """The proxy venv's record of the llamafleet wheel installed into it."""
+        return self.path("venv", "llamafleet-wheel.json")
+
+    def verified_stamp(self, model_path: str) -> str:
+        """The helper's stamp beside a verified model file (its size and mtime when it was hashed)."""
+        join, split = (ntpath.join, ntpath.split) if self.windows else (posixpath.join, posixpath.split)
+        head, name = split(model_path)
+        return join(head, f".{name}.verified")
+
+    @cached_property
+    def files(self) -> dict[str, tuple[str, str]]:
+        """Every text file the deploy owns on the host: path -> (content, octal mode), rendered once."""
+        from llamafleet.deploys.render import rendered_files
+
+        return rendered_files(self)
 
     @property
     def supervisor_dir(self) -> str:
@@ -183,14 +210,7 @@ class HostPlan:
         return self.path("venv")
 
     def unit_path(self, svc: ServicePlan) -> str:
-        manager = self.host.service_manager
-        if manager is ServiceManager.systemd:
-            return f"/etc/systemd/system/{svc.unit_name}.service"
-        if manager is ServiceManager.launchd:
-            return f"/Library/LaunchDaemons/{svc.unit_name}.plist"
-        if manager is ServiceManager.windows_service:
-            return self.path("services", svc.unit_name, f"{svc.unit_name}.xml")
-        return self.path("supervisor", "conf.d", f"{svc.unit_name}.conf")
+        return self.manager.unit_path(self, svc.unit_name)
 
     def proxy_config_path(self, service: str) -> str:
         return self.path("etc", f"{service}.json")
@@ -314,7 +334,7 @@ def plan_services(inventory: Inventory, name: str, host: Host, build_id: str, in
                   caps: BuildCaps) -> list[ServicePlan]:
     exe = ".exe" if host.os is OS.windows else ""
     user = host.service_user or getattr(host.connection, "user", None) or "root"
-    prefix = LAUNCHD_PREFIX if host.service_manager is ServiceManager.launchd else SERVICE_PREFIX
+    prefix = manager_for(host.service_manager).unit_prefix
     plans = []
     for svc_name, svc in sorted(inventory.services_on(name).items()):
         env = _library_env(host, install_path("builds", build_id))
@@ -373,7 +393,7 @@ def plan_host(inventory: Inventory, name: str, caps: BuildCaps | None = None) ->
     plan.services = plan_services(inventory, name, host, build.build_id, install_path, caps)
     plan.services += file_cache.cache_services(  # the cluster's file cache, on its host
         inventory, name, plan.helper_path, host.service_user or getattr(host.connection, "user", None) or "root",
-        LAUNCHD_PREFIX if host.service_manager is ServiceManager.launchd else SERVICE_PREFIX)
+        plan.manager.unit_prefix)
     for svc_name, svc in sorted(on_host.items()):
         if isinstance(svc, ProxyService):
             plan.proxy_services.append(svc_name)

@@ -1,10 +1,11 @@
 """Render a host's service definitions and configs from templates/ (Jinja2). Pure: text in, text out.
 
 Autoescaping is off because no single escape fits: every interpolated value goes through the filter of
-the format it lands in, and each filter belongs to the module of that format (``systemd_*``:
-:mod:`..operations.systemd`; ``supervisor_*``: :mod:`..operations.supervisord`; ``winsw*``:
-:mod:`..operations.winsw`; ``xml``: :func:`..operations.common.xml_text`). A value a format cannot
-carry unchanged is refused with a :class:`UserError`, never written altered.
+the format it lands in, and each filter belongs to the service manager module of that format (its
+``filters``: ``systemd_*``: :mod:`..operations.systemd`; ``supervisor_*``: :mod:`..operations.supervisord`;
+``winsw*``: :mod:`..operations.winsw`; ``xml``: :mod:`..operations.launchd`, i.e.
+:func:`..operations.common.xml_text`). A value a format cannot carry unchanged is refused with a
+:class:`UserError`, never written altered.
 """
 
 from __future__ import annotations
@@ -16,23 +17,9 @@ from importlib import resources
 import jinja2
 
 from llamafleet.config.models import ServiceManager
-from llamafleet.deploys.operations import supervisord, systemd, winsw
-from llamafleet.deploys.operations.common import xml_text
+from llamafleet.deploys.operations.manager import all_managers, manager_for
 from llamafleet.deploys.plan import HostPlan, ServicePlan
 from llamafleet.errors import UserError
-
-FILTERS = {
-    "systemd_exec": systemd.exec_line, "systemd_env": systemd.environment_line, "systemd": systemd.setting,
-    "supervisor_command": supervisord.command, "supervisor_env": supervisord.environment,
-    "supervisor": supervisord.setting, "winsw": winsw.text, "winsw_args": winsw.arguments, "xml": xml_text,
-}
-
-TEMPLATES = {
-    ServiceManager.systemd: "systemd.service.j2",
-    ServiceManager.launchd: "launchd.plist.j2",
-    ServiceManager.windows_service: "winsw.xml.j2",
-    ServiceManager.supervisord: "supervisord-program.conf.j2",
-}
 
 
 @lru_cache(maxsize=1)
@@ -40,7 +27,8 @@ def _environment() -> jinja2.Environment:
     folder = resources.files("llamafleet.templates")
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(str(folder)), undefined=jinja2.StrictUndefined,
                                      keep_trailing_newline=True, autoescape=False)
-    environment.filters.update(FILTERS)
+    for manager in all_managers():
+        environment.filters.update(manager.filters)
     return environment
 
 
@@ -51,23 +39,17 @@ def _render(template: str, what: str, **values) -> str:
         raise UserError(f"{what}: {err}") from None
 
 
-def _log_dir(plan: HostPlan) -> str:
-    if plan.host.service_manager is ServiceManager.supervisord:
-        return plan.path("supervisor", "logs")
-    return plan.path("logs")
-
-
 def render_unit(plan: HostPlan, svc: ServicePlan, manager: ServiceManager | None = None) -> str:
     """The unit for ``svc`` in the host's service manager (or ``manager``, to render another kind)."""
-    manager = manager or plan.host.service_manager
+    module = manager_for(manager or plan.host.service_manager)
     connection_user = getattr(plan.host.connection, "user", None)
     return _render(
-        TEMPLATES[manager],
-        f"hosts.{plan.name}: service {svc.service} ({manager.value})",
+        module.template,
+        f"hosts.{plan.name}: service {svc.service} ({module.kind.value})",
         svc=svc,
         host=plan.name,
         install_dir=plan.host.install_dir,
-        log_dir=_log_dir(plan),
+        log_dir=plan.manager.log_dir(plan),
         # supervisord can only switch users when it runs as root; name one only when it differs.
         run_as=svc.user if plan.host.service_user and svc.user != connection_user else None,
     )
@@ -86,10 +68,10 @@ def render_proxy_config(plan: HostPlan, service: str) -> str:
 
 
 def rendered_files(plan: HostPlan) -> dict[str, tuple[str, str]]:
-    """Every text file the deploy owns on the host: path -> (content, octal mode)."""
+    """Every text file the deploy owns on the host: path -> (content, octal mode). Rendered once per
+    plan, as ``HostPlan.files``: read that."""
     files = {plan.unit_path(svc): (render_unit(plan, svc), "0644") for svc in plan.services}
-    if plan.host.service_manager is ServiceManager.supervisord:
-        files[plan.supervisor_conf] = (render_supervisord_conf(plan), "0644")
+    files.update((path, (content, "0644")) for path, content in plan.manager.host_files(plan).items())
     for service in plan.proxy_services:
         # The config names where the token lives, never the token itself.
         files[plan.proxy_config_path(service)] = (render_proxy_config(plan, service), "0644")

@@ -24,7 +24,7 @@ from pyinfra.api import Config, OperationError, State
 from pyinfra.api import Inventory as PyinfraInventory
 from pyinfra.api.state import BaseStateCallback
 
-from llamafleet.config.models import OS, Backend, Inventory, ServiceManager
+from llamafleet.config.models import OS, Backend, Inventory
 from llamafleet.config.pyinfra_groups import groups
 from llamafleet.deploys.deploy import HostChanges, build_spec, host_changes, planned_operations, service_states
 from llamafleet.deploys.facts.drivers import METAL_MIN_MACOS, metal_supported, parse_sw_vers
@@ -35,8 +35,7 @@ from llamafleet.deploys.facts.host_state import helper_source, host_state_fact, 
 from llamafleet.deploys.operations.common import file_matches, operation_commands, sha256_text
 from llamafleet.deploys.operations.drivers import running_version
 from llamafleet.deploys.operations.proxy import record_text
-from llamafleet.deploys.plan import HostPlan, plan_host
-from llamafleet.deploys.render import rendered_files
+from llamafleet.deploys.plan import INSTALL_RECORD, HostPlan, plan_host
 from llamafleet.errors import UserError
 from llamafleet.report import Finding, Report, Severity, by_host, parallel_count
 
@@ -102,7 +101,7 @@ def build_findings(plan: HostPlan, state: dict, changes: HostChanges) -> list[Fi
     if installed.get("current") != spec["build_id"]:
         return findings  # nothing below means anything for another build
     if record is None:
-        findings.append(Finding(host, "install record", Severity.fail, f"{spec['build_id']}/install.json",
+        findings.append(Finding(host, "install record", Severity.fail, f"{spec['build_id']}/{INSTALL_RECORD}",
                                 "missing", hint=hint))
         return findings
     wanted = ", ".join(f"{a['file']} {_short(a['sha256'])}" for a in spec["artifacts"])
@@ -118,7 +117,7 @@ def build_findings(plan: HostPlan, state: dict, changes: HostChanges) -> list[Fi
                                  _short(actual.get(binary)) if binary in actual else "missing", hint))
     if changes.build and not any(f.severity is Severity.fail for f in findings):
         # Only if the deploy learns a new reason before drift does: never let them disagree silently.
-        findings.append(Finding(host, "llama.cpp install", Severity.fail, "as planned", changes.build, hint=hint))
+        findings.append(Finding(host, "llama.cpp install", Severity.fail, "as planned", str(changes.build), hint=hint))
     return findings
 
 
@@ -202,18 +201,12 @@ def _deep_finding(plan: HostPlan, m, actual_sha: str | None, expected: str) -> F
     check = f"model {m.name}"
     if actual_sha == m.sha256:
         return Finding(plan.name, check, Severity.ok, expected, f"{m.size} bytes, {_short(actual_sha)} (re-hashed)")
-    stamp = _stamp_path(plan, m.path)
+    stamp = plan.verified_stamp(m.path)
     return Finding(
         plan.name, check, Severity.fail, expected,
         f"{_short(actual_sha)} (re-hashed) under a stamp that still says verified",
         hint=f"the bytes changed but size and mtime did not, so a deploy trusts the stamp: delete {stamp}, then deploy",
     )
-
-
-def _stamp_path(plan: HostPlan, path: str) -> str:
-    sep = "\\" if plan.windows else "/"
-    head, _, name = path.rpartition(sep)
-    return f"{head}{sep}.{name}.verified"
 
 
 # --- owned files: units, configs, the helper; secrets ------------------------------------------------
@@ -223,15 +216,11 @@ def owned_files(plan: HostPlan) -> dict[str, tuple[str, str | None]]:
     """path -> (expected content, expected mode or None): the files the deploy writes and compares
     with ``file_matches``: units and configs, the helper script, the proxy's project record."""
     mode_matters = not plan.windows
-    files = {p: (content, mode if mode_matters else None) for p, (content, mode) in rendered_files(plan).items()}
-    files[plan.helper_path] = (helper_source("lf_host.ps1" if plan.windows else "lf_host.py"), None)
+    files = {p: (content, mode if mode_matters else None) for p, (content, mode) in plan.files.items()}
+    files[plan.helper_path] = (helper_source(plan.helper_name), None)
     if plan.proxy_services:
-        files[project_record_path(plan)] = (record_text(), None)
+        files[plan.project_record_path] = (record_text(), None)
     return files
-
-
-def project_record_path(plan: HostPlan) -> str:
-    return plan.path("venv", "llamafleet-wheel.json")
 
 
 def file_label(plan: HostPlan, path: str) -> str:
@@ -240,7 +229,7 @@ def file_label(plan: HostPlan, path: str) -> str:
         return f"unit {units[path]}"
     if path == plan.helper_path:
         return "helper script"
-    if plan.proxy_services and path == project_record_path(plan):
+    if plan.proxy_services and path == plan.project_record_path:
         return "proxy project (llamafleet wheel)"
     return f"config {path}"
 
@@ -291,34 +280,28 @@ def _diff(path: str, expected: str, actual: str | None) -> str:
 
 def service_findings(plan: HostPlan, state: dict) -> list[Finding]:
     findings = []
-    manager = plan.host.service_manager
-    supervisor = (state.get("services") or {}).get("supervisord") or {}
-    supervisor_down = manager is ServiceManager.supervisord and not supervisor.get("running")
+    manager = plan.manager.kind.value
+    services = state.get("services") or {}
+    down = plan.manager.down(services)
     for unit, status in service_states(plan, state).items():
         if status == "running":
             findings.append(Finding(plan.name, f"service {unit}", Severity.ok, "enabled, running", "enabled, running"))
             continue
-        if supervisor_down:
-            actual = "supervisord itself is not running"
+        if down:
+            actual = down
         elif status == "absent":
-            actual = f"not known to {manager.value} (not enabled)"
+            actual = f"not known to {manager} (not enabled)"
         else:
-            actual = f"{status} ({manager.value})"
+            actual = f"{status} ({manager})"
         findings.append(Finding(plan.name, f"service {unit}", Severity.fail, "enabled, running", actual,
                                 hint=_would(f"enable and start {unit}")))
-    if manager is ServiceManager.supervisord:
-        findings += _stale_programs(plan, supervisor)
+    # Services the manager runs or has a config for that the inventory no longer names (the rule its
+    # own operation removes them by).
+    stale = plan.manager.stale(services, [s.unit_name for s in plan.services])
+    findings += [Finding(plan.name, f"service {name}", Severity.fail, "not configured (not in the inventory)",
+                         f"{status} ({manager})", hint=_would(f"remove {name} from {manager}"))
+                 for name, status in stale.items()]
     return findings
-
-
-def _stale_programs(plan: HostPlan, supervisor: dict) -> list[Finding]:
-    """Programs supervisord runs or has a config for that the inventory no longer names (the same
-    rule the deploy's supervisord operation removes them by)."""
-    programs = supervisor.get("programs") or {}
-    stale = sorted((set(programs) | set(supervisor.get("configs") or [])) - {s.unit_name for s in plan.services})
-    return [Finding(plan.name, f"service {name}", Severity.fail, "not configured (not in the inventory)",
-                    f"{programs.get(name, 'configured')} ({ServiceManager.supervisord.value})",
-                    hint=_would(f"remove {name} from supervisord")) for name in stale]
 
 
 def port_findings(plan: HostPlan, state: dict) -> list[Finding]:

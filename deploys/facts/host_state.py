@@ -17,8 +17,7 @@ from importlib import resources
 
 from pyinfra.api import FactBase
 
-from llamafleet.config.models import ServiceManager
-from llamafleet.deploys.plan import HostPlan
+from llamafleet.deploys.plan import HELPERS, HostPlan
 
 
 @lru_cache(maxsize=None)
@@ -44,10 +43,8 @@ def inline_powershell(script: str) -> str:
 
 def state_spec(plan: HostPlan) -> str:
     """What the state script should look at, for this plan (JSON, passed as the fact's argument)."""
-    from llamafleet.deploys.render import rendered_files
     from llamafleet.deploys.operations.cache import cache_state_spec
 
-    manager = plan.host.service_manager
     units = [svc.unit_name for svc in plan.services]
     drivers = [plan.host.driver.kind] if plan.host.driver else []
     if plan.host.os.value == "macos":
@@ -56,20 +53,13 @@ def state_spec(plan: HostPlan) -> str:
         "install_dir": plan.host.install_dir,
         "models_dir": plan.host.models_dir,
         "models": [{"path": m.path, "sha256": m.sha256} for m in plan.models],
-        "files": sorted([*rendered_files(plan), plan.helper_path, *(s.path for s in plan.secrets),
-                         *([plan.path("venv", "llamafleet-wheel.json")] if plan.proxy_services else [])]),
+        "files": sorted([*plan.files, plan.helper_path, *(s.path for s in plan.secrets),
+                         *([plan.project_record_path] if plan.proxy_services else [])]),
         "drivers": drivers,
     }
     if cached := cache_state_spec(plan):  # the cluster's file cache, on its host
         spec["cache"] = cached
-    if manager is ServiceManager.supervisord:
-        spec["supervisor_conf"] = plan.supervisor_conf
-    elif manager is ServiceManager.systemd:
-        spec["systemd"] = [f"{u}.service" for u in units]
-    elif manager is ServiceManager.launchd:
-        spec["launchd"] = units
-    else:
-        spec["winsw"] = units
+    spec.update(plan.manager.state_spec(plan, units))
     return json.dumps(spec, sort_keys=True)
 
 
@@ -83,7 +73,7 @@ class HostState(FactBase):
         return None
 
     def command(self, spec: str) -> str:
-        return f"{inline_python(helper_source('lf_host.py'))} state {shlex.quote(spec)}"
+        return f"{inline_python(helper_source(HELPERS[False]))} state {shlex.quote(spec)}"
 
     def process(self, output):
         return json.loads("\n".join(output))
@@ -101,7 +91,7 @@ class WindowsHostState(FactBase):
     def command(self, spec: str) -> str:
         from llamafleet.deploys.operations.common import ps_b64
 
-        return f"{inline_powershell(helper_source('lf_host.ps1'))} state {ps_b64(json.loads(spec))}"
+        return f"{inline_powershell(helper_source(HELPERS[True]))} state {ps_b64(json.loads(spec))}"
 
     def process(self, output):
         return json.loads("\n".join(output))

@@ -12,7 +12,6 @@ from dataclasses import replace
 
 from pyinfra.api import operation
 
-from llamafleet.config.models import ServiceManager
 from llamafleet.deploys.cache import ROLE, cache_fetch_specs
 from llamafleet.deploys.operations import files as file_ops
 from llamafleet.deploys.operations import readiness
@@ -38,8 +37,7 @@ def planned(plan, state: dict) -> tuple[list[tuple], dict]:
     """(name, operation, kwargs, position) of the cache step for this host, and the host's state as
     the later steps should see it: with the cache's unit written and its server running (so the
     rollout neither rewrites nor restarts it)."""
-    from llamafleet.deploys.deploy import _service_operation, host_changes, wait_spec
-    from llamafleet.deploys.render import rendered_files
+    from llamafleet.deploys.deploy import host_changes, wait_spec
 
     if plan.inventory.cache is None:
         return [], state
@@ -48,12 +46,10 @@ def planned(plan, state: dict) -> tuple[list[tuple], dict]:
     if not server:
         return [barrier], state
     only = replace(plan, services=server, proxy_services=[], secrets=[])
-    owned = {plan.unit_path(server[0])}
-    if plan.host.service_manager is ServiceManager.supervisord:
-        owned.add(plan.supervisor_conf)
-    files = {path: text for path, text in rendered_files(plan).items() if path in owned}
+    owned = {plan.unit_path(server[0]), *plan.manager.host_files(plan)}  # supervisord: its main config too
+    files = {path: text for path, text in plan.files.items() if path in owned}
     changes = host_changes(only, state)
-    service_name, service_op, service_kwargs = _service_operation(only, state, changes, [])
+    service_name, service_op, service_kwargs = only.manager.services_call(only, state.get("services", {}), changes, [])
     ops = [
         ("file cache: fetch each file from upstream once", cache_files, {
             "helper": plan.helper_path, "files": cache_fetch_specs(plan.inventory),
@@ -73,14 +69,4 @@ def _after(plan, state: dict, files: dict, unit: str) -> dict:
     seen = dict(state.get("files", {}))
     for path, (content, mode) in files.items():
         seen[path] = {**(seen.get(path) or {}), "sha256": sha256_text(content), "mode": mode}
-    services = dict(state.get("services", {}))
-    manager = plan.host.service_manager
-    if manager is ServiceManager.supervisord:
-        now = services.get("supervisord", {})
-        services["supervisord"] = {**now, "running": True, "programs": {**now.get("programs", {}), unit: "RUNNING"},
-                                   "configs": sorted({*now.get("configs", []), unit})}
-    elif manager is ServiceManager.systemd:
-        services["systemd"] = {**services.get("systemd", {}), f"{unit}.service": "active"}
-    else:
-        services["launchd"] = {**services.get("launchd", {}), unit: "running"}
-    return {**state, "files": seen, "services": services}
+    return {**state, "files": seen, "services": plan.manager.with_running(state.get("services", {}), [unit])}

@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from enum import Enum
+
 from pyinfra.api import FunctionCommand, operation
 
 from llamafleet.deploys.operations.common import helper_command, ps_helper_command
 
 
-def install_reason(spec: dict, installed: dict) -> str | None:
+class BuildReason(Enum):
+    """Why the pinned build must be installed; the kind decides how (a reinstall forces the helper
+    over the existing folder and restarts the services, a switch goes through the rollout)."""
+
+    switch = "switch"  # another build, or none, is current
+    install = "install"  # the current folder was installed from other artifacts
+    reinstall = "reinstall"  # the installed binaries no longer agree with their install record
+
+
+@dataclass(frozen=True)
+class BuildChange:
+    reason: BuildReason
+    detail: str  # in words, e.g. "switch b8942-cpu -> b11434-cpu"
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+def install_reason(spec: dict, installed: dict) -> BuildChange | None:
     """Why the pinned build must be (re)installed or switched to, or None when the host matches.
 
     ``installed`` is the HostState ``install`` section. The record written at install time is the
@@ -15,22 +36,20 @@ def install_reason(spec: dict, installed: dict) -> str | None:
     """
     record = installed.get("record") or {}
     if installed.get("current") != spec["build_id"]:
-        return f"switch {installed.get('current') or 'nothing'} -> {spec['build_id']}"
+        return BuildChange(BuildReason.switch, f"switch {installed.get('current') or 'nothing'} -> {spec['build_id']}")
     wanted = [a["sha256"] for a in spec["artifacts"]]
     if record.get("artifacts_sha256") != wanted:
-        return f"install {', '.join(a['file'] for a in spec['artifacts'])} (record has {record.get('artifacts') or 'none'})"
+        return BuildChange(BuildReason.install, f"install {', '.join(a['file'] for a in spec['artifacts'])} "
+                                                f"(record has {record.get('artifacts') or 'none'})")
     if installed.get("version") != record.get("version"):
-        return f"reinstall: llama-server reports {installed.get('version')!r}, record says {record.get('version')!r}"
+        return BuildChange(BuildReason.reinstall, f"reinstall: llama-server reports {installed.get('version')!r}, "
+                                                  f"record says {record.get('version')!r}")
     if installed.get("binaries") != record.get("binaries"):
-        return "reinstall: binary hashes differ from the install record"
+        return BuildChange(BuildReason.reinstall, "reinstall: binary hashes differ from the install record")
     missing = [b for b in spec["binaries"] if b not in record.get("binaries", {})]
     if missing:
-        return f"reinstall: {', '.join(missing)} missing"
+        return BuildChange(BuildReason.reinstall, f"reinstall: {', '.join(missing)} missing")
     return None
-
-
-def _force(reason: str) -> bool:
-    return reason.startswith("reinstall")
 
 
 def on_disk(spec: dict, installed: dict) -> bool:
@@ -48,7 +67,7 @@ def build(helper: str, spec: dict, installed: dict, windows: bool = False):
     if not spec.get("switch", True) and on_disk(spec, installed):
         return  # already beside the build in use (e.g. after a rollback): only the switch is left
     command = ps_helper_command if windows else helper_command
-    yield command(helper, "install", {**spec, "force": _force(reason)})
+    yield command(helper, "install", {**spec, "force": reason.reason is BuildReason.reinstall})
 
 
 @operation()

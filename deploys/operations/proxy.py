@@ -95,4 +95,4 @@ def project(venv: str, downloads: str, record_path: str, state_files: dict):
 def project_kwargs(plan, state: dict) -> dict:
     # A proxy on a windows host is refused by validate (LF194), so the plan is always a POSIX host's.
     return {"venv": plan.venv, "downloads": plan.path("downloads"),
-            "record_path": plan.path("venv", "llamafleet-wheel.json"), "state_files": state.get("files", {})}
+            "record_path": plan.project_record_path, "state_files": state.get("files", {})}

@@ -12,6 +12,9 @@ import shlex
 
 from pyinfra.api import operation
 
+from llamafleet.config.models import OS, ServiceManager
+from llamafleet.deploys.operations.manager import ServiceManagerModule
+
 # supervisord's config format (supervisor.options.UnhosedConfigParser, a configparser.RawConfigParser):
 # - every value is expanded with Python %-formatting (``%(here)s``, ``%(ENV_X)s``): ``%%`` is a ``%``;
 # - ``;`` or ``#`` after whitespace starts an inline comment, anywhere in the line;
@@ -66,6 +69,12 @@ def setting(text: str) -> str:
     return text.replace("%", "%%")
 
 
+def stale_programs(state: dict, programs) -> list[str]:
+    """Programs no longer in the inventory: loaded ones, and configs left in conf.d (``state``:
+    HostState ``services.supervisord``)."""
+    return sorted((set(state.get("programs") or {}) | set(state.get("configs") or [])) - set(programs))
+
+
 @operation()
 def services(conf: str, programs: list[str], changed: list[str], restart: list[str], conf_changed: bool,
              state: dict):
@@ -73,8 +82,7 @@ def services(conf: str, programs: list[str], changed: list[str], restart: list[s
     ``restart`` programs had their binary reinstalled under an unchanged config."""
     ctl = f"supervisorctl -c {shlex.quote(conf)}"
     running = state.get("programs", {})
-    # Programs no longer in the inventory: loaded ones, and configs left in conf.d.
-    stale = sorted((set(running) | set(state.get("configs", []))) - set(programs))
+    stale = stale_programs(state, programs)
     for name in stale:
         yield f"rm -f {shlex.quote(posixpath.join(posixpath.dirname(conf), 'conf.d', name + '.conf'))}"
     if not state.get("running"):
@@ -99,3 +107,62 @@ def stop(conf: str, programs: list[str]):
     """Stop ``programs`` (a rollout stops RPC clients before their workers switch builds)."""
     if programs:
         yield f"supervisorctl -c {shlex.quote(conf)} stop {' '.join(map(shlex.quote, programs))}"
+
+
+class Supervisord(ServiceManagerModule):
+    kind = ServiceManager.supervisord
+    systems = frozenset({OS.linux})
+    template = "supervisord-program.conf.j2"
+    filters = {"supervisor_command": command, "supervisor_env": environment, "supervisor": setting}
+
+    def unit_path(self, plan, unit_name: str) -> str:
+        return plan.path("supervisor", "conf.d", f"{unit_name}.conf")
+
+    def log_dir(self, plan) -> str:
+        return plan.path("supervisor", "logs")
+
+    def host_files(self, plan) -> dict[str, str]:
+        from llamafleet.deploys.render import render_supervisord_conf
+
+        return {plan.supervisor_conf: render_supervisord_conf(plan)}
+
+    def value_writers(self):
+        return setting, lambda key, value: environment([(key, value)]), lambda arg: command([arg])
+
+    def state_spec(self, plan, units: list[str]) -> dict:
+        return {"supervisor_conf": plan.supervisor_conf}
+
+    def service_states(self, services: dict, units: list[str]) -> dict[str, str]:
+        raw = services.get("supervisord", {}).get("programs", {})
+        return {u: "running" if raw.get(u) == "RUNNING" else raw.get(u, "absent") for u in units}
+
+    def with_running(self, services: dict, units: list[str]) -> dict:
+        now = services.get("supervisord", {})
+        return {**services, "supervisord": {**now, "running": True,
+                                            "programs": {**now.get("programs", {}), **{u: "RUNNING" for u in units}},
+                                            "configs": sorted({*now.get("configs", []), *units})}}
+
+    def down(self, services: dict) -> str | None:
+        return None if (services.get("supervisord") or {}).get("running") else "supervisord itself is not running"
+
+    def stale(self, services: dict, units: list[str]) -> dict[str, str]:
+        state = services.get("supervisord") or {}
+        programs = state.get("programs") or {}
+        return {name: programs.get(name, "configured") for name in stale_programs(state, units)}
+
+    def services_call(self, plan, services_state: dict, changes, restart: list[str]):
+        return ("supervisord programs", services, {
+            "conf": plan.supervisor_conf, "programs": [s.unit_name for s in plan.services], "changed": changes.units,
+            "restart": restart, "conf_changed": plan.supervisor_conf in changes.files,
+            "state": services_state.get("supervisord", {})})
+
+    def stop_call(self, plan, units: list[str]):
+        return stop, {"conf": plan.supervisor_conf, "programs": units}
+
+    def wait_spec(self, plan, units: list[str]) -> dict:
+        # A program answers before supervisord counts it RUNNING (startsecs); the deploy ends only
+        # once it does, so what it leaves behind is what drift and the next deploy read as running.
+        return {"supervisord": {"conf": plan.supervisor_conf, "programs": units}}
+
+
+MANAGER = Supervisord()

@@ -14,6 +14,9 @@ import shlex
 
 from pyinfra.api import operation
 
+from llamafleet.config.models import OS, ServiceManager
+from llamafleet.deploys.operations.manager import ServiceManagerModule
+
 
 def _quoted(text: str, dollar: bool) -> str:
     out = []
@@ -78,3 +81,42 @@ def stop(units: list[str]):
     """Stop ``units`` (a rollout stops RPC clients before their workers switch builds)."""
     if units:
         yield f"systemctl stop {' '.join(map(shlex.quote, units))}"
+
+
+class Systemd(ServiceManagerModule):
+    kind = ServiceManager.systemd
+    systems = frozenset({OS.linux})
+    template = "systemd.service.j2"
+    filters = {"systemd_exec": exec_line, "systemd_env": environment_line, "systemd": setting}
+
+    def unit_path(self, plan, unit_name: str) -> str:
+        return f"/etc/systemd/system/{unit_name}.service"
+
+    def value_writers(self):
+        return ((lambda d: (setting(d), exec_line([d + "/llama-server"]))), environment_line,
+                lambda a: exec_line(["/llama-server", a]))
+
+    def state_spec(self, plan, units: list[str]) -> dict:
+        return {"systemd": _units(units)}
+
+    def service_states(self, services: dict, units: list[str]) -> dict[str, str]:
+        raw = services.get("systemd", {})
+        return {u: "running" if raw.get(f"{u}.service") == "active" else raw.get(f"{u}.service", "absent") for u in units}
+
+    def with_running(self, services: dict, units: list[str]) -> dict:
+        return {**services, "systemd": {**services.get("systemd", {}), **{u: "active" for u in _units(units)}}}
+
+    def services_call(self, plan, services_state: dict, changes, restart: list[str]):
+        return ("systemd units", services, {
+            "units": _units(s.unit_name for s in plan.services), "changed": _units(changes.units),
+            "restart": _units(restart), "state": services_state.get("systemd", {})})
+
+    def stop_call(self, plan, units: list[str]):
+        return stop, {"units": _units(units)}
+
+
+def _units(names) -> list[str]:
+    return [f"{name}.service" for name in names]
+
+
+MANAGER = Systemd()

@@ -13,7 +13,9 @@ import subprocess
 
 from pyinfra.api import operation
 
+from llamafleet.config.models import OS, ServiceManager
 from llamafleet.deploys.operations.common import ps_quote, xml_text
+from llamafleet.deploys.operations.manager import ServiceManagerModule
 
 # WinSW expands %NAME% (Environment.ExpandEnvironmentVariables) in the executable, the arguments, env
 # values and paths, and there is no escape for it; a value holding one is refused rather than changed.
@@ -75,3 +77,45 @@ def remove(xml: dict):
         exe = ps_quote(_exe(path))
         yield f"& {exe} stop"
         yield f"& {exe} uninstall"
+
+
+class WinSW(ServiceManagerModule):
+    kind = ServiceManager.windows_service
+    systems = frozenset({OS.windows})
+    template = "winsw.xml.j2"
+    filters = {"winsw": text, "winsw_args": arguments}
+
+    def unit_path(self, plan, unit_name: str) -> str:
+        return plan.path("services", unit_name, f"{unit_name}.xml")
+
+    def value_writers(self):
+        return text, lambda key, value: text(value), lambda arg: arguments([arg])
+
+    def state_spec(self, plan, units: list[str]) -> dict:
+        return {"winsw": units}
+
+    def service_states(self, services: dict, units: list[str]) -> dict[str, str]:
+        raw = services.get("winsw", {})  # Windows service states: "Running", "Stopped", ...
+        return {u: "running" if raw.get(u) == "Running" else raw.get(u, "absent") for u in units}
+
+    def with_running(self, services: dict, units: list[str]) -> dict:
+        return {**services, "winsw": {**services.get("winsw", {}), **{u: "Running" for u in units}}}
+
+    def services_call(self, plan, services_state: dict, changes, restart: list[str]):
+        return ("Windows services (WinSW)", services, {
+            "install_dir": plan.host.install_dir, "xml": _xml(plan, plan.services), "changed": changes.units,
+            "restart": restart, "state": services_state.get("winsw", {})})
+
+    def stop_call(self, plan, units: list[str]):
+        return stop, {"xml": _xml(plan, [s for s in plan.services if s.unit_name in units])}
+
+    def remove_call(self, plan, added):
+        # WinSW uninstalls a service through its XML, which the rollback then deletes.
+        return remove, {"xml": _xml(plan, added)}
+
+
+def _xml(plan, services) -> dict[str, str]:
+    return {s.unit_name: plan.unit_path(s) for s in services}
+
+
+MANAGER = WinSW()

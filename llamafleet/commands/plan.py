@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import ntpath
 import shlex
 import subprocess
 import sys
@@ -102,14 +101,13 @@ def capabilities(build: str) -> dict:
 def host_plan(plan) -> dict:
     """One host's :class:`HostPlan` (computed once by the caller) as plain data."""
     from llamafleet.deploys.facts.host_state import helper_source
-    from llamafleet.deploys.render import rendered_files
 
     host = plan.host
     build = plan.build
     # Windows hosts get no POSIX modes: the deploy uploads there without one.
     mode_of = (lambda mode: None) if plan.windows else (lambda mode: mode)
-    files = [_file(path, content, mode_of(mode)) for path, (content, mode) in sorted(rendered_files(plan).items())]
-    helper = helper_source(ntpath.basename(plan.helper_path))
+    files = [_file(path, content, mode_of(mode)) for path, (content, mode) in sorted(plan.files.items())]
+    helper = helper_source(plan.helper_name)
     files.insert(0, {**_file(plan.helper_path, helper, mode_of("0755")), "content": None,
                      "note": "llamafleet's host helper script (shipped with llamafleet; content not shown)"})
     return {

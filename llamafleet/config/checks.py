@@ -450,9 +450,13 @@ BACKEND_OS = {Backend.metal: {OS.macos}, Backend.rocm: {OS.linux}, Backend.cuda:
               Backend.vulkan: {OS.linux, OS.windows}, Backend.cpu: {OS.linux, OS.windows, OS.macos}}
 BACKEND_VENDOR = {Backend.cuda: {GpuVendor.nvidia}, Backend.rocm: {GpuVendor.amd}, Backend.metal: {GpuVendor.apple},
                   Backend.vulkan: {GpuVendor.nvidia, GpuVendor.amd, GpuVendor.intel}}
-OS_MANAGERS = {OS.linux: {ServiceManager.systemd, ServiceManager.supervisord}, OS.macos: {ServiceManager.launchd},
-               OS.windows: {ServiceManager.windows_service}}
 DRIVER_VENDOR = {"nvidia": GpuVendor.nvidia, "rocm": GpuVendor.amd}
+
+
+def _managers_on(os_: OS) -> set[ServiceManager]:
+    from llamafleet.deploys.operations.manager import all_managers
+
+    return {m.kind for m in all_managers() if os_ in m.systems}
 
 
 def check_hosts(inventory: Inventory) -> Findings:
@@ -464,8 +468,9 @@ def check_hosts(inventory: Inventory) -> Findings:
             yield Finding("LF140", f"backend {host.backend.value} does not run on {host.os.value} (only {allowed})",
                           "pick the backend this OS supports (metal: macos; rocm: linux; cuda/vulkan: linux, windows)",
                           base + ("backend",))
-        if host.service_manager not in OS_MANAGERS[host.os]:
-            allowed = ", ".join(sorted(m.value for m in OS_MANAGERS[host.os]))
+        managers = _managers_on(host.os)
+        if host.service_manager not in managers:
+            allowed = ", ".join(sorted(m.value for m in managers))
             yield Finding("LF141", f"{host.service_manager.value} does not manage services on {host.os.value}",
                           f"use one of: {allowed}", base + ("service_manager",))
         yield from _check_gpus(name, host)
@@ -530,16 +535,9 @@ def check_memory(inventory: Inventory) -> Findings:
 def _unit_writers(manager: ServiceManager):
     """(install_dir, env value, extra_args item) writers of the manager's format: the render's own
     escaping functions, which raise ValueError for a value they cannot write unchanged."""
-    from llamafleet.deploys.operations import common, supervisord, systemd, winsw
+    from llamafleet.deploys.operations.manager import manager_for
 
-    return {
-        ServiceManager.systemd: (lambda d: (systemd.setting(d), systemd.exec_line([d + "/llama-server"])),
-                                 systemd.environment_line, lambda a: systemd.exec_line(["/llama-server", a])),
-        ServiceManager.supervisord: (supervisord.setting, lambda k, v: supervisord.environment([(k, v)]),
-                                     lambda a: supervisord.command([a])),
-        ServiceManager.windows_service: (winsw.text, lambda k, v: winsw.text(v), lambda a: winsw.arguments([a])),
-        ServiceManager.launchd: (common.xml_text, lambda k, v: common.xml_text(v), common.xml_text),
-    }[manager]
+    return manager_for(manager).value_writers()
 
 
 def check_unit_values(inventory: Inventory) -> Findings:
