@@ -24,6 +24,7 @@ from llamafleet.deploys.facts.host_state import helper_source, host_state_fact, 
 from llamafleet.deploys.facts.firewall import with_live_rules
 from llamafleet.deploys.operations import cache as file_cache_ops
 from llamafleet.deploys.operations import drivers as driver_ops
+from llamafleet.deploys.operations import proxy as proxy_ops
 from llamafleet.deploys.operations import firewall as firewall_ops
 from llamafleet.deploys.operations import files as file_ops
 from llamafleet.deploys.operations import llama_cpp, models, readiness, secrets
@@ -114,9 +115,16 @@ def wait_spec(plan: HostPlan, build: str | None = None) -> dict:
     def probe(bind: str) -> str:  # a wildcard bind is reachable on loopback
         return "127.0.0.1" if bind in ("0.0.0.0", "::", "") else (f"[{bind}]" if ":" in bind else bind)
 
-    http = [f"http://{probe(s.bind)}:{s.port}/health" for s in plan.services if s.http_health]
+    http, cafiles = [], {}
+    for s in plan.services:
+        if s.http_health:
+            cert = proxy_ops.served_certificate(plan, s)  # a TLS proxy: probed over HTTPS, trusting its certificate
+            http.append(f"{'https' if cert else 'http'}://{probe(s.bind)}:{s.port}/health")
+            cafiles.update({http[-1]: cert} if cert else {})
     tcp = [f"{probe(s.bind)}:{s.port}" for s in plan.services if not s.http_health]
     spec = {"http": http, "tcp": tcp, "timeout": 300, "logs": plan.path("supervisor", "logs")}
+    if cafiles:
+        spec["cafiles"] = cafiles
     servers = [f"http://{probe(s.bind)}:{s.port}" for s in plan.services if s.role in LLAMA_SERVER_ROLES]
     number = (plan.build.build if build is None else build).lstrip("b")
     if servers and number.isdigit():
@@ -212,6 +220,7 @@ def planned_operations(plan: HostPlan, state: dict) -> list[PlannedOperation]:
     steps.append(PlannedOperation("rollout", "service units and configs", file_ops.text_files, {
         "files": files, "state_files": seen, "windows": windows}, at(SWITCH, 1), "healthy", "units"))
     restart = unit_names(plan) if changes.build and changes.build.reason is llama_cpp.BuildReason.reinstall else []
+    restart += [u for u in proxy_ops.restarts(plan, changes) if u not in restart]  # its config or TLS pair
     restart += [u for u in secrets.key_users(plan, changes.secrets) if u not in restart]  # a new server key
     steps.append(_services(plan, state, changes, restart, at(SWITCH, 2)))
     if changes.build or changes.units or changes.stopped or changes.models or restart:

@@ -29,6 +29,7 @@ from llamafleet.config.builds import BuildCaps, caps_for, known_builds
 from llamafleet.config.topology import plain_route
 from llamafleet.deploys import cache as file_cache
 from llamafleet.deploys.operations.manager import ServiceManagerModule, manager_for
+from llamafleet import tls
 from llamafleet.errors import UserError
 from llamafleet.server_key import host_key_path, key_source
 
@@ -156,6 +157,7 @@ class HostPlan:
     services: list[ServicePlan] = field(default_factory=list)
     secrets: list[SecretPlan] = field(default_factory=list)
     proxy_services: list[str] = field(default_factory=list)
+    certificates: dict[str, str] = field(default_factory=dict)  # path -> PEM: the proxies' TLS certificates
     caps: BuildCaps | None = None  # what the services were rendered with (plan_caps)
     caps_note: str | None = None  # set when those are another build's (the pin is not known yet)
 
@@ -399,6 +401,11 @@ def plan_host(inventory: Inventory, name: str, caps: BuildCaps | None = None) ->
             plan.proxy_services.append(svc_name)
             if svc.auth and svc.auth.token_file:
                 plan.secrets.append(SecretPlan(svc.auth.token_file, host.service_user or getattr(host.connection, "user", "root")))
+            if svc.tls is not None:  # the certificate is an owned file, the key a copied secret (llamafleet/tls.py)
+                files = tls.host_files(inventory, svc_name)
+                plan.certificates[files.cert_path] = files.cert_pem
+                plan.secrets.append(SecretPlan(files.key_path, host.service_user or getattr(host.connection, "user", "root"),
+                                               files.key_source))
     key_file = host_key_path(host)
     if key_file is not None and any(s.role != "rpc-worker" for s in on_host.values()):
         # llama-servers read the cluster's key, the proxy sends it to them

@@ -75,4 +75,5 @@ def rendered_files(plan: HostPlan) -> dict[str, tuple[str, str]]:
     for service in plan.proxy_services:
         # The config names where the token lives, never the token itself.
         files[plan.proxy_config_path(service)] = (render_proxy_config(plan, service), "0644")
+    files.update((path, (pem, "0644")) for path, pem in plan.certificates.items())  # the key is a secret
     return files

@@ -35,7 +35,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-STATE_ENV = "LLAMAFLEET_STATE"
+from llamafleet.server_key import STATE_ENV, state_root  # the deployer's state folder, shared with the server key
+
 VALIDITY = datetime.timedelta(days=5 * 365)
 RENEW_BEFORE = datetime.timedelta(days=30)
 WILDCARDS = ("0.0.0.0", "::")
@@ -47,14 +48,6 @@ class TlsFileError(ValueError):
 
 
 # --- where the files live -------------------------------------------------------------------------
-
-
-def state_root() -> Path:
-    explicit = os.environ.get(STATE_ENV)
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_STATE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "llamafleet"
 
 
 def self_signed_dir(cluster: str, service: str) -> Path:

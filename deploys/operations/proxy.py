@@ -92,6 +92,24 @@ def project(venv: str, downloads: str, record_path: str, state_files: dict):
     yield f"printf %s {shlex.quote(record)} > {shlex.quote(record_path)}"
 
 
+def restarts(plan, changes) -> list[str]:
+    """The proxy units to restart for these changes: a proxy reads its config, certificate and key only
+    when it starts."""
+    from llamafleet.tls import host_paths
+
+    changed = set(changes.files) | set(changes.secrets)
+    return [svc.unit_name for svc in plan.services if svc.role == "proxy"
+            and changed & {plan.proxy_config_path(svc.service), *host_paths(plan.host.install_dir, svc.service)}]
+
+
+def served_certificate(plan, svc) -> str | None:
+    """The certificate file a proxy unit serves on its host; None for plain HTTP (and other services)."""
+    from llamafleet.tls import host_paths
+
+    cert = host_paths(plan.host.install_dir, svc.service)[0] if svc.role == "proxy" else None
+    return cert if cert in plan.certificates else None
+
+
 def project_kwargs(plan, state: dict) -> dict:
     # A proxy on a windows host is refused by validate (LF194), so the plan is always a POSIX host's.
     return {"venv": plan.venv, "downloads": plan.path("downloads"),

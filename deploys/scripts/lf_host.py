@@ -646,9 +646,17 @@ def put_secret(path, user, upload):
 # --- readiness ---------------------------------------------------------------------------------
 
 
-def http_ok(url):
+def http_ok(url, cafile=None):
+    """``cafile``: a TLS proxy's own certificate, the only one trusted (whatever address it is probed on)."""
+    context = None
+    if cafile:
+        import ssl
+
+        context = ssl.create_default_context(cafile=cafile)
+        context.check_hostname = False
+        context.verify_flags |= getattr(ssl, "VERIFY_X509_PARTIAL_CHAIN", 0x80000)
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
+        with urllib.request.urlopen(url, timeout=5, context=context) as resp:
             return resp.status == 200
     except (urllib.error.URLError, OSError, socket.timeout):
         return False
@@ -714,7 +722,7 @@ def wait(spec):
 
     def ready(kind, target, listening, programs):
         if kind == "http":
-            return http_ok(target)
+            return http_ok(target, spec.get("cafiles", {}).get(target))
         if kind == "tcp":
             # LISTEN state, not a connect: ggml-rpc-server serves one client at a time, so while
             # its target holds it (and earlier probes fill its queue) a connect hangs.
