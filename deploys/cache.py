@@ -1,15 +1,17 @@
 """The cluster's file cache (inventory ``cache:``), planned from the inventory alone (pure).
 
-One host, the cache host, fetches every file the cluster needs (each model file any host places, each
-llama.cpp archive any host installs) from its upstream URL once, verifies its sha256, and serves it
-read-only from ``<folder>/<sha256>/<name>`` through the host helper's ``serve`` verb, run as one more
-service (:func:`cache_services`) and rendered like every other. Every host then fetches each file from
-the cache first and from upstream only when the cache cannot give the right bytes (:func:`sources`):
-the helper verifies what arrives before it replaces anything, so a cache that serves bad bytes is
-skipped, never installed.
+One host, the cache host, fetches every file the cluster needs (each model file a Linux or macOS host
+places, each llama.cpp archive one installs) from its upstream URL once, verifies its sha256, and
+serves it read-only as ``/<sha256>/<name>`` through the host helper's ``serve`` verb, run as one more
+service (:func:`cache_services`) and rendered like every other. With ``cache.peers``, every other such
+host reached over ssh serves the verified files it holds itself (its ``models_dir`` and downloaded
+archives) the same way. A host fetches each file from the cache first, then from the peers whose plan
+places that file, then from upstream (:func:`source_fields`): the helper verifies what arrives before
+it replaces anything, so a source that serves bad bytes is skipped, never installed, and the servers
+only ever send files whose verified stamp still matches.
 
-The deploy fetches the cache's files and starts its server in its own step, before any host installs
-a build or a model (``deploy.py``, step "cache", ending in a barrier every host shares).
+The deploy fills the cache and starts the servers in its own step, before any host installs a build
+or a model (``deploy.py``, step "cache", ending in a barrier every host shares).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from __future__ import annotations
 import posixpath
 from urllib.parse import quote
 
-from llamafleet.config.models import Inventory
+from llamafleet.config.checks import LOOPBACK
+from llamafleet.config.models import OS, Inventory
 from llamafleet.errors import UserError
 
 SERVICE = "file-cache"  # the service's name in the plan (unit llamafleet-file-cache)
@@ -42,11 +45,25 @@ def cache_folder(inventory: Inventory) -> str:
     return cache.folder or posixpath.join(inventory.hosts[cache.host].install_dir, "cache")
 
 
+def peer_hosts(inventory: Inventory) -> list[str]:
+    """With ``cache.peers``: every other Linux or macOS host reached over ssh at an address the others
+    can reach (not loopback). Each serves what it holds on ``cache.port`` at its ssh address."""
+    cache = inventory.cache
+    if cache is None or not cache.peers:
+        return []
+    return [name for name, host in sorted(inventory.hosts.items())
+            if name != cache.host and host.os is not OS.windows and host.connection.type == "ssh"
+            and host.connection.address not in LOOPBACK]
+
+
+def _base_url(address: str, port: int) -> str:
+    return f"http://{f'[{address}]' if ':' in address else address}:{port}"
+
+
 def cache_base_url(inventory: Inventory) -> str | None:
     if inventory.cache is None:
         return None
-    bind = cache_bind(inventory)
-    return f"http://{f'[{bind}]' if ':' in bind else bind}:{inventory.cache.port}"
+    return _base_url(cache_bind(inventory), inventory.cache.port)
 
 
 def cached_path(folder: str, sha256: str, name: str) -> str:
@@ -54,33 +71,56 @@ def cached_path(folder: str, sha256: str, name: str) -> str:
     return posixpath.join(folder, sha256, name)
 
 
+def _held(inventory: Inventory) -> dict[str, set[tuple[str, str]]]:
+    """host -> the (sha256, name) of every file its plan places (archives and model files)."""
+    from llamafleet.deploys.plan import plan_host
+
+    key = id(inventory)
+    if _HELD.get("key") == key and _HELD.get("inventory") is inventory:
+        return _HELD["held"]
+    held = {}
+    for name in sorted(inventory.hosts):
+        try:
+            plan = plan_host(inventory, name)
+        except UserError:
+            continue  # that host's own deploy reports why it cannot be planned
+        held[name] = ({(a.sha256, a.file) for a in plan.build.artifacts} | {(m.sha256, m.name) for m in plan.models},
+                      plan.build.artifacts, plan.models, plan.windows)
+    _HELD.update(key=key, inventory=inventory, held=held)
+    return held
+
+
+_HELD: dict = {}  # the last inventory's holdings: every host's deploy asks, the plan is the same
+
+
 def source_fields(plan, upstream: str, sha256: str, name: str) -> dict:
-    """The helper's ``sources`` for one file of ``plan``'s host: the cluster's cache, then upstream.
-    Nothing without a cache, and nothing on Windows (its helper, ``lf_host.ps1``, fetches ``url`` only):
-    the helper then fetches ``url``, from upstream."""
-    base = cache_base_url(plan.inventory)
+    """The helper's ``sources`` for one file of ``plan``'s host: the cluster's cache, the peers whose
+    plan places the file, then upstream. Nothing without a cache, and nothing on Windows (its helper,
+    ``lf_host.ps1``, fetches ``url`` only): the helper then fetches ``url``, from upstream."""
+    inventory = plan.inventory
+    base = cache_base_url(inventory)
     if base is None or plan.windows:
         return {}
-    return {"sources": [f"{base}/{sha256}/{quote(name)}", upstream]}
+    held = _held(inventory)
+    peers = [peer for peer in peer_hosts(inventory)
+             if peer != plan.name and (sha256, name) in held.get(peer, (set(),))[0]]
+    path = f"/{sha256}/{quote(name)}"
+    return {"sources": [base + path]
+            + [_base_url(inventory.hosts[p].connection.address, inventory.cache.port) + path for p in peers]
+            + [upstream]}
 
 
 def cluster_files(inventory: Inventory) -> list[dict]:
     """Every file some host of the cluster fetches through the cache: {name, sha256, size (None:
     unknown), url}, each once. Windows hosts fetch from upstream (:func:`source_fields`): their files
     are not cached for them."""
-    from llamafleet.deploys.plan import plan_host
-
     files: dict[tuple[str, str], dict] = {}
-    for name in sorted(inventory.hosts):
-        try:
-            plan = plan_host(inventory, name)
-        except UserError:
-            continue  # that host's own deploy reports why it cannot be planned
-        if plan.windows:
+    for _files, artifacts, models, windows in _held(inventory).values():
+        if windows:
             continue
-        for a in plan.build.artifacts:
+        for a in artifacts:
             files.setdefault((a.sha256, a.file), {"name": a.file, "sha256": a.sha256, "size": a.size, "url": a.url})
-        for m in plan.models:
+        for m in models:
             files.setdefault((m.sha256, m.name), {"name": m.name, "sha256": m.sha256, "size": m.size, "url": m.url})
     return [files[key] for key in sorted(files)]
 
@@ -93,11 +133,17 @@ def cache_fetch_specs(inventory: Inventory) -> list[dict]:
 
 
 def cache_services(inventory: Inventory, host_name: str, helper: str, user: str, unit_prefix: str) -> list:
-    """The cache's file server, on the cache host only: one more :class:`ServicePlan`."""
+    """The file server of the cache host (its cache folder) or of a peer (its ``models_dir`` and
+    downloaded archives): one more :class:`ServicePlan`; none on any other host."""
     from llamafleet.deploys.plan import ServicePlan
 
-    if cache_host(inventory) != host_name:
+    if cache_host(inventory) == host_name:
+        bind, folders = cache_bind(inventory), [cache_folder(inventory)]
+    elif host_name in peer_hosts(inventory):
+        host = inventory.hosts[host_name]
+        bind, folders = host.connection.address, [host.models_dir, posixpath.join(host.install_dir, "downloads")]
+    else:
         return []
-    bind, port = cache_bind(inventory), inventory.cache.port
-    argv = ("/usr/bin/env", "python3", helper, "serve", cache_folder(inventory), bind, str(port))
+    port = inventory.cache.port
+    argv = ("/usr/bin/env", "python3", helper, "serve", bind, str(port), *folders)
     return [ServicePlan(SERVICE, ROLE, unit_prefix + SERVICE, argv, (), user, port, bind, True)]

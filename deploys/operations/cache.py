@@ -1,9 +1,10 @@
 """The cluster's file cache in the deploy (see :mod:`llamafleet.deploys.cache` for the plan).
 
 Step "cache" of the deploy, before any host installs a build or a model: on the cache host, fetch
-every cluster file from upstream into the cache (resumable, verified), write its server's unit and
-start it (the host's own service manager, rendered like every other unit), and wait until it answers;
-then a barrier that every host shares, so pyinfra starts no host's downloads before the cache is up.
+every cluster file from upstream into the cache (resumable, verified); on it and on every peer, write
+the file server's unit and start it (the host's own service manager, rendered like every other unit)
+and wait until it answers; then a barrier that every host shares, so pyinfra starts no host's
+downloads before the cache is up.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import replace
 
 from pyinfra.api import operation
 
-from llamafleet.deploys.cache import ROLE, cache_fetch_specs
+from llamafleet.deploys.cache import ROLE, cache_fetch_specs, cache_host
 from llamafleet.deploys.operations import files as file_ops
 from llamafleet.deploys.operations import readiness
 from llamafleet.deploys.operations.common import helper_command, sha256_text
@@ -28,7 +29,7 @@ def cache_files(helper: str, files: list[dict], cache_state: dict):
 
 def cache_state_spec(plan) -> list[dict]:
     """What the state fact reads on the cache host: each cached file's verified stamp."""
-    if not any(s.role == ROLE for s in plan.services):
+    if plan.name != cache_host(plan.inventory):
         return []
     return [{"path": f["dest"], "sha256": f["sha256"]} for f in cache_fetch_specs(plan.inventory)]
 
@@ -50,10 +51,11 @@ def planned(plan, state: dict) -> tuple[list[tuple], dict]:
     files = {path: text for path, text in plan.files.items() if path in owned}
     changes = host_changes(only, state)
     service_name, service_op, service_kwargs = only.manager.services_call(only, state.get("services", {}), changes, [])
-    ops = [
+    ops = [] if plan.name != cache_host(plan.inventory) else [  # a peer serves what it holds itself
         ("file cache: fetch each file from upstream once", cache_files, {
             "helper": plan.helper_path, "files": cache_fetch_specs(plan.inventory),
-            "cache_state": state.get("cache", {})}, (0,)),
+            "cache_state": state.get("cache", {})}, (0,))]
+    ops += [
         ("file cache: its server's unit", file_ops.text_files, {
             "files": files, "state_files": state.get("files", {})}, (1,)),
         (f"file cache: {service_name}", service_op, service_kwargs, (2,)),

@@ -17,9 +17,9 @@ The deploy runs it on the host, never on the controller:
   secret PATH USER UPLOAD
                         put the secret the deploy uploaded to UPLOAD at PATH (0600, owned by
                         USER) and remove the upload; a secret path that is a link is refused
-  serve FOLDER ADDRESS PORT
-                        the cluster's file cache: serve FOLDER's verified files read-only on
-                        ADDRESS:PORT only (GET /<sha256>/<name>, with Range), until stopped
+  serve ADDRESS PORT FOLDER...
+                        the cluster's file cache (or a peer): serve the FOLDERs' verified files
+                        read-only on ADDRESS:PORT only (GET /<sha256>/<name>, with Range)
 
 Exit codes: 0 done, 2 bad input or precondition, 3 verification failed. Errors are one line on
 stderr starting with "llamafleet:", so pyinfra shows the reason rather than a traceback.
@@ -762,28 +762,31 @@ def wait(spec):
 CACHED = re.compile(r"^/([0-9a-f]{64})/([^/]+)$")
 
 
-def cached_file(folder, path):
+def cached_file(folders, path):
     """The file ``GET /<sha256>/<name>`` may send, or None: a regular file (never a link) at
-    ``folder/<sha256>/<name>`` whose verified stamp says it has that sha256 and is unchanged since."""
+    ``<folder>/<sha256>/<name>`` (the cache's layout) or ``<folder>/<name>`` (a host's models and
+    downloads) whose verified stamp says it has that sha256 and is unchanged since."""
     match = CACHED.match(urllib.parse.unquote(path.split("?", 1)[0]))
-    if not match or match.group(2).startswith(".") or match.group(2) in ("..",) or "\\" in match.group(2):
+    if not match or match.group(2).startswith(".") or "\\" in match.group(2):
         return None
-    candidate = os.path.join(folder, match.group(1), match.group(2))
-    try:
-        if not stat.S_ISREG(os.lstat(candidate).st_mode):
-            return None
-    except OSError:
-        return None
-    return candidate if is_verified(candidate, match.group(1)) else None
+    sha256, name = match.groups()
+    for folder in folders:
+        for candidate in (os.path.join(folder, sha256, name), os.path.join(folder, name)):
+            try:
+                if stat.S_ISREG(os.lstat(candidate).st_mode) and is_verified(candidate, sha256):
+                    return candidate
+            except OSError:
+                continue
+    return None
 
 
-def serve(folder, bind, port):
-    """Serve the cache's verified files, read-only, on ``bind:port`` only: ``GET``/``HEAD``
+def serve(bind, port, folders):
+    """Serve the verified files of ``folders``, read-only, on ``bind:port`` only: ``GET``/``HEAD``
     ``/<sha256>/<name>`` (with ``Range: bytes=N-`` and ``bytes=N-M``) and ``/health``; anything else
     is 404 (or 501 for other methods). Runs in the foreground under the host's service manager."""
     import http.server
 
-    folder = os.path.abspath(folder)
+    folders = [os.path.abspath(folder) for folder in folders]
 
     class Handler(http.server.BaseHTTPRequestHandler):
         server_version = "llamafleet-cache"
@@ -801,7 +804,7 @@ def serve(folder, bind, port):
         def answer(self, body):
             if self.path == "/health":
                 return self.reply(200, b"ok\n", body)
-            path = cached_file(folder, self.path)
+            path = cached_file(folders, self.path)
             if path is None:
                 return self.reply(404, b"not in the cache\n", body)
             size = os.path.getsize(path)
@@ -852,7 +855,7 @@ def serve(folder, bind, port):
         server = Server((bind, int(port)), Handler)
     except (OSError, ValueError) as err:
         raise Failure("cannot serve the cache on %s port %s: %s" % (bind, port, err))
-    sys.stderr.write("llamafleet-cache: serving %s on %s port %s\n" % (folder, bind, port))
+    sys.stderr.write("llamafleet-cache: serving %s on %s port %s\n" % (", ".join(folders), bind, port))
     sys.stderr.flush()
     server.serve_forever()
 
@@ -1053,15 +1056,15 @@ def main(argv):
             print(make_token(argv[1], argv[2]))
         elif argv[:1] == ["secret"] and len(argv) == 4:
             print(put_secret(argv[1], argv[2], argv[3]))
-        elif argv[:1] == ["serve"] and len(argv) == 4:
-            serve(argv[1], argv[2], argv[3])
+        elif argv[:1] == ["serve"] and len(argv) >= 4:
+            serve(argv[1], argv[2], argv[3:])
         elif len(argv) == 2 and argv[0] in COMMANDS:
             result = COMMANDS[argv[0]](json.loads(argv[1]))
             print(json.dumps(result, sort_keys=True) if argv[0] == "state" else "llamafleet: %s" % result)
         else:
             raise Failure("usage: lf_host.py state|fetch|install|switch|rollback|wait SPEC_JSON | token PATH USER"
                           " | secret PATH USER UPLOAD"
-                          " | serve FOLDER ADDRESS PORT")
+                          " | serve ADDRESS PORT FOLDER...")
     except Failure as err:
         return fail(str(err), err.code)
     except KeyError as err:

@@ -544,6 +544,9 @@ class FileCache(Strict):
         None, description="Address its file server listens on, one the other hosts reach; default: the host's ssh "
         "address. Never a wildcard.")
     folder: PosixPath | None = Field(None, description="Where it keeps the files; default: <install_dir>/cache.")
+    peers: bool = Field(False, description="Every other Linux or macOS host reached over ssh also serves the verified "
+                        "files it holds (its models_dir and downloaded archives) on this port at its ssh address; a "
+                        "host fetches from the cache, then from the peers that hold the file, then upstream.")
 
     @field_validator("bind")
     @classmethod

@@ -4,9 +4,10 @@ CLI. alpha is the cache host; every host installs the pinned build's release arc
 place two small model files between them (random bytes: the cache moves files, it never loads them).
 
 Shown: upstream serves each file exactly once for the whole cluster, every host holds verified copies,
-the cache's server listens on its cluster address only, a second run changes and fetches nothing, and
-a cache copy whose bytes changed on disk after it was verified is detected on arrival, skipped, and the
-file comes from upstream instead.
+the servers (the cache's, and beta's and gamma's as peers) listen on their cluster addresses only, a
+second run changes and fetches nothing, and a copy whose bytes changed on disk after it was verified
+is detected on arrival and skipped: the cache's for a peer's good copy, then the cache's and the
+peer's for upstream's.
 """
 
 from __future__ import annotations
@@ -85,14 +86,16 @@ def deployed(sshd, upstream, tmp_path_factory):
         "hosts": {name: host(i, name) for i, name in enumerate(roots)},
         "models": {key: {**model, "files": [{"name": f.name, "sha256": "0" * 64, "size": 1}]}
                    for key, f in (("a", content.model), ("b", content.extra_models[0]))},
-        "cache": {"host": "alpha", "port": free_port()},  # bind: alpha's ssh address, 127.0.0.2
+        # bind: alpha's ssh address, 127.0.0.2; beta and gamma serve what they hold on the same port
+        "cache": {"host": "alpha", "port": free_port(), "peers": True},
     }
     inventory_file = base / "cluster.yaml"
     inventory_file.write_text(yaml.safe_dump(mirror_mod.pin_to_mirror(data, content, server.url), sort_keys=False))
     server.requests.clear()
     first = run_pyinfra(inventory_file, sshd, server.url, "-vvv")
     yield {"first": first, "file": inventory_file, "roots": roots, "places": places, "server": server,
-           "content": content, "sshd": sshd, "cache": f"http://{sshd.addresses[0]}:{data['cache']['port']}"}
+           "content": content, "sshd": sshd, "port": data["cache"]["port"],
+           "cache": f"http://{sshd.addresses[0]}:{data['cache']['port']}"}
     for root in roots.values():
         conf = root / "supervisor" / "supervisord.conf"
         if conf.exists():
@@ -138,11 +141,12 @@ def test_the_cache_serves_verified_files_read_only_on_its_cluster_address(deploy
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(urllib.request.Request(f"{cache}/x", data=b"x", method="PUT"), timeout=10)
     assert refused.value.code == 501
-    port = int(cache.rsplit(":", 1)[1])
+    port = deployed["port"]
     listening = json.loads(subprocess.run(
         [sys.executable, str(HELPER), "state", json.dumps({"install_dir": "/nonexistent", "models_dir": "/"})],
         capture_output=True, text=True, check=True).stdout)["listening"]
-    assert [a for a in listening if a.endswith(f":{port}")] == [f"{deployed['sshd'].addresses[0]}:{port}"]
+    # The cache on alpha's address, each peer on its own: never a wildcard, never loopback.
+    assert sorted(a for a in listening if a.endswith(f":{port}")) == [f"{a}:{port}" for a in deployed["sshd"].addresses]
 
 
 def test_second_run_changes_and_fetches_nothing(deployed):
@@ -153,24 +157,45 @@ def test_second_run_changes_and_fetches_nothing(deployed):
     assert requests_per_file(deployed["server"]) == before
 
 
-def test_a_corrupted_cache_copy_is_detected_skipped_and_replaced_from_upstream(deployed):
-    roots, model, cache = deployed["roots"], deployed["content"].extra_models[0], deployed["cache"]
-    cached = roots["alpha"] / "cache" / model.sha256 / model.name
-    # Bytes change on disk after verification, size and mtime kept: the cache's stamp still matches,
-    # so its server sends the bad bytes; only the receiving host's own hash can tell.
-    st = cached.stat()
-    data = bytearray(cached.read_bytes())
+def corrupt(path: Path) -> None:
+    """Change bytes on disk after verification, keeping size and mtime: the stamp still matches, so the
+    server sends the bad bytes; only the receiving host's own hash can tell."""
+    st = path.stat()
+    data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
-    cached.write_bytes(bytes(data))
-    os.utime(cached, ns=(st.st_atime_ns, st.st_mtime_ns))
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_a_corrupted_cache_copy_is_skipped_for_a_peers_good_one(deployed):
+    roots, model, cache = deployed["roots"], deployed["content"].extra_models[0], deployed["cache"]
+    corrupt(roots["alpha"] / "cache" / model.sha256 / model.name)
     gamma = roots["gamma"] / "models" / model.name
     gamma.unlink()
     before = requests_per_file(deployed["server"])
     run = run_pyinfra(deployed["file"], deployed["sshd"], deployed["server"].url, "-vvv")
     assert run.returncode == 0, run.stdout[-6000:]
-    url = f"{cache}/{model.sha256}/{model.name}"
-    skipped = [line for line in said(run) if f"{model.name}: skipping {url}: it sent bytes" in line]
+    path = f"/{model.sha256}/{model.name}"
+    skipped = [line for line in said(run) if f"{model.name}: skipping {cache}{path}: it sent bytes" in line]
     assert len(skipped) == 1 and skipped[0].startswith("[gamma]"), run.stderr[-6000:]
+    beta = f"http://{deployed['sshd'].addresses[1]}:{deployed['port']}"
+    assert any(line.startswith("[gamma]") and f"downloaded {model.name} from {beta}{path}" in line for line in said(run))
     assert sha256(gamma) == model.sha256
-    after = requests_per_file(deployed["server"])
-    assert after - before == {model.name: 1}  # the one file the cache could not give, from upstream
+    assert requests_per_file(deployed["server"]) == before  # nothing more from upstream
+
+
+def test_when_the_cache_and_the_peer_both_send_bad_bytes_upstream_gives_the_file(deployed):
+    roots, model, cache = deployed["roots"], deployed["content"].extra_models[0], deployed["cache"]
+    corrupt(roots["beta"] / "models" / model.name)  # the cache's copy is still the corrupted one
+    gamma = roots["gamma"] / "models" / model.name
+    gamma.unlink()
+    before = requests_per_file(deployed["server"])
+    run = run_pyinfra(deployed["file"], deployed["sshd"], deployed["server"].url, "-vvv")
+    assert run.returncode == 0, run.stdout[-6000:]
+    beta = f"http://{deployed['sshd'].addresses[1]}:{deployed['port']}"
+    path = f"/{model.sha256}/{model.name}"
+    for source in (cache, beta):
+        skipped = [line for line in said(run) if f"{model.name}: skipping {source}{path}: it sent bytes" in line]
+        assert len(skipped) == 1 and skipped[0].startswith("[gamma]"), run.stderr[-6000:]
+    assert sha256(gamma) == model.sha256
+    assert requests_per_file(deployed["server"]) - before == {model.name: 1}  # the one file, from upstream

@@ -1,7 +1,7 @@
 """The host helper's side of the cluster's file cache, run as the deploy runs it (``python3 lf_host.py
 VERB ...``) against real local HTTP servers: ``fetch`` through a list of sources (a source that is down
 or sends other bytes is skipped, the file is verified before it replaces anything), and ``serve``, the
-cache's read-only file server."""
+read-only file server of the cache host and of peers."""
 
 from __future__ import annotations
 
@@ -106,6 +106,19 @@ def test_an_unknown_size_comes_from_the_download_itself(servers, tmp_path):
     assert (tmp_path / "x.bin").read_bytes() == GOOD
 
 
+def answering(server: subprocess.Popen, port: int) -> str:
+    """The base URL of a ``serve`` process once its /health answers."""
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            urllib.request.urlopen(f"{base}/health", timeout=2).close()
+            return base
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.1)
+
+
 @pytest.fixture
 def cache(tmp_path):
     """``lf_host.py serve`` on 127.0.0.1 over a folder with one verified file, as the deploy fills it."""
@@ -115,17 +128,9 @@ def cache(tmp_path):
     verified.write_bytes(GOOD)
     lf_host.write_stamp(str(verified), DIGEST)
     port = free_port()
-    server = subprocess.Popen([sys.executable, str(HELPER), "serve", str(folder), "127.0.0.1", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            urllib.request.urlopen(f"{base}/health", timeout=2).close()
-            break
-        except OSError:
-            assert server.poll() is None and time.monotonic() < deadline, server.stderr.read() if server.poll() else ""
-            time.sleep(0.1)
+    server = subprocess.Popen([sys.executable, str(HELPER), "serve", "127.0.0.1", str(port), str(folder)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = answering(server, port)
     yield base, folder, verified, port
     server.terminate()
     server.wait(timeout=10)
@@ -181,7 +186,31 @@ def test_the_cache_listens_on_its_address_only(cache):
 
 def test_a_port_in_use_is_one_line(cache):
     base, folder, _verified, port = cache
-    result = helper("serve", str(folder), "127.0.0.1", str(port))
+    result = helper("serve", "127.0.0.1", str(port), str(folder))
     assert result.returncode == 2
     assert result.stderr.startswith(f"llamafleet: cannot serve the cache on 127.0.0.1 port {port}: ")
     assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_a_peer_serves_the_verified_files_it_holds_in_its_own_folders(tmp_path, servers):
+    """A peer's server reads its models_dir and downloads (a file and its stamp side by side), the
+    way ``fetch`` left them there."""
+    models, downloads = tmp_path / "models", tmp_path / "downloads"
+    result = fetch(models / "x.bin", [f"{servers['good'].url}/x.bin"])
+    assert result.returncode == 0, result.stderr
+    downloads.mkdir()
+    (downloads / "unstamped.tar.gz").write_bytes(GOOD)
+    port = free_port()
+    peer = subprocess.Popen([sys.executable, str(HELPER), "serve", "127.0.0.1", str(port), str(models),
+                             str(downloads)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = answering(peer, port)
+        assert status_of(f"{base}/{DIGEST}/x.bin")[:2] == (200, GOOD)
+        assert status_of(f"{base}/{'2' * 64}/x.bin")[0] == 404  # another file's hash: not this one
+        assert status_of(f"{base}/{DIGEST}/unstamped.tar.gz")[0] == 404  # never verified here
+        # Fetched through the peer, by a third host: the bytes are checked on arrival as from any source.
+        result = fetch(tmp_path / "third" / "x.bin", [f"{base}/{DIGEST}/x.bin"])
+        assert result.returncode == 0 and (tmp_path / "third" / "x.bin").read_bytes() == GOOD
+    finally:
+        peer.terminate()
+        peer.wait(timeout=10)

@@ -30,7 +30,7 @@ def test_the_cache_server_is_one_more_service_on_its_host_only(cached):
     mini = plan_host(cached, "mac-mini")
     (server,) = [s for s in mini.services if s.role == "cache"]
     assert server.argv == ("/usr/bin/env", "python3", "/usr/local/llamafleet/lib/lf_host.py", "serve",
-                           "/usr/local/llamafleet/cache", "192.168.86.40", "8001")
+                           "192.168.86.40", "8001", "/usr/local/llamafleet/cache")
     assert (server.bind, server.port, server.http_health) == ("192.168.86.40", 8001, True)
     plist = plistlib.loads(render_unit(mini, server).encode())  # the host's own service manager
     assert plist["Label"] == "org.llamafleet.file-cache" and tuple(plist["ProgramArguments"]) == server.argv
@@ -103,3 +103,28 @@ def test_a_filled_and_serving_cache_changes_nothing(cached):
                       for f in cluster_files(cached)}
     for op in _cache_step(mini, state):
         assert list(op.operation._inner(**op.kwargs)) == [], op.name
+
+
+@pytest.fixture(scope="module")
+def with_peers(tmp_path_factory):
+    path = tmp_path_factory.mktemp("inv") / "cluster.yaml"
+    path.write_text(SEED.read_text() + "\ncache:\n  host: mac-mini\n  port: 8001\n  peers: true\n")
+    return load_inventory(path)
+
+
+def test_peers_serve_their_own_files_and_are_tried_after_the_cache(with_peers):
+    akiva, air = plan_host(with_peers, "akiva"), plan_host(with_peers, "m2-air")
+    (server,) = [s for s in akiva.services if s.role == "cache"]
+    assert server.argv[3:] == ("serve", "192.168.86.29", "8001", "/opt/llamafleet/models", "/opt/llamafleet/downloads")
+    assert not [s for s in plan_host(with_peers, "desktop").services if s.role == "cache"]  # Windows: no server
+    # gpt-oss-20b: the cache, then akiva (its plan places it; desktop's too, but desktop serves nothing).
+    (draft,) = [spec for spec in model_specs(air) if spec["dest"].endswith("gpt-oss-20b-mxfp4.gguf")]
+    path = f"/{draft['sha256']}/gpt-oss-20b-mxfp4.gguf"
+    assert draft["sources"] == [CACHE + path, "http://192.168.86.29:8001" + path, draft["url"]]
+    # m2-air's release archive is placed by no other peer: the cache, then upstream.
+    (archive,) = build_spec(air)["artifacts"]
+    assert archive["sources"] == [f"{CACHE}/{archive['sha256']}/{archive['file']}", archive["url"]]
+    # A peer starts its server in the cache step, and fetches nothing into a cache it does not have.
+    assert [op.name for op in _cache_step(akiva, _fresh_state(akiva))] == [
+        "file cache: its server's unit", "file cache: systemd units", "file cache: serving",
+        "file cache: filled and serving"]
