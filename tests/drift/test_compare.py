@@ -16,7 +16,8 @@ from llamafleet.config import load_inventory
 from llamafleet.deploys.deploy import host_changes
 from llamafleet.deploys.operations.common import sha256_text
 from llamafleet.deploys.plan import plan_host
-from llamafleet.drift import HostReading, compare_host, operations_with_changes, owned_files
+from llamafleet.drift import compare_host
+from llamafleet.drift_reading import HostReading, operations_with_changes, owned_files
 from llamafleet.report import Severity
 
 SHA_MODEL = "ab" * 32
