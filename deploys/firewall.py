@@ -367,9 +367,12 @@ def firewall_problems(inventory: Inventory):
         if on_loopback(inventory, name):
             shared_kernel.append(name)
         services = [(s, svc.role) for s, svc in inventory.services_on(name).items()]
+        cache = getattr(inventory, "cache", None)  # the cluster's file cache: every host fetches from it
+        if cache is not None and cache.host == name:
+            services.append(("the file cache", "cache"))
         for service, peer in unaddressed_peers(inventory, name, services):
             connection = inventory.hosts[peer].connection
-            yield ("LF172", f"host {name!r}'s firewall must let {peer!r} reach {service!r}, but the inventory gives "
+            yield ("LF172", f"the firewall of host {name!r} must let {peer!r} reach {service}, but the inventory gives "
                    f"{peer!r} no IP address" + (f" (only the name {connection.address!r}, which is not resolved "
                                                 "when rules are planned)" if connection.type == "ssh" else ""),
                    f"list {peer}'s IP addresses under hosts.{peer}.addresses, or set "

@@ -341,6 +341,15 @@ def test_a_peer_known_only_by_name_is_refused_with_both_fixes(tmp_path, client):
     assert ("LF172", "error") not in _codes(off)
 
 
+def test_a_service_of_a_role_the_firewall_does_not_know_admits_every_host_of_the_cluster(tmp_path):
+    """The cluster's file cache (role cache) is fetched from by every host, and so is any later role."""
+    inventory = load_inventory(_inventory(tmp_path))
+    for role in ("cache", "some-future-role"):
+        assert fw.peer_hosts(inventory, "x", role) == ("client", "server")
+    assert fw.peer_hosts(inventory, "rpc", "rpc-worker") == ("client",)
+    assert fw.peer_hosts(inventory, "t", "target") == ()  # no proxy uses it: loopback and its own host only
+
+
 def test_a_macos_host_cannot_manage_its_firewall(tmp_path):
     path = _inventory(tmp_path, os_="macos", manager="launchd", firewall="    firewall: {manage: true}\n")
     assert ("LF173", "error") in _codes(path)
