@@ -41,7 +41,8 @@ from llamafleet.config.models import (
 )
 from llamafleet import tls
 from llamafleet.llama_client import LlamaClient, LlamaServerError
-from llamafleet.report import Finding, Report, Severity, by_host, parallel_count
+from llamafleet.findings import Finding, Severity
+from llamafleet.report import Report, by_host, parallel_count
 
 # Probes cover plain English, code, digits, whitespace runs and non-ASCII text, so a vocabulary that
 # differs anywhere common shows up as different ids.

@@ -1,8 +1,8 @@
-"""Findings shared by ``llamafleet drift`` and ``llamafleet doctor``, and their three renderings.
+"""A run of host checks (``llamafleet drift``, ``doctor``, ``model verify``) and its three renderings.
 
 A *check* is one thing compared on one host ("model smollm2", "unit llama-target", ...). Every check
-that ran yields one :class:`Finding`, including the ones that passed, so that a JUnit report has one
-testcase per host x check and a passing run still shows what was looked at.
+that ran yields one :class:`~llamafleet.findings.Finding`, including the ones that passed, so that a
+JUnit report has one testcase per host x check and a passing run still shows what was looked at.
 
 Exit codes follow ``terraform plan -detailed-exitcode``: 0 nothing differs, 2 something differs,
 1 something could not be checked (an unreachable host, a bad inventory). An error outranks a
@@ -18,41 +18,18 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from fnmatch import fnmatch
-from dataclasses import asdict, dataclass, field
-from enum import Enum
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, TextIO, TypeVar
 
 from llamafleet.config.models import Inventory
 from llamafleet.config.pyinfra_groups import groups
 from llamafleet.errors import UserError
+from llamafleet.findings import Finding, Severity
 
 EXIT_CLEAN = 0
 EXIT_ERROR = 1
 EXIT_DIFFERS = 2
-
-
-class Severity(str, Enum):
-    ok = "ok"
-    skipped = "skipped"  # not checkable from here; always says why, never counts as a pass
-    warning = "warning"  # worth reading, does not change the exit code
-    fail = "fail"  # the host differs from the inventory
-    error = "error"  # the check could not run
-
-
-@dataclass(frozen=True)
-class Finding:
-    host: str
-    check: str
-    severity: Severity
-    expected: str = ""
-    actual: str = ""
-    hint: str = ""
-    detail: str = ""  # multi-line evidence, e.g. a unified diff of a rendered unit
-
-    @property
-    def is_problem(self) -> bool:
-        return self.severity in (Severity.fail, Severity.error)
 
 
 @dataclass
@@ -137,7 +114,7 @@ def render_table(report: Report, *, show_ok: bool = False) -> str:
 
 
 def render_json(report: Report) -> str:
-    findings = [{**asdict(f), "severity": f.severity.value} for f in report.findings]
+    findings = [f.to_json() for f in report.findings]
     return json.dumps(
         {
             "command": report.command,
@@ -152,7 +129,7 @@ def render_json(report: Report) -> str:
 
 
 def _failure_message(f: Finding) -> str:
-    message = f"expected {f.expected!s}, actual {f.actual!s}" if (f.expected or f.actual) else f.check
+    message = f.text or f.check
     return f"{message}. {f.hint}" if f.hint else message
 
 

@@ -18,7 +18,7 @@ from cli_bad_inputs import CALLS  # noqa: E402
 from inventory_testlib import EXAMPLES, edit  # noqa: E402
 
 from llamafleet.config import check_inventory  # noqa: E402
-from llamafleet.config.findings import dotted  # noqa: E402
+from llamafleet.findings import dotted  # noqa: E402
 
 DOC = HERE.parent / "docs" / "hardening.md"
 

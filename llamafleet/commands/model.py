@@ -20,12 +20,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from llamafleet import gguf_info
-from llamafleet.config.findings import Severity as FindingSeverity
 from llamafleet.config.loader import DEFAULT_INVENTORY, INVENTORY_ENV, check_inventory, default_inventory_path, load_inventory
 from llamafleet.config.models import NAME_PATTERN, Inventory, Model
 from llamafleet.errors import UserError
 from llamafleet.gguf_info import ModelFacts, SourceError
-from llamafleet.report import Finding, Report, Severity, emit
+from llamafleet.findings import Finding, Severity
+from llamafleet.report import Report, emit
 
 PARAMS_TOLERANCE = 0.02  # parameter counts are typed rounded (0.135 for 134,515,008): 2% is a contradiction
 
@@ -241,7 +241,7 @@ def write_entries(path: Path, entries: dict[str, dict]) -> bool:
         os.chmod(tmp, target.stat().st_mode & 0o7777)
         inventory, findings = check_inventory(tmp)
         if inventory is None:
-            errors = [str(replace(f, file=str(path))) for f in findings if f.severity is FindingSeverity.error]
+            errors = [str(replace(f, file=str(path))) for f in findings if f.severity is Severity.error]
             raise UserError(f"{path}: not changed: with the new entry the inventory would not validate:\n"
                             + "\n".join(errors))
         os.replace(tmp, target)

@@ -19,10 +19,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from llamafleet.config.findings import Finding
 from llamafleet.config.loader import DEFAULT_INVENTORY, INVENTORY_ENV, check_inventory, default_inventory_path
 from llamafleet.config.models import Inventory, TargetService
 from llamafleet.errors import UserError
+from llamafleet.findings import Finding
 
 FORMAT = 1  # version of the --json shape; bumped when a key changes meaning or goes away
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llamafleet.config.findings import Finding, Severity
 from llamafleet.config.loader import DEFAULT_INVENTORY, INVENTORY_ENV, check_inventory, default_inventory_path
 from llamafleet.config.models import Inventory
+from llamafleet.findings import Finding, Severity
 
 
 def register(subparsers) -> None:

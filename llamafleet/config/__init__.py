@@ -1,7 +1,7 @@
 """The inventory: models (single source of truth), loader with file:line:col findings, checks."""
 
-from llamafleet.config.findings import Finding, InventoryError, Severity
 from llamafleet.config.loader import (
+    InventoryError,
     LoadedInventory,
     check_inventory,
     default_inventory_path,
@@ -10,5 +10,5 @@ from llamafleet.config.loader import (
 )
 from llamafleet.config.models import Inventory
 
-__all__ = ["Finding", "Inventory", "InventoryError", "LoadedInventory", "Severity", "check_inventory",
+__all__ = ["Inventory", "InventoryError", "LoadedInventory", "check_inventory",
            "default_inventory_path", "load_inventory", "load_inventory_with_warnings"]

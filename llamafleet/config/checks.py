@@ -11,7 +11,7 @@ import difflib
 import re
 from collections.abc import Iterator
 from llamafleet.config import builds
-from llamafleet.config.findings import Finding, Severity
+from llamafleet.findings import Finding, Severity, problem
 from llamafleet.config.memory import device_index, memory_findings, valid_device_names
 from llamafleet.config.topology import PlainRoute, plain_route
 from llamafleet.config.models import (
@@ -55,7 +55,7 @@ def check_one_build(inventory: Inventory) -> Findings:
     pinned = inventory.llama_cpp.build
     for name, host in inventory.hosts.items():
         if host.llama_cpp_build is not None and host.llama_cpp_build != pinned:
-            yield Finding("LF101", f"host is on llama.cpp {host.llama_cpp_build} but the cluster pins {pinned}",
+            yield problem("LF101", f"host is on llama.cpp {host.llama_cpp_build} but the cluster pins {pinned}",
                           f"remove llama_cpp_build here: the deploy installs {pinned} on every host",
                           ("hosts", name, "llama_cpp_build"))
 
@@ -118,11 +118,11 @@ def check_managed_args(inventory: Inventory) -> Findings:
         for index, flag in _flag_tokens(service.extra_args):
             where = ("services", name, "extra_args", index)
             if flag in MODEL_PATH_FLAGS:
-                yield Finding("LF104", f"{flag} sets a model path by hand (a hand-typed path is easily wrong on one machine)",
+                yield problem("LF104", f"{flag} sets a model path by hand (a hand-typed path is easily wrong on one machine)",
                               "name the model in the service's model: (or native_draft:); its path is derived "
                               "from the host's models_dir and the file name", where)
             elif flag in managed:
-                yield Finding("LF105", f"{flag} is set by llamafleet from the service's {managed[flag]}",
+                yield problem("LF105", f"{flag} is set by llamafleet from the service's {managed[flag]}",
                               f"set {managed[flag]} on the service instead of passing {flag}", where)
 
 
@@ -136,7 +136,7 @@ def check_flags(inventory: Inventory) -> Findings:
     if caps is None:
         known = builds.known_builds()
         if any(not isinstance(s, ProxyService) for s in inventory.services.values()):
-            yield Finding("LF103", f"llama.cpp {build} is not known here (known: {', '.join(known) or 'none'}): "
+            yield problem("LF103", f"llama.cpp {build} is not known here (known: {', '.join(known) or 'none'}): "
                           "what its binaries accept is not checked, only extra_args against the known builds",
                           f"pin a known build, or learn {build} from its binaries: `python -m llamafleet.config.builds "
                           f"--bin-dir DIR --build {build} --learn` (a deploy learns it from the installed binaries)",
@@ -151,7 +151,7 @@ def check_flags(inventory: Inventory) -> Findings:
             if caps.flag(purpose) is None:
                 program, spellings = builds.PURPOSE_SPELLINGS[purpose]
                 having = [b for b in builds.known_builds() if (c := builds.caps_for(b)) and c.flag(purpose)]
-                yield Finding("LF107", f"llama.cpp {build} cannot express {why}: its {caps.binary(program)} has no "
+                yield problem("LF107", f"llama.cpp {build} cannot express {why}: its {caps.binary(program)} has no "
                               f"{purpose.replace('_', ' ')} option (none of {', '.join(spellings)})",
                               f"pin a build that has it ({', '.join(having) or 'none known'}), or drop the feature",
                               where)
@@ -200,7 +200,7 @@ def _walk_args(path: tuple, args: list[str], resolve, caps: builds.BuildCaps | N
         token = args[index]
         where = path + (index,)
         if not _is_flag(token):
-            yield Finding("LF106", f"{token!r} is not a flag and no flag before it takes a value",
+            yield problem("LF106", f"{token!r} is not a flag and no flag before it takes a value",
                           "write each flag followed by its value(s) as separate list items", where)
             index += 1
             continue
@@ -210,11 +210,11 @@ def _walk_args(path: tuple, args: list[str], resolve, caps: builds.BuildCaps | N
             index = _skip_values(args, index)
             continue
         if option.values > len(args) - index - 1:
-            yield Finding("LF106", f"{token} needs {option.values} value(s)", f"add the value after {token}", where)
+            yield problem("LF106", f"{token} needs {option.values} value(s)", f"add the value after {token}", where)
         elif caps is not None and option.choices:
             for item in args[index + 1].split(","):
                 if item not in option.choices:
-                    yield Finding("LF108", f"{caps.server_binary} {caps.build} does not accept {item!r} for {token}",
+                    yield problem("LF108", f"{caps.server_binary} {caps.build} does not accept {item!r} for {token}",
                                   f"one of: {', '.join(option.choices)}", path + (index + 1,))
         index += 1 + option.values
 
@@ -224,7 +224,7 @@ def _check_args(caps: builds.BuildCaps, path: tuple, args: list[str]) -> Finding
         option = caps.server.lookup(_normalise(token))
         if option is None or option.removed:
             what = "lists only as removed" if option else "has no flag"
-            return [Finding("LF102", f"{caps.server_binary} {caps.build} {what} {token!r}", _flag_hint(caps, token),
+            return [problem("LF102", f"{caps.server_binary} {caps.build} {what} {token!r}", _flag_hint(caps, token),
                             where)], None
         return [], option
 
@@ -250,12 +250,12 @@ def _check_args_unknown(build: str, path: tuple, args: list[str]) -> Findings:
         if not having:
             near = list(dict.fromkeys(s for b in reversed(known) if (c := builds.caps_for(b))
                                       for s in builds.nearest_flags(c, "server", flag)))
-            return [Finding("LF102", f"no known llama.cpp build ({', '.join(known)}) has flag {token!r}, and "
+            return [problem("LF102", f"no known llama.cpp build ({', '.join(known)}) has flag {token!r}, and "
                             f"{build} is not known here", f"did you mean {' or '.join(near)}?" if near else
                             "see `llama-server --help` of the pinned build", where)], None
         findings = []
         if len(having) < len(known):
-            findings.append(Finding("LF102", f"{token} exists only in {', '.join(having)} of the known builds; "
+            findings.append(problem("LF102", f"{token} exists only in {', '.join(having)} of the known builds; "
                                     f"{build} is not known here and may lack it",
                                     f"check `llama-server --help` of {build}", where, Severity.warning))
         return findings, builds.caps_for(having[-1]).server.lookup(flag)
@@ -312,7 +312,7 @@ def _service_refs(inventory: Inventory, base: tuple, service) -> Findings:
         if other is None:
             yield _missing("service", ref, inventory.services, path)
         elif not isinstance(other, kind):
-            yield Finding("LF161", f"service {ref!r} is a {other.role}, but this must name a {_ROLE_OF[kind]}",
+            yield problem("LF161", f"service {ref!r} is a {other.role}, but this must name a {_ROLE_OF[kind]}",
                           f"name a service with role: {_ROLE_OF[kind]}", path)
 
 
@@ -325,7 +325,7 @@ def _missing(kind: str, name: str, known, path: tuple) -> Finding:
     close = difflib.get_close_matches(name, list(known), n=1)
     hint = f"did you mean {close[0]!r}?" if close else f"declare it under {kind}s:" if kind != "service" \
         else "declare it under services:"
-    return Finding("LF160", f"no {kind} named {name!r}", hint, path)
+    return problem("LF160", f"no {kind} named {name!r}", hint, path)
 
 
 def check_model_on_host(inventory: Inventory) -> Findings:
@@ -340,7 +340,7 @@ def check_model_on_host(inventory: Inventory) -> Findings:
             needed.append((("services", name, "native_draft", "model"), service.native_draft.model))
         for path, model in needed:
             if model in inventory.models and model not in host.models:
-                yield Finding("LF150", f"model {model!r} is not in host {service.host!r}'s models list",
+                yield problem("LF150", f"model {model!r} is not in host {service.host!r}'s models list",
                               f"add {model} to hosts.{service.host}.models", path)
 
 
@@ -367,7 +367,7 @@ def check_tokenizers(inventory: Inventory) -> Findings:
 def _same_tokenizer(inventory: Inventory, target_model: str, draft_model: str, path: tuple) -> Findings:
     target, draft = inventory.models.get(target_model), inventory.models.get(draft_model)
     if target is not None and draft is not None and target.tokenizer != draft.tokenizer:
-        yield Finding("LF120", f"draft {draft_model} uses tokenizer {draft.tokenizer!r} but target {target_model} "
+        yield problem("LF120", f"draft {draft_model} uses tokenizer {draft.tokenizer!r} but target {target_model} "
                       f"uses {target.tokenizer!r}: its tokens mean nothing to the target",
                       "pick a draft model of the target's family", path)
 
@@ -399,7 +399,7 @@ def check_ports(inventory: Inventory) -> Findings:
     for name, host, port, path in _listeners(inventory):
         key = (host, port)
         if key in seen:
-            yield Finding("LF130", f"port {port} on host {host!r} is already used by {seen[key]!r}",
+            yield problem("LF130", f"port {port} on host {host!r} is already used by {seen[key]!r}",
                           "give each service on a host its own port"
                           + (" (native_draft.plain_port sets the plain sidecar's)" if path[-1] == "plain_port" else ""),
                           path)
@@ -422,13 +422,13 @@ def check_binds(inventory: Inventory) -> Findings:
         if service.host not in inventory.hosts:
             continue
         if isinstance(service, RpcWorkerService) and service.bind not in declared_addresses(inventory, service.host):
-            yield Finding("LF170", f"rpc-worker binds {service.bind}, which is not an address of host {service.host!r}",
+            yield problem("LF170", f"rpc-worker binds {service.bind}, which is not an address of host {service.host!r}",
                           f"bind one of: {', '.join(sorted(declared_addresses(inventory, service.host)))}, "
                           f"or add it to hosts.{service.host}.addresses", ("services", name, "bind"))
         for path, ref in _remote_uses(name, service):
             used = inventory.services.get(ref)
             if used is not None and used.host != service.host and used.bind in LOOPBACK:
-                yield Finding("LF171", f"{ref!r} listens on {used.bind} of host {used.host!r}, so {name!r} on "
+                yield problem("LF171", f"{ref!r} listens on {used.bind} of host {used.host!r}, so {name!r} on "
                               f"host {service.host!r} cannot reach it",
                               f"bind {ref} to an address of {used.host} that {service.host} can reach",
                               ("services", name) + path)
@@ -465,17 +465,17 @@ def check_hosts(inventory: Inventory) -> Findings:
         base = ("hosts", name)
         if host.os not in BACKEND_OS[host.backend]:
             allowed = ", ".join(sorted(o.value for o in BACKEND_OS[host.backend]))
-            yield Finding("LF140", f"backend {host.backend.value} does not run on {host.os.value} (only {allowed})",
+            yield problem("LF140", f"backend {host.backend.value} does not run on {host.os.value} (only {allowed})",
                           "pick the backend this OS supports (metal: macos; rocm: linux; cuda/vulkan: linux, windows)",
                           base + ("backend",))
         managers = _managers_on(host.os)
         if host.service_manager not in managers:
             allowed = ", ".join(sorted(m.value for m in managers))
-            yield Finding("LF141", f"{host.service_manager.value} does not manage services on {host.os.value}",
+            yield problem("LF141", f"{host.service_manager.value} does not manage services on {host.os.value}",
                           f"use one of: {allowed}", base + ("service_manager",))
         yield from _check_gpus(name, host)
         if host.driver is not None and not any(g.vendor is DRIVER_VENDOR[host.driver.kind] for g in host.gpus):
-            yield Finding("LF143", f"a {host.driver.kind} driver pin on a host without a "
+            yield problem("LF143", f"a {host.driver.kind} driver pin on a host without a "
                           f"{DRIVER_VENDOR[host.driver.kind].value} GPU", "remove the driver pin or list the GPU",
                           base + ("driver", "kind"))
 
@@ -485,11 +485,11 @@ def _check_gpus(name: str, host) -> Findings:
     if vendors is None:
         return
     if not host.gpus:
-        yield Finding("LF142", f"backend {host.backend.value} needs a GPU, and none is listed",
+        yield problem("LF142", f"backend {host.backend.value} needs a GPU, and none is listed",
                       "list the host's GPUs (vendor, model, vram_gb), or use backend: cpu", ("hosts", name, "backend"))
     for index, gpu in enumerate(host.gpus):
         if gpu.vendor not in vendors:
-            yield Finding("LF142", f"backend {host.backend.value} cannot drive a {gpu.vendor.value} GPU",
+            yield problem("LF142", f"backend {host.backend.value} cannot drive a {gpu.vendor.value} GPU",
                           "use the backend of this GPU's vendor (nvidia: cuda; amd: rocm; apple: metal; any: vulkan)",
                           ("hosts", name, "gpus", index, "vendor"))
 
@@ -508,7 +508,7 @@ def check_devices(inventory: Inventory) -> Findings:
         for path, device in names:
             if device_index(device, host) is None:
                 valid = ", ".join(valid_device_names(host)) or "none (this host has no GPU backend)"
-                yield Finding("LF115", f"host {service.host!r} has no device {device!r}", f"valid: {valid}",
+                yield problem("LF115", f"host {service.host!r} has no device {device!r}", f"valid: {valid}",
                               ("services", name) + path)
 
 
@@ -519,7 +519,7 @@ def check_gpu_layers(inventory: Inventory) -> Findings:
         model = inventory.models.get(service.model)
         layers = model.architecture.layers if model is not None else None
         if isinstance(service.gpu_layers, int) and layers is not None and service.gpu_layers > layers + 1:
-            yield Finding("LF116", f"gpu_layers {service.gpu_layers} is more than model {service.model!r} has "
+            yield problem("LF116", f"gpu_layers {service.gpu_layers} is more than model {service.model!r} has "
                           f"({layers} layers, plus the output layer: {layers + 1})",
                           "write gpu_layers: all to offload everything", ("services", name, "gpu_layers"))
 
@@ -546,7 +546,7 @@ def check_unit_values(inventory: Inventory) -> Findings:
         try:
             write(*value)
         except ValueError as err:
-            yield Finding("LF195", f"{manager.value} cannot carry this value unchanged: {err}",
+            yield problem("LF195", f"{manager.value} cannot carry this value unchanged: {err}",
                           "change the value (see docs/hardening.md for what each format can carry)", path)
 
     for name, host in inventory.hosts.items():
@@ -616,10 +616,10 @@ def check_secrets(inventory: Inventory) -> Findings:
         for key, value in service.env.items():
             where = ("services", name, "env", key)
             if value and (key == token_env or _names_a_secret(key)):
-                yield Finding("LF196", f"the value of {key} looks like a secret, and env values are written "
+                yield problem("LF196", f"the value of {key} looks like a secret, and env values are written "
                               "into the service's unit file", hint, where, Severity.warning)
             elif _URL_CREDENTIALS.search(value):
-                yield Finding("LF196", f"{key} holds a URL with credentials, which land in the unit file",
+                yield problem("LF196", f"{key} holds a URL with credentials, which land in the unit file",
                               "drop the user name and password from the URL", where, Severity.warning)
         args = getattr(service, "extra_args", [])
         flags = dict(_flag_tokens(args))
@@ -629,15 +629,15 @@ def check_secrets(inventory: Inventory) -> Findings:
             if key_option is not None:
                 exposed = "" if key_option == "--api-key-file" else \
                     " (and its value would land in the unit file and every ps listing)"
-                yield Finding("LF109", f"{flags[index]} sets llama-server's API key, which the deploy sets itself"
+                yield problem("LF109", f"{flags[index]} sets llama-server's API key, which the deploy sets itself"
                               f"{exposed}: every llama-server gets --api-key-file with the cluster's key",
                               "remove it; to choose the key, put it in a 0600 file on the machine that deploys and "
                               "name that file in security.server_key_file", where)
             elif index in flags and _secret_flag(capss, flags[index]):
-                yield Finding("LF196", f"{flags[index]} puts a secret on the command line (the unit file and "
+                yield problem("LF196", f"{flags[index]} puts a secret on the command line (the unit file and "
                               "every ps listing show it)", hint, where, Severity.warning)
             elif _URL_CREDENTIALS.search(item):
-                yield Finding("LF196", "a URL with credentials on the command line (the unit file and every ps "
+                yield problem("LF196", "a URL with credentials on the command line (the unit file and every ps "
                               "listing show it)", "drop the user name and password from the URL", where,
                               Severity.warning)
 
@@ -653,7 +653,7 @@ def check_downloads(inventory: Inventory) -> Findings:
     for model_name in sorted(placed & set(inventory.models)):
         for index, file in enumerate(inventory.models[model_name].files):
             if file.url is None and pin.mirror is None:
-                yield Finding("LF180", f"no URL for {file.name} and no llama_cpp.mirror to fall back to",
+                yield problem("LF180", f"no URL for {file.name} and no llama_cpp.mirror to fall back to",
                               "add url: to the file, or set llama_cpp.mirror",
                               ("models", model_name, "files", index, "name"))
     runs_llama = {s.host for s in inventory.services.values() if not isinstance(s, ProxyService)}
@@ -670,12 +670,12 @@ def _host_archive(inventory: Inventory, name: str) -> Findings:
         archives = pin.releases_for(host)
         missing = f"no llama_cpp.releases entry for {host.os.value}/{host.arch.value}/{host.backend.value}"
     if not archives:
-        yield Finding("LF181", f"host installs llama.cpp from {host.install}, but {missing}",
+        yield problem("LF181", f"host installs llama.cpp from {host.install}, but {missing}",
                       "add the release archive with its sha256, or set install: source and llama_cpp.source",
                       ("hosts", name, "install"))
     for archive in archives:
         if archive.url is None and pin.mirror is None:
-            yield Finding("LF180", f"no URL for {archive.file} and no llama_cpp.mirror to fall back to",
+            yield problem("LF180", f"no URL for {archive.file} and no llama_cpp.mirror to fall back to",
                           "add url: to the archive, or set llama_cpp.mirror", ("hosts", name, "install"))
 
 
@@ -691,31 +691,31 @@ def check_proxies(inventory: Inventory) -> Findings:
             continue
         base = ("services", name)
         if service.mode.value == "proxy" and not service.drafters:
-            yield Finding("LF190", "mode proxy needs at least one drafter", "list drafters, or use mode: auto",
+            yield problem("LF190", "mode proxy needs at least one drafter", "list drafters, or use mode: auto",
                           base + ("mode",))
         seen: set[str] = set()
         for index, target_name in enumerate(service.target_names):
             path = base + _target_path(service, index)
             if target_name in seen:
-                yield Finding("LF197", f"target {target_name!r} is listed twice",
+                yield problem("LF197", f"target {target_name!r} is listed twice",
                               "list each target service once: replicas are separate target services", path)
             seen.add(target_name)
             target = inventory.services.get(target_name)
             if service.mode.value == "native" and isinstance(target, TargetService) and target.native_draft is None:
-                yield Finding("LF190", f"mode native needs target {target_name!r} to have native_draft",
+                yield problem("LF190", f"mode native needs target {target_name!r} to have native_draft",
                               "add native_draft to the target, or use mode: auto", base + ("mode",))
         if service.target is None:
             yield from _drafters_fit(inventory, service, base)
         host = inventory.hosts.get(service.host)
         if host is not None and host.os is OS.windows:
-            yield Finding("LF194", f"the proxy cannot run on host {service.host!r}: it runs on Linux or macOS hosts",
+            yield problem("LF194", f"the proxy cannot run on host {service.host!r}: it runs on Linux or macOS hosts",
                           "put the proxy on a linux or macos host", base + ("host",))
         auth = service.auth
         if auth is not None and (auth.token_file is None) == (auth.token_env is None):
-            yield Finding("LF191", "auth needs exactly one of token_file and token_env",
+            yield problem("LF191", "auth needs exactly one of token_file and token_env",
                           "keep one token source", base + ("auth",))
         if auth is None and service.bind not in LOOPBACK:
-            yield Finding("LF191", f"the proxy listens on {service.bind} without auth",
+            yield problem("LF191", f"the proxy listens on {service.bind} without auth",
                           "add auth: {token_file: ...}, or bind 127.0.0.1", base + ("bind",))
 
 
@@ -732,7 +732,7 @@ def _drafters_fit(inventory: Inventory, service: ProxyService, base: tuple) -> F
         model = inventory.models.get(drafter.model) if isinstance(drafter, DrafterService) else None
         if model is not None and families and model.tokenizer not in families:
             served = ", ".join(f"{m} ({t})" for t, ms in families.items() for m in dict.fromkeys(ms))
-            yield Finding("LF198", f"drafter {drafter_name!r} uses tokenizer {model.tokenizer!r}, which none of "
+            yield problem("LF198", f"drafter {drafter_name!r} uses tokenizer {model.tokenizer!r}, which none of "
                           f"this proxy's models uses: {served}", "drop the drafter, or add a target of its "
                           "tokenizer family", base + ("drafters", index))
 
@@ -752,13 +752,13 @@ def check_plain_routes(inventory: Inventory) -> Findings:
         wanted = service.native_draft.plain
         if wanted is PlainPath.request and (caps is None or not caps.per_request_speculative):
             known = "does not read" if caps is not None else "has no capability data to show it reads"
-            yield Finding("LF192", f"plain: request needs per-request speculative.n_max, which llama.cpp "
+            yield problem("LF192", f"plain: request needs per-request speculative.n_max, which llama.cpp "
                           f"{inventory.llama_cpp.build} {known}", "use plain: sidecar (or auto)", path)
         elif wanted is PlainPath.sidecar and service.rpc_workers:
-            yield Finding("LF192", "plain: sidecar cannot share the target's rpc_workers: an RPC worker serves one "
+            yield problem("LF192", "plain: sidecar cannot share the target's rpc_workers: an RPC worker serves one "
                           "client at a time", "use plain: request on a build that reads it, or none", path)
         elif route.kind is PlainPath.none:
-            yield Finding("LF193", f"no plain path to target {name!r}: {route.reason}; the proxy's auto mode can "
+            yield problem("LF193", f"no plain path to target {name!r}: {route.reason}; the proxy's auto mode can "
                           "only choose among speculating paths", "see docs/proxy.md, 'The plain path'", path,
                           Severity.warning)
 
@@ -769,7 +769,7 @@ def check_firewall(inventory: Inventory) -> Findings:
     from llamafleet.deploys.firewall import firewall_problems
 
     for code, message, hint, path, warning in firewall_problems(inventory):
-        yield Finding(code, message, hint, path, Severity.warning if warning else Severity.error)
+        yield problem(code, message, hint, path, Severity.warning if warning else Severity.error)
 
 
 CHECKS = (check_references, check_one_build, check_managed_args, check_flags, check_model_on_host, check_tokenizers, check_ports,

@@ -25,10 +25,10 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from llamafleet.config.findings import DataPath, Finding, InventoryError, Severity
 from llamafleet.config import models
 from llamafleet.config.models import Inventory
-from llamafleet.errors import validation_problems
+from llamafleet.errors import UserError, validation_problems
+from llamafleet.findings import DataPath, Finding, Severity, problem
 
 DEFAULT_INVENTORY = Path("inventory/cluster.yaml")
 INVENTORY_ENV = "LLAMAFLEET_INVENTORY"
@@ -52,6 +52,16 @@ class LoadedInventory:
     inventory: Inventory
     path: Path
     warnings: list[Finding]
+
+
+class InventoryError(UserError):
+    """The inventory has errors; ``findings`` holds every one of them (and any warnings)."""
+
+    def __init__(self, findings: list[Finding]):
+        self.findings = findings
+        errors = [f for f in findings if f.severity is Severity.error]
+        lines = [f"{len(errors)} error(s) in the inventory:"] + [str(f) for f in findings]
+        super().__init__("\n".join(lines))
 
 
 # --- positions -----------------------------------------------------------------------------------
@@ -144,18 +154,18 @@ def _read_text(path: Path, findings: list[Finding]) -> str | None:
     try:
         raw = read_limited(path, MAX_FILE_BYTES)
     except NotRegularFile as err:
-        findings.append(Finding("LF002", f"{err}", "pass the YAML file itself, e.g. inventory/cluster.yaml", file=name))
+        findings.append(problem("LF002", f"{err}", "pass the YAML file itself, e.g. inventory/cluster.yaml", file=name))
         return None
     except TooLarge as err:
-        findings.append(Finding("LF003", f"file {err}: an inventory is at most {MAX_FILE_BYTES} bytes",
+        findings.append(problem("LF003", f"file {err}: an inventory is at most {MAX_FILE_BYTES} bytes",
                              "is this really an inventory file?", file=name))
         return None
     except FileNotFoundError:
-        findings.append(Finding("LF001", "no such file",
+        findings.append(problem("LF001", "no such file",
                              f"check the path, or set {INVENTORY_ENV} to your inventory file", file=name))
         return None
     except OSError as err:
-        findings.append(Finding("LF009", f"cannot be read: {err.strerror or err}",
+        findings.append(problem("LF009", f"cannot be read: {err.strerror or err}",
                              "check the file's permissions and that it is a readable file", file=name))
         return None
     try:
@@ -163,11 +173,11 @@ def _read_text(path: Path, findings: list[Finding]) -> str | None:
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
         col = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
-        findings.append(Finding("LF004", f"not UTF-8: byte 0x{raw[err.start]:02x} cannot be decoded",
+        findings.append(problem("LF004", f"not UTF-8: byte 0x{raw[err.start]:02x} cannot be decoded",
                              "save the file as UTF-8", file=name, line=line, col=col))
         return None
     if not text.strip() or all(ln.lstrip().startswith("#") or not ln.strip() for ln in text.splitlines()):
-        findings.append(Finding("LF003", "file is empty",
+        findings.append(problem("LF003", "file is empty",
                              "start from inventory/examples/local.yaml", file=name, line=1, col=1))
         return None
     return text
@@ -180,18 +190,18 @@ def _parse(text: str, name: str, findings: list[Finding]) -> Any:
     except MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = (err.problem or err.context or "YAML error").strip()
-        duplicate = "duplicate key" in problem
-        findings.append(Finding(
+        what = (err.problem or err.context or "YAML error").strip()
+        duplicate = "duplicate key" in what
+        findings.append(problem(
             "LF006" if duplicate else "LF005",
-            problem,
+            what,
             "each key may appear once per mapping; merge the two entries" if duplicate
             else "fix the YAML syntax at this position (indentation, quotes, brackets)",
             file=name, line=line, col=col))
     except YAMLError as err:
-        findings.append(Finding("LF005", str(err).strip().splitlines()[-1], "fix the YAML syntax", file=name))
+        findings.append(problem("LF005", str(err).strip().splitlines()[-1], "fix the YAML syntax", file=name))
     except RecursionError:
-        findings.append(Finding("LF007", "nested too deeply to parse", "an inventory nests a few levels, not hundreds",
+        findings.append(problem("LF007", "nested too deeply to parse", "an inventory nests a few levels, not hundreds",
                              file=name, line=1, col=1))
     return None
 
@@ -222,11 +232,11 @@ def _check_size(data: Any, name: str, findings: list[Finding]) -> bool:
     try:
         size = _expanded_size(data, {}, set())
     except AliasCycle:
-        findings.append(Finding("LF007", "an alias refers to a node that contains it (a cycle)",
+        findings.append(problem("LF007", "an alias refers to a node that contains it (a cycle)",
                              "remove the self-referencing anchor/alias", file=name, line=1, col=1))
         return False
     if size > MAX_EXPANDED_NODES:
-        findings.append(Finding("LF007", f"aliases expand to {size:,} nodes (limit {MAX_EXPANDED_NODES:,}): an alias bomb?",
+        findings.append(problem("LF007", f"aliases expand to {size:,} nodes (limit {MAX_EXPANDED_NODES:,}): an alias bomb?",
                              "write the data out, or use fewer nested aliases", file=name, line=1, col=1))
         return False
     return True
@@ -304,13 +314,13 @@ def _union_findings(error: jsonschema.ValidationError, path: DataPath) -> list[F
         allowed = sorted(error.schema["discriminator"].get("mapping", {}))
         got = error.instance.get(tag) if isinstance(error.instance, dict) else None
         if not isinstance(error.instance, dict):
-            return [Finding("LF012", f"must be a mapping with '{tag}:', got {_describe_type(error.instance)}", "", path)]
+            return [problem("LF012", f"must be a mapping with '{tag}:', got {_describe_type(error.instance)}", "", path)]
         what = f"unknown {tag} {got!r}" if got is not None else f"missing '{tag}'"
         hint = _suggest(str(got), allowed) if got is not None else f"set {tag} to one of those"
-        return [Finding("LF013", f"{what}; must be one of: {', '.join(allowed)}", hint,
+        return [problem("LF013", f"{what}; must be one of: {', '.join(allowed)}", hint,
                         path + (tag,) if got is not None else path)]
     options = " or ".join(_describe_schema(sub) for sub in error.validator_value)
-    return [Finding("LF012", f"must be {options}, got {_describe_type(error.instance)} {error.instance!r}", "", path)]
+    return [problem("LF012", f"must be {options}, got {_describe_type(error.instance)} {error.instance!r}", "", path)]
 
 
 def _describe_schema(schema: dict) -> str:
@@ -327,21 +337,21 @@ def _schema_findings(error: jsonschema.ValidationError, base: DataPath) -> list[
     if kind in ("oneOf", "anyOf"):
         return _union_findings(error, path)
     if "propertyNames" in error.schema_path:
-        return [Finding("LF015", f"name {error.instance!r} is not allowed", _value_hint(error), path + (error.instance,))]
+        return [problem("LF015", f"name {error.instance!r} is not allowed", _value_hint(error), path + (error.instance,))]
     if kind == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         extras = sorted(set(error.instance) - set(allowed))
-        return [Finding("LF010", f"unknown key '{key}'", _suggest(key, allowed), path + (key,)) for key in extras]
+        return [problem("LF010", f"unknown key '{key}'", _suggest(key, allowed), path + (key,)) for key in extras]
     if kind == "required":
         missing = error.message.split("'")[1]
-        return [Finding("LF011", f"missing required field '{missing}'", f"add '{missing}:' here", path + (missing,))]
+        return [problem("LF011", f"missing required field '{missing}'", f"add '{missing}:' here", path + (missing,))]
     if kind == "type":
         wanted = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
         names = " or ".join(_TYPE_NAMES.get(t, t) for t in wanted)
         # YAML reads 0123 or 1e5 as numbers: a string field holding one needs quotes.
         hint = 'quote it: "..."' if "string" in wanted and isinstance(error.instance, (int, float)) else ""
-        return [Finding("LF012", f"must be {names}, got {_describe_type(error.instance)} {error.instance!r}", hint, path)]
-    return [Finding("LF013", _value_message(error), _value_hint(error), path)]
+        return [problem("LF012", f"must be {names}, got {_describe_type(error.instance)} {error.instance!r}", hint, path)]
+    return [problem("LF013", _value_message(error), _value_hint(error), path)]
 
 
 def _value_message(error: jsonschema.ValidationError) -> str:
@@ -454,7 +464,7 @@ def _validate_models(data: Any) -> tuple[Inventory | None, list[Finding]]:
         for loc, message in validation_problems(err):
             path = _pydantic_path(loc, data)
             field = next((part for part in reversed(path) if isinstance(part, str)), "")
-            findings.append(Finding("LF014", message, _MODEL_HINTS.get(field, ""), path))
+            findings.append(problem("LF014", message, _MODEL_HINTS.get(field, ""), path))
         return None, findings
 
 
@@ -487,7 +497,7 @@ def check_inventory(path: str | os.PathLike) -> tuple[Inventory | None, list[Fin
     tags: list[DataPath] = []
     data = _plain(raw, (), positions, tags)
     for tagged in tags:
-        findings.append(Finding("LF008", "YAML tags (!...) are not allowed in an inventory", "remove the tag", tagged))
+        findings.append(problem("LF008", "YAML tags (!...) are not allowed in an inventory", "remove the tag", tagged))
     found = _validate_schema(data)
     inventory = None
     if not found:

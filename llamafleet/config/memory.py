@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from llamafleet.config.findings import DataPath, Finding, Severity
+from llamafleet.findings import DataPath, Finding, Severity, problem
 from llamafleet.config.models import Backend, Host, Inventory, Model, OS, RpcWorkerService, TargetService
 from llamafleet.config.topology import SHARED_WEIGHTS_BACKENDS, plain_route
 
@@ -217,7 +217,7 @@ def memory_findings(inventory: Inventory) -> list[Finding]:
                 "the default Metal working set is 2/3 of unified memory (3/4 above 36 GiB): use a smaller quant or "
                 "fewer gpu_layers; if you raised iogpu.wired_limit_mb, set usable_gb to what "
                 "`llama-server --list-devices` reports")
-        findings.append(Finding(code, f"{device.label} needs {device.used_gib:.2f} GiB ({parts}) but holds "
+        findings.append(problem(code, f"{device.label} needs {device.used_gib:.2f} GiB ({parts}) but holds "
                                 f"{device.capacity_gib:.2f} GiB ({device.rule})", hint, culprit))
     findings += moe_rpc_findings(inventory, ledger)
     findings += _unestimated_kv(inventory)
@@ -251,7 +251,7 @@ def moe_rpc_findings(inventory: Inventory, ledger: Ledger) -> list[Finding]:
             share = weights * reported / total
             smallest = min(gpus, key=lambda g: g.capacity_gib)
             if share / GIB + DEVICE_OVERHEAD_GIB > smallest.capacity_gib:
-                findings.append(Finding(
+                findings.append(problem(
                     "LF112",
                     f"MoE model {service.model} split over RPC: worker {worker_name} reports {reported:g} of "
                     f"{total:g} GiB, so it is handed {share / 1e9:.1f} GB ({share / GIB:.1f} GiB) of weights in one "
@@ -266,7 +266,7 @@ def moe_rpc_findings(inventory: Inventory, ledger: Ledger) -> list[Finding]:
 def _unestimated_kv(inventory: Inventory) -> list[Finding]:
     used = {getattr(s, "model", None) for s in inventory.services.values()}
     return [
-        Finding("LF113", "no layers/kv_dim: the memory check counts weights only, not the KV cache",
+        problem("LF113", "no layers/kv_dim: the memory check counts weights only, not the KV cache",
                 "add architecture.layers and architecture.kv_dim (from the GGUF metadata)",
                 ("models", name, "architecture"), Severity.warning)
         for name, model in inventory.models.items()

@@ -17,8 +17,8 @@ import tempfile
 import pytest
 from inventory_testlib import EXAMPLES, REPO, edit, line_of, run_cli
 
-from llamafleet.config import Severity, builds, check_inventory
-from llamafleet.config.findings import dotted
+from llamafleet.config import builds, check_inventory
+from llamafleet.findings import Severity, dotted
 from llamafleet.errors import UserError
 
 SHIPPED = REPO / "llamafleet" / "config" / "builds"

@@ -9,8 +9,8 @@ import pytest
 from bad_inventories import CASES as BAD_VALUES
 from inventory_testlib import EXAMPLES, REPO, edit, line_of
 
-from llamafleet.config import InventoryError, Severity, check_inventory, load_inventory
-from llamafleet.config.findings import dotted
+from llamafleet.config import InventoryError, check_inventory, load_inventory
+from llamafleet.findings import Severity, dotted
 
 LOCAL = "local.yaml"
 SEED = "seed-cluster.yaml"

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
-from llamafleet.config import Severity, check_inventory
+from llamafleet.config import check_inventory
+from llamafleet.findings import Severity
 
 _yaml = YAML(typ="safe")
 BASES = {name: _yaml.load((EXAMPLES / name).read_text()) for name in ("local.yaml", "seed-cluster.yaml")}

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 from inventory_testlib import EXAMPLES, edit, line_of
 
-from llamafleet.config import Severity, check_inventory
-from llamafleet.config.findings import dotted
+from llamafleet.config import check_inventory
+from llamafleet.findings import Severity, dotted
 
 LOCAL = "local.yaml"  # pins b11434 (capability data shipped)
 SEED = "seed-cluster.yaml"  # pins b8111 (no capability data: every known build's options are consulted)

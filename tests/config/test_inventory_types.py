@@ -12,7 +12,7 @@ from bad_inventories import CASES, Bad
 from inventory_testlib import EXAMPLES, REPO, edit, line_of
 
 from llamafleet.config import check_inventory
-from llamafleet.config.findings import Severity, dotted
+from llamafleet.findings import Severity, dotted
 
 
 def variant(case: Bad) -> str:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 from inventory_testlib import EXAMPLES, edit, line_of
 
-from llamafleet.config import Severity, check_inventory, load_inventory
-from llamafleet.config.findings import dotted
+from llamafleet.config import check_inventory, load_inventory
+from llamafleet.findings import Severity, dotted
 from llamafleet.config.models import Backend, PlainPath, SpeculationMode
 from llamafleet.config.topology import plain_route
 from llamafleet.deploys.plan import plan_host

@@ -8,8 +8,8 @@ import json
 import pytest
 from inventory_testlib import EXAMPLES, edit, line_of
 
-from llamafleet.config import Severity, check_inventory, load_inventory
-from llamafleet.config.findings import dotted
+from llamafleet.config import check_inventory, load_inventory
+from llamafleet.findings import Severity, dotted
 from llamafleet.errors import UserError
 from llamafleet.proxy.config import ProxyConfig
 

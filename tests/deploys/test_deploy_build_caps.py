@@ -139,7 +139,7 @@ def test_the_installed_binary_decides_and_what_it_says_is_saved(llama_build, b89
 
 def test_drift_names_a_cluster_left_on_mixed_builds(seed):
     from llamafleet.drift import mixed_build_findings
-    from llamafleet.report import Finding, Severity
+    from llamafleet.findings import Finding, Severity
 
     def build(host, actual):
         return Finding(host, "llama.cpp build", Severity.ok, "b11434-cpu", actual)

@@ -10,13 +10,12 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from llamafleet.errors import UserError
+from llamafleet.findings import Finding, Severity
 from llamafleet.report import (
     EXIT_CLEAN,
     EXIT_DIFFERS,
     EXIT_ERROR,
-    Finding,
     Report,
-    Severity,
     add_output_options,
     emit,
     render_json,
@@ -76,7 +75,8 @@ def test_json_carries_every_finding_and_the_exit_code():
     assert data["exit_code"] == EXIT_DIFFERS
     assert [f["severity"] for f in data["findings"]] == ["ok", "fail"]
     assert data["findings"][1] == {"host": "node-1", "check": "check 1", "severity": "fail", "expected": "want 1",
-                                   "actual": "got 1", "hint": "fix 1", "detail": ""}
+                                   "actual": "got 1", "hint": "fix 1", "detail": "", "code": "", "message": "",
+                                   "path": "", "file": "", "line": None, "col": None}
 
 
 def test_junit_has_one_testcase_per_host_and_check():

@@ -18,7 +18,7 @@ from llamafleet.deploys.operations.common import sha256_text
 from llamafleet.deploys.plan import plan_host
 from llamafleet.drift import compare_host
 from llamafleet.drift_reading import HostReading, operations_with_changes, owned_files
-from llamafleet.report import Severity
+from llamafleet.findings import Severity
 
 SHA_MODEL = "ab" * 32
 SHA_ARCHIVE = "cd" * 32

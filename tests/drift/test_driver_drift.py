@@ -17,7 +17,7 @@ from ruamel.yaml import YAML
 from llamafleet.config import load_inventory
 from llamafleet.deploys.plan import plan_host
 from llamafleet.drift import driver_findings
-from llamafleet.report import Severity
+from llamafleet.findings import Severity
 
 SPECS = Path(__file__).resolve().parents[1] / "deploys" / "specs" / "facts"
 
