@@ -35,11 +35,13 @@ from importlib import resources
 
 import jinja2
 
-from llamafleet.config.models import OS, Inventory, ProxyService, TargetService
+from llamafleet.config.models import OS, Inventory, ProxyService, ServiceManager, TargetService
 from llamafleet.config.topology import plain_route
 from llamafleet.errors import UserError
 
 TABLE = "llamafleet"  # nft: table inet llamafleet
+BOOT_UNIT = "llamafleet-firewall.service"  # systemd hosts: loads the table at boot
+NFT = "/usr/sbin/nft"
 WINDOWS_PREFIX = "llamafleet-"  # Windows Firewall rule names: llamafleet-<service>
 LOOPBACK = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128"))
 ANY = "any"  # a port open to every address
@@ -262,6 +264,47 @@ def nftables_path(plan) -> str:
     return plan.path("etc", "firewall.nft")
 
 
+def boot_unit_path(plan) -> str | None:
+    """Where the unit that loads the rules at boot goes: systemd hosts only. (A supervisord host's
+    services do not start at boot either: the deploy starts its supervisord.)"""
+    return f"/etc/systemd/system/{BOOT_UNIT}" if plan.host.service_manager is ServiceManager.systemd else None
+
+
+def render_boot_unit(plan) -> str:
+    from llamafleet.deploys.operations import systemd
+
+    try:
+        return _templates().get_template("nftables-boot.service.j2").render(
+            host=nft_value(plan.name), exec_start=systemd.exec_line([NFT, "-f", nftables_path(plan)]))
+    except ValueError as err:
+        raise UserError(f"hosts.{plan.name}: firewall: {err}") from None
+
+
+def boot_files(plan, firewall: HostFirewall) -> dict[str, dict]:
+    """The files that keep the rules: "nft" (the rules) and, on systemd hosts, "unit" (loads them at
+    boot), each {path, content}."""
+    files = {"nft": {"path": nftables_path(plan), "content": render_nftables(firewall)}}
+    if boot_unit_path(plan):
+        files["unit"] = {"path": boot_unit_path(plan), "content": render_boot_unit(plan)}
+    return files
+
+
+def file_differences(files: dict, live: dict) -> list[tuple[str, str, str]]:
+    """(what, expected, actual) for the rules file and the boot unit on the host. ``files``: as
+    :func:`boot_files`; ``live["files"]``: their sha256 and the unit's enablement, as the fact read them."""
+    from llamafleet.deploys.operations.common import sha256_text
+    seen = live.get("files") or {}
+    out = []
+    for key, file in files.items():
+        sha = sha256_text(file["content"])
+        if seen.get(key) != sha:
+            out.append((f"file {file['path']}", f"sha256 {sha[:12]}…",
+                        f"sha256 {seen[key][:12]}…" if seen.get(key) else "missing"))
+    if "unit" in files and seen.get("enabled") != "enabled":
+        out.append((f"boot unit {BOOT_UNIT}", "enabled", seen.get("enabled") or "unknown"))
+    return out
+
+
 # --- Windows Firewall -------------------------------------------------------------------------------
 
 
@@ -333,14 +376,14 @@ def describe(sources) -> str:
     return "open to every address" if sources == ANY else f"only from {', '.join(sources)}"
 
 
-def differences(firewall: HostFirewall, live: dict | None) -> list[tuple[str, str, str]]:
+def differences(firewall: HostFirewall, live: dict | None, files: dict | None = None) -> list[tuple[str, str, str]]:
     """What differs between the planned rules and the host's (nothing when the firewall is not managed)."""
     if not firewall.manage or firewall.kind is None:
         return []
     if live is None:
         return [("rules", "read from the host", "not read")]
     if firewall.kind == "nftables":
-        return nft_differences(firewall.expected(), live)
+        return nft_differences(firewall.expected(), live) + (file_differences(files, live) if files else [])
     return windows_differences(windows_expected(firewall), live)
 
 
@@ -409,7 +452,7 @@ def firewall_findings(plan, state: dict) -> list:
                         hint=f"or set hosts.{plan.name}.firewall.manage: false")]
     hint = (f"a deploy would replace table inet {TABLE}" if firewall.kind == "nftables"
             else "a deploy would create, set or remove the llamafleet-* Windows Firewall rules that differ")
-    found = differences(firewall, live)
+    found = differences(firewall, live, boot_files(plan, firewall) if firewall.kind == "nftables" else None)
     if not found:
         what = f"{len(firewall.rules)} port rule(s) as planned"
         return [Finding(host=plan.name, check="firewall", severity=Severity.ok, expected=what, actual=what)]
@@ -428,7 +471,10 @@ def plan_summary(plan) -> dict:
                       "from": ANY if r.sources is None else [net_text(n) for n in r.sources]}
                      for r in firewall.rules]}
     if out["managed"] and firewall.kind == "nftables":
-        out["file"] = {"path": nftables_path(plan), "content": render_nftables(firewall)}
+        files = boot_files(plan, firewall)
+        out["file"] = files["nft"]
+        if "unit" in files:
+            out["boot_unit"] = files["unit"]
     elif out["managed"]:
         out["windows_rules"] = {name: {"port": rule["port"], "remote": list(rule["remote"])}
                                 for name, rule in windows_expected(firewall).items()}

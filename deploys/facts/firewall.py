@@ -16,15 +16,27 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import shlex
 
 from pyinfra.api import FactBase
 
-from llamafleet.deploys.firewall import ANY, TABLE, WINDOWS_PREFIX, collapse, host_firewall, net_text
+from llamafleet.deploys.firewall import (
+    ANY,
+    BOOT_UNIT,
+    TABLE,
+    WINDOWS_PREFIX,
+    boot_unit_path,
+    collapse,
+    host_firewall,
+    net_text,
+    nftables_path,
+)
 from llamafleet.deploys.operations.common import ps_quote
 
 NO_NFT = "llamafleet-no-nft"
 NO_TABLE = "llamafleet-no-table"
 NFT_FAILED = "llamafleet-nft-failed"
+FILES = "llamafleet-files"  # the last line: sha256 of the rules file and of the boot unit, the unit's enablement
 
 
 # --- nftables ---------------------------------------------------------------------------------------
@@ -37,11 +49,18 @@ class NftablesRules(FactBase):
     def default():
         return None
 
-    def command(self) -> str:
+    def command(self, path: str, unit: str = "") -> str:
+        """``path``: the rules file; ``unit``: the boot unit's path (systemd hosts), or empty."""
+        def sha(file: str) -> str:
+            return f"$([ -f {shlex.quote(file)} ] && sha256sum < {shlex.quote(file)} | cut -c1-64)" if file else ""
+
+        enabled = f"$(systemctl is-enabled {BOOT_UNIT} 2>/dev/null)" if unit else ""
         return (f"command -v nft >/dev/null 2>&1 || {{ echo {NO_NFT}; exit 0; }}; "
                 f"nft -j list table inet {TABLE} 2>/dev/null || "
                 f"{{ if nft list tables >/dev/null 2>&1; then echo {NO_TABLE}; "
-                f"else echo {NFT_FAILED} $(nft list tables 2>&1 | head -n 1); fi; }}")
+                f"else echo {NFT_FAILED} $(nft list tables 2>&1 | head -n 1); fi; }}; "
+                f"nf={sha(path)}; un={sha(unit)}; en={enabled}; "
+                f"printf '{FILES} %s %s %s\\n' \"${{nf:--}}\" \"${{un:--}}\" \"${{en:--}}\"")
 
     def process(self, output):
         return parse_nft("\n".join(output))
@@ -88,12 +107,22 @@ def _rule(exprs: list) -> tuple[int, list | None, str] | None:
 
 
 def parse_nft(output: str) -> dict:
-    """``nft -j list table inet llamafleet`` (or the command's markers) -> {status, chain, ports, other}.
+    """``nft -j list table inet llamafleet`` (or the command's markers), then the files line ->
+    {status, chain, ports, other, files}.
 
     ``ports``: port -> ANY or the sorted collapsed networks, as the rules in order decide it: an accept
     with a source set adds those sources, an accept without one opens the port, the first drop closes
     it to everyone else; a port no drop closes is open. ``other``: rules of any other shape."""
-    text = output.strip()
+    lines = output.strip().splitlines()
+    files = None
+    if lines and lines[-1].startswith(FILES + " "):
+        fields = (lines.pop().split() + ["-"] * 3)[1:4]
+        files = dict(zip(("nft", "unit", "enabled"), (None if f == "-" else f for f in fields)))
+    parsed = _parse_table("\n".join(lines).strip())
+    return parsed if files is None else {**parsed, "files": files}
+
+
+def _parse_table(text: str) -> dict:
     if text == NO_NFT:
         return {"status": "no-nft", "detail": "nft is not installed (Debian/Ubuntu: apt-get install nftables)"}
     if text == NO_TABLE:
@@ -208,5 +237,8 @@ def with_live_rules(host, plan, state: dict) -> dict:
     firewall = host_firewall(plan)
     if not firewall.manage or firewall.kind is None:
         return state
-    fact = NftablesRules if firewall.kind == "nftables" else WindowsFirewallRules
-    return {**state, "firewall": host.get_fact(fact)}
+    if firewall.kind == "nftables":
+        live = host.get_fact(NftablesRules, path=nftables_path(plan), unit=boot_unit_path(plan) or "")
+    else:
+        live = host.get_fact(WindowsFirewallRules)
+    return {**state, "firewall": live}

@@ -1,7 +1,8 @@
 """Host firewall rules (``deploys/firewall.py``): apply them where the live rules differ, nothing otherwise.
 
 Linux: the rendered nftables file is uploaded and applied with ``nft -f``, one transaction that
-replaces ``table inet llamafleet`` whole (or leaves the old one in place if anything in it fails).
+replaces ``table inet llamafleet`` whole (or leaves the old one in place if anything in it fails);
+on systemd hosts a oneshot unit loads the same file at boot, before the network comes up.
 Windows: one ``New-``, ``Set-`` or ``Remove-NetFirewallRule`` per llamafleet rule that differs.
 The live rules come from ``facts/firewall.py``, read once per host with the other state.
 """
@@ -13,25 +14,37 @@ import shlex
 from pyinfra.api import operation
 
 from llamafleet.deploys.firewall import (
+    BOOT_UNIT,
+    boot_files,
     host_firewall,
     nft_differences,
-    nftables_path,
-    render_nftables,
     windows_differences,
     windows_expected,
 )
-from llamafleet.deploys.operations.common import ps_quote, upload_posix
+from llamafleet.deploys.operations.common import ps_quote, sha256_text, upload_posix
 from llamafleet.errors import UserError
 
 
 @operation()
-def nftables(path: str, content: str, expected: dict, live: dict):
-    """``expected``: port -> "any" or networks; ``live``: the NftablesRules fact. A differing table
-    is replaced whole: upload the file, then ``nft -f`` it."""
-    if not nft_differences(expected, live):
+def nftables(files: dict, expected: dict, live: dict):
+    """``files``: "nft" (the rules) and on systemd hosts "unit" (loads them at boot), each {path,
+    content}; ``expected``: port -> "any" or networks; ``live``: the NftablesRules fact. A differing
+    table is replaced whole (``nft -f`` of the file); a differing file is rewritten; the boot unit is
+    enabled."""
+    seen = live.get("files") or {}
+    rules, unit = files["nft"], files.get("unit")
+    table_differs = bool(nft_differences(expected, live))
+    if seen.get("nft") != sha256_text(rules["content"]):
+        yield from upload_posix(rules["path"], rules["content"], "0644")
+    if table_differs:
+        yield f"nft -f {shlex.quote(rules['path'])}"
+    if unit is None:
         return
-    yield from upload_posix(path, content, "0644")
-    yield f"nft -f {shlex.quote(path)}"
+    if seen.get("unit") != sha256_text(unit["content"]):
+        yield from upload_posix(unit["path"], unit["content"], "0644")
+        yield "systemctl daemon-reload"
+    if seen.get("enabled") != "enabled":
+        yield f"systemctl enable {BOOT_UNIT}"
 
 
 @operation()
@@ -66,7 +79,6 @@ def planned(plan, state: dict) -> list[tuple[str, object, dict]]:
                         f"hosts.{plan.name}.firewall.manage: false)")
     if firewall.kind == "nftables":
         return [("firewall rules (nftables)", nftables, {
-            "path": nftables_path(plan), "content": render_nftables(firewall), "expected": firewall.expected(),
-            "live": live})]
+            "files": boot_files(plan, firewall), "expected": firewall.expected(), "live": live})]
     return [("firewall rules (Windows Firewall)", windows_rules, {"expected": windows_expected(firewall),
                                                                    "live": live})]

@@ -252,6 +252,9 @@ def _firewall_lines(f: dict) -> list[str]:
     if "file" in f:
         lines.append(f"    {f['file']['path']}, applied with nft -f:")
         lines += _content_lines(f["file"]["content"])
+    if "boot_unit" in f:
+        lines.append(f"    {f['boot_unit']['path']}, enabled: loads it at boot")
+        lines += _content_lines(f["boot_unit"]["content"])
     return lines
 
 def _content_lines(content: str) -> list[str]:

@@ -109,7 +109,7 @@ def test_json_shape_is_stable(capsys):
     for h in data["hosts"].values():
         assert list(h) == ["os", "arch", "backend", "service_manager", "install_dir", "build", "models", "services",
                            "secrets", "plain_paths", "firewall", "files"]
-        assert set(h["firewall"]) - {"file", "windows_rules"} == {"managed", "kind", "why", "rules"}
+        assert set(h["firewall"]) - {"file", "boot_unit", "windows_rules"} == {"managed", "kind", "why", "rules"}
         for r in h["firewall"]["rules"]:
             assert set(r) == {"service", "role", "port", "used_by", "from"} and isinstance(r["port"], int)
         assert set(h["build"]) == {"build", "build_id", "method", "dir", "binaries", "cmake_options", "artifacts"}
@@ -134,6 +134,8 @@ def test_text_plan_says_which_port_accepts_whom(capsys):
             ) in out
     assert "    port 50052 desktop-rpc (rpc-worker): only from 127.0.0.1, 192.168.86.29, 192.168.86.36, ::1 (used from akiva)" in out
     assert "      | \t\ttcp dport 8080 drop" in out
+    assert "    /etc/systemd/system/llamafleet-firewall.service, enabled: loads it at boot" in out
+    assert "      | ExecStart=/usr/sbin/nft -f /opt/llamafleet/etc/firewall.nft" in out
     assert out.count("  firewall: not managed (macOS: llamafleet manages no firewall there") == 2
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import shutil
 import subprocess
 
@@ -202,32 +203,69 @@ def test_applied_rules_read_back_as_planned_and_a_second_apply_replaces_the_firs
         live = parse_nft(listed.stdout)
         assert live["status"] == "ok" and live["chain"] == "ok" and live["other"] == []
         assert fw.nft_differences(firewall.expected(), live) == []
-        assert list(fw_ops.nftables._inner("/lf/etc/firewall.nft", "x", firewall.expected(), live)) == []
+        assert fw.nft_differences(firewall.expected(), live) == []
         applied += 1
     tables = _nft("list", "tables").stdout
     assert tables.count(f"table inet {fw.TABLE}") == (1 if applied else 0)
 
 
 @needs_nft
-def test_the_fact_command_reads_a_missing_table_and_the_applied_one(llamafleet_table):
-    command = NftablesRules().command()
+def test_the_fact_command_reads_a_missing_table_and_the_applied_one(llamafleet_table, tmp_path):
+    rules_file = tmp_path / "etc" / "firewall.nft"
+    command = NftablesRules().command(str(rules_file))
     _nft("delete", "table", "inet", fw.TABLE)
     out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30).stdout
-    assert NftablesRules().process(out.splitlines()) == {"status": "absent", "detail": f"no table inet {fw.TABLE}"}
+    assert NftablesRules().process(out.splitlines()) == {"status": "absent", "detail": f"no table inet {fw.TABLE}",
+                                                          "files": {"nft": None, "unit": None, "enabled": None}}
     firewall = _seed_firewalls()[0]
-    assert _nft("-f", "-", stdin=fw.render_nftables(firewall)).returncode == 0
+    files = {"nft": {"path": str(rules_file), "content": fw.render_nftables(firewall)}}
+    commands = list(fw_ops.nftables._inner(files, firewall.expected(), parse_nft(out)))
+    assert commands[-1] == f"nft -f {rules_file}"
+    rules_file.parent.mkdir()
+    rules_file.write_text(files["nft"]["content"])  # what the upload does
+    assert _nft("-f", str(rules_file)).returncode == 0
     out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30).stdout
     live = NftablesRules().process(out.splitlines())
     assert live["ports"] == {8080: ["127.0.0.1", "192.168.86.29", "192.168.86.40", "::1"]}
+    assert fw.nft_differences(firewall.expected(), live) == fw.file_differences(files, live) == []
+    assert list(fw_ops.nftables._inner(files, firewall.expected(), live)) == []  # a second deploy: nothing
     # By hand: the drop rule goes, so the port is open to everyone; drift and the operation see it.
     handles = json.loads(_nft("-j", "-a", "list", "table", "inet", fw.TABLE).stdout)["nftables"]
     drop = next(i["rule"]["handle"] for i in handles if "rule" in i and {"drop": None} in i["rule"]["expr"])
     assert _nft("delete", "rule", "inet", fw.TABLE, "input", "handle", str(drop)).returncode == 0
-    live = parse_nft(_nft("-j", "list", "table", "inet", fw.TABLE).stdout)
+    out = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30).stdout
+    live = parse_nft(out)
     assert fw.nft_differences(firewall.expected(), live) == [
         ("port 8080", "only from 127.0.0.1, 192.168.86.29, 192.168.86.40, ::1", "open to every address")]
-    commands = list(fw_ops.nftables._inner("/opt/llamafleet/etc/firewall.nft", "text", firewall.expected(), live))
-    assert commands[-1] == "nft -f /opt/llamafleet/etc/firewall.nft"
+    assert list(fw_ops.nftables._inner(files, firewall.expected(), live)) == [f"nft -f {rules_file}"]
+
+
+def test_systemd_hosts_load_the_rules_at_boot_with_a_unit_systemd_parses_back(tmp_path):
+    """The boot unit runs exactly ``nft -f <the rules file>``, whatever the install_dir holds
+    (``systemd-analyze verify`` splits ExecStart= back into its argv)."""
+    from test_unit_escaping import _systemd_dump
+
+    inventory = load_inventory(_inventory(tmp_path))
+    data = inventory.model_dump(mode="json")
+    data["hosts"]["server"]["install_dir"] = "/srv/llama fleet/100% $HOME;x"
+    plan = plan_host(Inventory.model_validate(data), "server")
+    files = fw.boot_files(plan, fw.host_firewall(plan))
+    assert files["unit"]["path"] == "/etc/systemd/system/llamafleet-firewall.service"
+    if shutil.which("systemd-analyze") or os.environ.get("CI"):  # CI installs it (ci/system-deps.sh)
+        dump = _systemd_dump(tmp_path, {"llamafleet-firewall": files["unit"]["content"]})
+        assert dump["llamafleet-firewall"]["argv"] == [fw.NFT, "-f", "/srv/llama fleet/100% $HOME;x/etc/firewall.nft"]
+    live = {"status": "ok", "chain": "ok", "ports": fw.host_firewall(plan).expected(), "other": [],
+            "files": {"nft": None, "unit": None, "enabled": None}}
+    commands = [c if isinstance(c, str) else type(c).__name__ for c in fw_ops.nftables._inner(
+        files, fw.host_firewall(plan).expected(), live)]
+    assert commands == ["mkdir -p '/srv/llama fleet/100% $HOME;x/etc'", "FileUploadCommand",
+                        "chmod 0644 '/srv/llama fleet/100% $HOME;x/etc/firewall.nft'",
+                        "mkdir -p /etc/systemd/system", "FileUploadCommand",
+                        "chmod 0644 /etc/systemd/system/llamafleet-firewall.service", "systemctl daemon-reload",
+                        "systemctl enable llamafleet-firewall.service"]
+    # A supervisord host's services do not start at boot either: no unit there.
+    data["hosts"]["server"]["service_manager"] = "supervisord"
+    assert "unit" not in fw.boot_files(plan_host(Inventory.model_validate(data), "server"), fw.host_firewall(plan))
 
 
 # --- escaping: nothing free-form reaches the nft file ---------------------------------------------------
