@@ -24,6 +24,7 @@ from llamafleet.deploys.deploy import HostChanges, build_spec, host_changes, ser
 from llamafleet.deploys.facts.drivers import METAL_MIN_MACOS, metal_supported, parse_sw_vers
 from llamafleet.deploys.firewall import firewall_findings
 from llamafleet.deploys.operations.common import file_matches, sha256_text
+from llamafleet.deploys.operations import secrets
 from llamafleet.deploys.operations.drivers import running_version
 from llamafleet.deploys.plan import INSTALL_RECORD, HostPlan, plan_host
 from llamafleet.drift_reading import (
@@ -228,9 +229,15 @@ def file_findings(plan: HostPlan, reading: HostReading) -> list[Finding]:
                                 detail=_diff(path, content, reading.contents.get(path))))
     for secret in plan.secrets:
         state = seen.get(secret.path) or {}
+        expected = f"mode 0600, owner {secret.user}"
         actual = f"mode {state.get('mode')}, owner {state.get('owner')}" if state else "missing"
-        findings.append(_compare(plan.name, f"secret {secret.path}", f"mode 0600, owner {secret.user}", actual,
-                                 _would("create the token file or fix its mode and owner")))
+        hint = _would("create the token file or fix its mode and owner")
+        if secret.source:  # copied from this machine: the same bytes too (by sha256; a secret is never shown)
+            expected += f", the content of {secret.source}"
+            same = state and not secrets.differs(vars(secret), state)
+            actual += f", the content of {secret.source}" if same else (", other content" if state else "")
+            hint = _would(f"copy {secret.source} there (0600, owner {secret.user}) and restart what reads it")
+        findings.append(_compare(plan.name, f"secret {secret.path}", expected, actual, hint))
     return findings
 
 
