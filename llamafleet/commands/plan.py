@@ -127,8 +127,8 @@ def host_plan(plan) -> dict:
             "env": dict(svc.env),
         } for svc in plan.services},
         # The token itself is never shown. The deploy makes token files on POSIX hosts only.
-        "secrets": [{"path": s.path, "mode": mode_of("0600"), "owner": s.user, "made_by_deploy": not plan.windows}
-                    for s in plan.secrets],
+        "secrets": [{"path": s.path, "mode": mode_of("0600"), "owner": s.user, "made_by_deploy": not plan.windows,
+                     "copied_from": s.source} for s in plan.secrets],
         "plain_paths": plain_paths(plan.inventory, plan.name),
         "firewall": _firewall(plan),
         "files": files,
@@ -216,7 +216,10 @@ def _host_lines(name: str, h: dict) -> list[str]:
     for target, p in h["plain_paths"].items():
         lines.append(f"  plain path of {target}: {p['summary']}")
     for s in h["secrets"]:
-        if s["made_by_deploy"]:
+        if s["made_by_deploy"] and s["copied_from"]:
+            lines.append(f"  secret {s['path']}: mode {s['mode']}, owner {s['owner']}, copied from {s['copied_from']} "
+                         "on this machine (its content is never shown)")
+        elif s["made_by_deploy"]:
             lines.append(f"  secret {s['path']}: mode {s['mode']}, owner {s['owner']}, made on the host "
                          "(the token is never shown)")
         else:

@@ -122,7 +122,7 @@ def test_json_shape_is_stable(capsys):
             assert set(p) == {"kind", "sidecar", "port", "request_fields", "reason", "proxies", "summary"}
             assert p["kind"] in ("request", "sidecar", "none")
         for s in h["secrets"]:
-            assert set(s) == {"path", "mode", "owner", "made_by_deploy"}
+            assert set(s) == {"path", "mode", "owner", "made_by_deploy", "copied_from"}
 
 
 def test_text_plan_says_which_port_accepts_whom(capsys):
