@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import ssl
 import urllib.request
+from pathlib import Path
 
 import httpx
 import openai
@@ -16,12 +17,16 @@ import pytest
 from llamafleet import tls
 from llamafleet.bench import conditions
 from llamafleet.cli import main
+from llamafleet.config import load_inventory
+from llamafleet.doctor import Doctor, expectation
+from llamafleet.rig.servers import free_port
 from llamafleet.llama_client import LlamaClient, LlamaServerError
 from llamafleet.proxy.background import BackgroundProxy
 from llamafleet.proxy.config import ProxyConfig
 from llamafleet.errors import UserError
 
 pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
 TOKEN = "tls-test-token-0123456789"
 
 
@@ -110,6 +115,38 @@ def test_bench_condition_trusts_only_the_proxy_certificate(tls_proxy, pairs):
     wrong = conditions.llamafleet_path("direct", tls_proxy.url, TOKEN, str(pairs["other"].cert))
     with pytest.raises(LlamaServerError, match="CERTIFICATE_VERIFY_FAILED"):
         wrong.complete("The capital of France is", 4)
+
+
+def tls_inventory(tmp_path, port: int, pair: tls.LocalPair):
+    """The example inventory with its proxy on ``port`` of this machine, serving ``pair``."""
+    text = (REPO / "inventory" / "examples" / "local.yaml").read_text()
+    auth = "    auth: {token_file: /opt/llamafleet/proxy.token}\n"
+    text = text.replace("    port: 8080\n", f"    port: {port}\n").replace(
+        auth, auth + f"    tls: {{cert_file: {pair.cert}, key_file: {pair.key}}}\n")
+    path = tmp_path / "cluster.yaml"
+    path.write_text(text)
+    return load_inventory(path)
+
+
+def test_doctor_compares_the_served_certificate(tls_proxy, smollm2_server, pairs, tmp_path):
+    """doctor's TLS check against a proxy serving the expected pair, one serving another pair, one serving
+    plain HTTP where TLS is configured, and a port where nothing listens."""
+    def check(port: int, pair: tls.LocalPair):
+        inventory = tls_inventory(tmp_path, port, pair)
+        doctor = Doctor(inventory, http=LlamaClient(10), expect=expectation(inventory, None), proxy_token=TOKEN)
+        return doctor.check_tls("proxy", inventory.services["proxy"])
+
+    ok = check(tls_proxy.port, pairs["served"])
+    assert ok.severity.value == "ok" and tls.file_fingerprint(pairs["served"].cert) in ok.actual
+    other = check(tls_proxy.port, pairs["other"])
+    assert other.severity.value == "fail"
+    assert tls.file_fingerprint(pairs["other"].cert) in other.expected
+    assert tls.file_fingerprint(pairs["served"].cert) in other.actual
+    with BackgroundProxy(config(smollm2_server.url, None), token=TOKEN) as plain:
+        finding = check(plain.port, pairs["served"])
+    assert finding.severity.value == "fail" and finding.actual == "plain HTTP", finding
+    nothing = check(free_port(), pairs["served"])
+    assert nothing.severity.value == "error" and "no answer" in nothing.actual
 
 
 def test_served_certificate_says_plain_http(smollm2_server):
