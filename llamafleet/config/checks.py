@@ -14,6 +14,7 @@ from llamafleet.config import builds
 from llamafleet.findings import Finding, Severity, problem
 from llamafleet.config.cache_checks import check_cache
 from llamafleet.config.memory import device_index, memory_findings, valid_device_names
+from llamafleet.config.tls_files import check_proxy_tls
 from llamafleet.config.topology import PlainRoute, plain_route
 from llamafleet.config.models import (
     OS,
@@ -775,4 +776,4 @@ def check_firewall(inventory: Inventory) -> Findings:
 
 CHECKS = (check_references, check_one_build, check_managed_args, check_flags, check_model_on_host, check_tokenizers, check_ports,
           check_binds, check_hosts, check_devices, check_gpu_layers, check_memory, check_downloads, check_proxies,
-          check_plain_routes, check_unit_values, check_secrets, check_cache, check_firewall)
+          check_plain_routes, check_unit_values, check_secrets, check_proxy_tls, check_cache, check_firewall)

@@ -112,6 +112,7 @@ def test_every_code_is_documented_and_tested():
     tested |= {"LF192", "LF193"}  # test_plain_path
     tested |= {"LF196"}  # test_inventory_secrets
     tested |= {"LF197", "LF198"}  # test_proxy_targets
+    tested |= {"LF185", "LF186", "LF187", "LF188", "LF189"}  # test_inventory_tls
     tested |= {"LF107", "LF108"}  # test_builds
     tested |= {"LF210", "LF211", "LF212"}  # test_inventory_cache
     tested |= {c.code for c in BAD_VALUES}  # test_inventory_types
