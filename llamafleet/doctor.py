@@ -3,7 +3,8 @@
 Where ``drift`` looks at files and units on each host over SSH, ``doctor`` asks the services
 themselves, from wherever it runs (a laptop, a CI runner):
 
-- every llama-server answers ``/health``;
+- every llama-server answers ``/health``, and refuses a completion without the cluster's API key (every
+  other call to it carries the key; ``/health`` and ``/v1/models`` are public in llama-server);
 - every llama-server's ``/props`` ``build_info`` is the expected one, and all of them agree
   (machines upgraded one by one by hand drift apart, e.g. b8112, b8100 and b8079 side by side);
 - ``/props`` ``total_slots`` equals the inventory's ``parallel``;
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from llamafleet.config.models import (
+    OS,
     DrafterService,
     Host,
     Inventory,
@@ -106,11 +108,16 @@ class Expectation:
 
 
 class Doctor:
-    def __init__(self, inventory: Inventory, *, http: LlamaClient, expect: Expectation, proxy_token: str | None) -> None:
+    def __init__(self, inventory: Inventory, *, http: LlamaClient, expect: Expectation, proxy_token: str | None,
+                 server_key: str | None = None, key_problem: str = "") -> None:
         self.inv = inventory
         self.http = http
         self.expect = expect
         self.proxy_token = proxy_token
+        # The llama-servers' API key (llamafleet/server_key.py), sent to them on every call but the check
+        # that they refuse a request without it; ``key_problem`` says why it is not here.
+        self.server_key = server_key
+        self.key_problem = key_problem
         self.props: dict[str, dict] = {}  # service -> /props, filled by the health pass
 
     def run(self, hosts: Iterable[str], parallel: int | None = None) -> Report:
@@ -167,15 +174,20 @@ class Doctor:
             return [Finding(svc.host, f"health {name}", Severity.fail, "200 ok",
                             f"HTTP {health.status} {_error_message(health.body)}".strip(),
                             hint="a 503 means the model is still loading; otherwise read the service's log")]
-        findings = [Finding(svc.host, f"health {name}", Severity.ok, "200 ok", "200 ok")]
+        findings = [Finding(svc.host, f"health {name}", Severity.ok, "200 ok", "200 ok"),
+                    self._refuses_without_key(name, svc, base)]
         try:
-            props = self.http.request(base + "/props")
+            props = self.http.request(base + "/props", token=self.server_key)
         except LlamaServerError as err:  # it answered /health a moment ago: it stopped or hung since
             findings.append(Finding(svc.host, f"props {name}", Severity.error, "/props as JSON", _no_answer(err)))
             return findings
         if props.status != 200 or not isinstance(props.body, dict):
+            hint = "is this port really llama-server at the pinned build?"
+            if props.status == 401:
+                hint = (f"the server wants the cluster's API key: {self.key_problem}" if self.key_problem else
+                        "the server refused the cluster's API key: re-deploy so its key file matches this one")
             findings.append(Finding(svc.host, f"props {name}", Severity.fail, "/props as JSON", f"HTTP {props.status}",
-                                    hint="is this port really llama-server at the pinned build?"))
+                                    hint=hint))
             return findings
         self.props[name] = props.body
         findings.append(self._build_finding(name, svc, str(props.body.get("build_info", ""))))
@@ -186,6 +198,25 @@ class Doctor:
             hint="" if slots == svc.parallel else f"the running server was started with -np {slots}; re-deploy {name}",
         ))
         return findings
+
+    def _refuses_without_key(self, name: str, svc: LlamaServerService, base: str) -> Finding:
+        """A completion without the API key gets 401: no one on the network reaches the model past the
+        proxy's bearer token. (llama-server leaves /health and /v1/models public: they say whether it
+        runs and what it loaded, never a model's answer.)"""
+        check, expected = f"api key {name}", "401 to a completion without the key"
+        try:
+            reply = self.http.request(base + "/completion", data={"prompt": "a", "n_predict": 1})
+        except LlamaServerError as err:
+            return Finding(svc.host, check, Severity.error, expected, _no_answer(err))
+        if reply.status == 401:
+            return Finding(svc.host, check, Severity.ok, expected, "401")
+        if self.inv.hosts[svc.host].os is OS.windows:
+            return Finding(svc.host, check, Severity.warning, expected, f"HTTP {reply.status}",
+                           hint="the deploy gives llama-servers on Windows hosts no API key yet (docs/hardening.md): "
+                           "their port bypasses the proxy's auth; keep it off untrusted networks")
+        return Finding(svc.host, check, Severity.fail, expected, f"HTTP {reply.status}",
+                       hint=f"the server answers without the cluster's API key, so its port bypasses the proxy's auth: "
+                       f"re-deploy {svc.host} (every llama-server the deploy starts gets --api-key-file)")
 
     def _build_finding(self, name: str, svc: LlamaServerService, actual: str) -> Finding:
         pin = self.inv.llama_cpp.build
@@ -272,14 +303,15 @@ class Doctor:
                         f"same ids for {len(TOKENIZER_PROBES)} probes")]
 
     def _model_meta(self, base: str) -> dict:
-        reply = self.http.request(base + "/v1/models")
+        reply = self.http.request(base + "/v1/models", token=self.server_key)
         try:
             return dict(reply.body["data"][0].get("meta") or {})
         except (TypeError, KeyError, IndexError):
             raise ValueError(f"{base}/v1/models: HTTP {reply.status}, no model metadata") from None
 
     def _tokenize(self, base: str, text: str) -> list[int]:
-        reply = self.http.request(base + "/tokenize", data={"content": text, "add_special": False})
+        reply = self.http.request(base + "/tokenize", data={"content": text, "add_special": False},
+                                  token=self.server_key)
         if reply.status != 200 or not isinstance(reply.body, dict) or "tokens" not in reply.body:
             raise ValueError(f"{base}/tokenize: HTTP {reply.status}")
         return list(reply.body["tokens"])

@@ -23,6 +23,17 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped under CI (CI is set), which counts as a failure: {reason}"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_state(tmp_path_factory):
+    """Deploys, doctor and bench keep the clusters' generated API keys in a folder of this test session
+    ($LLAMAFLEET_STATE, which pyinfra runs inherit), never in the user's ~/.local/state."""
+    from llamafleet.server_key import STATE_ENV
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(STATE_ENV, str(tmp_path_factory.mktemp("llamafleet-state")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def llama_build() -> cache.LlamaCpp:
     return cache.ensure_llama_cpp()

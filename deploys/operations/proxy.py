@@ -16,6 +16,7 @@ import sys
 import time
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pyinfra.api import FileUploadCommand, operation
 
@@ -73,6 +74,10 @@ def pip_source() -> str:
     """Where the host's pip gets dependencies: its own index, or only a wheelhouse URL (air-gapped
     sites, the demo and the tests) when ``LLAMAFLEET_PIP_FIND_LINKS`` is set on the controller."""
     find_links = os.environ.get(FIND_LINKS_ENV)
+    if find_links and urlsplit(find_links).netloc.rpartition("@")[1]:
+        # it would be on the host's pip command line (ps) and in pyinfra's output
+        raise UserError(f"{FIND_LINKS_ENV}: a URL with a user name or password would land on the proxy host's "
+                        "command line; serve the wheelhouse without credentials (or give the host's pip a netrc)")
     return f"--no-index --find-links {shlex.quote(find_links)} " if find_links else ""
 
 

@@ -23,14 +23,16 @@ KEY_ROLES = ("target", "target-plain", "drafter", "proxy")  # the services that 
 
 def differs(secret: dict, seen: dict | None) -> bool:
     """Whether the host's file at ``secret["path"]`` is not what the plan wants: missing, not 0600, not
-    the service user's, or (for a copied secret) not the local file's bytes (compared by sha256)."""
+    the service user's, or (for a copied secret) not the local file's bytes (compared by sha256). A
+    deploy always has the local file (it checks or generates it first); ``drift`` run where the
+    cluster's key is not (a CI runner without it) checks the host's copy by mode and owner only."""
     if seen is None or seen.get("mode") != "0600" or seen.get("owner") != secret["user"]:
         return True
     if secret.get("source"):
         try:
             return seen.get("sha256") != key_digest(secret["source"])
-        except OSError:  # not on this machine (drift from another one): it cannot be shown to match
-            return True
+        except OSError:
+            return False
     return False
 
 

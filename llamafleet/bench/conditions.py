@@ -74,10 +74,15 @@ class Condition:
         return {k: figures.get(k) for k in ("path", *SPEC_FIELDS)} if isinstance(figures, dict) else None
 
 
-def baseline(target_url: str, fields: dict | None = None) -> Condition:
+def server_headers(key: str | None) -> dict[str, str]:
+    """What a call to a deployed llama-server carries: the cluster's API key (llamafleet/server_key.py)."""
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def baseline(target_url: str, fields: dict | None = None, key: str | None = None) -> Condition:
     """The target decoding plainly: the server itself, with ``fields`` (``speculative.n_max: 0``) where
-    the same server also speculates and its build reads that per request."""
-    return Condition("baseline", target_url, fields=dict(fields or {}))
+    the same server also speculates and its build reads that per request; ``key``: the servers' API key."""
+    return Condition("baseline", target_url, server_headers(key), fields=dict(fields or {}))
 
 
 def llamafleet_path(mode: str, proxy_url: str, token: str | None, cert: str | None = None) -> Condition:
@@ -101,21 +106,21 @@ class TightwadCondition(Condition):
         return {"path": "tightwad", **figures, "target_tokens_evaluated": None}
 
 
-def count_tokens(target_url: str, text: str) -> int:
+def count_tokens(target_url: str, text: str, key: str | None = None) -> int:
     """Tokens in a returned text, counted by the target's own tokenizer (no special tokens added)."""
-    answer = LlamaClient(60.0).json(f"{target_url}/tokenize", data={"content": text, "add_special": False})
+    answer = LlamaClient(60.0, token=key).json(f"{target_url}/tokenize", data={"content": text, "add_special": False})
     return len(answer["tokens"])
 
 
-def render_chat_prompt(target_url: str, user_text: str) -> str:
+def render_chat_prompt(target_url: str, user_text: str, key: str | None = None) -> str:
     """The raw prompt the target's own chat template makes of one user message."""
-    answer = LlamaClient(60.0).json(f"{target_url}/apply-template",
+    answer = LlamaClient(60.0, token=key).json(f"{target_url}/apply-template",
                                     data={"messages": [{"role": "user", "content": user_text}]})
     return answer["prompt"]
 
 
-def prompt_eval(target_url: str, prompt: str) -> dict:
+def prompt_eval(target_url: str, prompt: str, key: str | None = None) -> dict:
     """The target's timings for evaluating ``prompt`` from an empty cache (no generation)."""
-    answer = LlamaClient(300.0).json(f"{target_url}/completion",
+    answer = LlamaClient(300.0, token=key).json(f"{target_url}/completion",
                                      data={"prompt": prompt, "n_predict": 0, "cache_prompt": False})
     return answer["timings"]

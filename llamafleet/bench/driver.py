@@ -32,15 +32,16 @@ class BenchResult:
 def benchmark(setup: BenchSetup, args, log_dir: Path) -> BenchResult:
     modes = _wanted_modes(setup, args)  # bad input fails before any request is sent
     prompts = _prompts(args)
-    rendered = {p.key: cond.render_chat_prompt(setup.target_url, p.text) for p in prompts}
+    key = setup.server_key  # the deployed llama-servers' API key (None: servers that need none)
+    rendered = {p.key: cond.render_chat_prompt(setup.target_url, p.text, key) for p in prompts}
     with ExitStack() as stack:
         conditions, notes = _conditions(setup, modes, args, log_dir, stack)
-        draft_timings = draft_probe(setup.drafter_url, prompts, rendered, args.max_tokens)
-        evals = {p.key: cond.prompt_eval(setup.target_url, rendered[p.key]) for p in prompts}
+        draft_timings = draft_probe(setup.drafter_url, prompts, rendered, args.max_tokens, key)
+        evals = {p.key: cond.prompt_eval(setup.target_url, rendered[p.key], key) for p in prompts}
         started, load_before = datetime.now(timezone.utc), os.getloadavg()
         samples = runner.run(
             conditions, prompts, rendered, max_tokens=args.max_tokens, repeats=args.repeats,
-            warmup=args.warmup, count_tokens=lambda text: cond.count_tokens(setup.target_url, text),
+            warmup=args.warmup, count_tokens=lambda text: cond.count_tokens(setup.target_url, text, key),
             progress=args.progress,
         )
     load_after = os.getloadavg()
@@ -49,7 +50,7 @@ def benchmark(setup: BenchSetup, args, log_dir: Path) -> BenchResult:
     names = [c.name for c in conditions]
     summary = summarize(samples, names, max_tokens=args.max_tokens, draft_ms_per_token=ms_per_token(draft_timings),
                         prompt_eval=evals)
-    props = LlamaClient(30.0).json(f"{setup.target_url}/props")
+    props = LlamaClient(30.0, token=key).json(f"{setup.target_url}/props")
     record = {
         "started_utc": started.isoformat(timespec="seconds"),
         "settings": {"max_tokens": args.max_tokens, "repeats": args.repeats, "warmup": args.warmup,
@@ -78,12 +79,12 @@ def benchmark(setup: BenchSetup, args, log_dir: Path) -> BenchResult:
 
 
 def draft_probe(drafter_url: str | None, prompts: list[Prompt], rendered: dict[str, str],
-                max_tokens: int) -> list[dict]:
+                max_tokens: int, key: str | None = None) -> list[dict]:
     """The drafter's llama-server timings on the benchmark's prompts: the draft model's own decode
     cost, the numerator of the cost ratio c in the bound."""
     if drafter_url is None:
         return []
-    drafter = cond.Condition("draft", drafter_url)
+    drafter = cond.Condition("draft", drafter_url, cond.server_headers(key))
     return [drafter.complete(rendered[p.key], max_tokens).timings or {} for p in prompts]
 
 
@@ -106,7 +107,7 @@ def _wanted_modes(setup: BenchSetup, args) -> list[str]:
 def _conditions(setup: BenchSetup, modes: list[str], args, log_dir: Path,
                 stack: ExitStack) -> tuple[list[cond.Condition], list[str]]:
     """Baseline, each speculation path asked for, then Tightwad where it can run."""
-    conditions = [cond.baseline(setup.target_url, setup.target_fields)]
+    conditions = [cond.baseline(setup.target_url, setup.target_fields, setup.server_key)]
     conditions += [cond.llamafleet_path(m, setup.proxy_url, setup.token, setup.proxy_cert) for m in modes]
     notes = list(setup.notes)
     python = None if args.no_tightwad else tightwad.tightwad_python()
@@ -116,6 +117,9 @@ def _conditions(setup: BenchSetup, modes: list[str], args, log_dir: Path,
         notes.append(f"Tightwad not installed (pip install tightwad=={tightwad.TIGHTWAD_VERSION} to compare).")
     elif setup.drafter_url is None:
         notes.append("Tightwad left out: it needs a drafter llama-server and this cluster has none.")
+    elif setup.server_key:
+        notes.append("Tightwad left out: this cluster's llama-servers require an API key, which Tightwad "
+                     f"{tightwad.TIGHTWAD_VERSION} does not send.")
     else:
         try:
             proxy = stack.enter_context(tightwad.running_tightwad(python, setup.target_url, setup.drafter_url, log_dir))

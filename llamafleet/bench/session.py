@@ -11,6 +11,7 @@ from llamafleet.config import load_inventory
 from llamafleet.config.models import SpeculationMode
 from llamafleet.errors import UserError
 from llamafleet.proxy.config import ProxyConfig, service_url
+from llamafleet.server_key import read_secret, server_key
 
 # The proxy's paths the benchmark compares with the baseline (the target decoding plainly, which is
 # what "direct" is), in the order of its tables.
@@ -27,6 +28,7 @@ class BenchSetup:
     about: dict = field(default_factory=dict)  # what was benchmarked, for the JSON file
     notes: list[str] = field(default_factory=list)  # caveats printed under the tables
     target_fields: dict = field(default_factory=dict)  # request fields that keep the baseline plain
+    server_key: str | None = None  # the llama-servers' API key (a deployed cluster's; the rig's need none)
     proxy_cert: str | None = None  # a TLS proxy: the local copy of its certificate, the only one trusted
 
 
@@ -51,6 +53,7 @@ def from_inventory(path: Path, proxy_service: str | None, token_file: Path | Non
                "target": config.target.name, "drafters": [d.name for d in config.drafters]},
         notes=_caveats(config),
         target_fields=dict(config.target.request_fields),
+        server_key=server_key(inventory),
     )
 
 
@@ -87,11 +90,5 @@ def _token(config: ProxyConfig, token_file: Path | None) -> str | None:
     """--token-file wins (the inventory's token_file is a path on the proxy host); otherwise read
     the inventory's own source here, which works for token_env and for a shared path."""
     if token_file is not None:
-        try:
-            token = token_file.read_text().strip()
-        except OSError as err:
-            raise UserError(f"--token-file {token_file}: {err.strerror or err}") from None
-        if not token:
-            raise UserError(f"--token-file {token_file}: the file is empty")
-        return token
+        return read_secret(token_file, "--token-file")  # a 0600 file of this user
     return config.auth.read_token() if config.auth else None

@@ -30,6 +30,7 @@ from llamafleet import tls
 from llamafleet.config.topology import plain_route
 from llamafleet.errors import UserError
 from llamafleet.llama_client import LlamaClient, LlamaServerError
+from llamafleet.server_key import key_source, server_key
 
 PROJECT = Path(__file__).resolve().parents[2]
 PAIRS = ("slow", "fast")  # llamafleet.rig.example.example_inventory's pairs
@@ -55,9 +56,10 @@ def _port_free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-def _wait_json(url: str, timeout: float = 120, cert: str | None = None) -> dict:
+def _wait_json(url: str, timeout: float = 120, cert: str | None = None, key: str | None = None) -> dict:
     try:
-        return LlamaClient(10.0, context=tls.pinned_context(cert) if cert else None).wait_json(url, within=timeout)
+        return LlamaClient(10.0, context=tls.pinned_context(cert) if cert else None, token=key).wait_json(
+            url, within=timeout)
     except LlamaServerError as err:
         raise UserError(f"{url} does not answer after the deploy: {err.reason}") from None
 
@@ -65,11 +67,12 @@ def _wait_json(url: str, timeout: float = 120, cert: str | None = None) -> dict:
 def verify(inventory) -> list[str]:
     """Check every service over HTTP; return the lines to print (addresses and a sample request)."""
     lines = []
+    key = server_key(inventory)  # the llama-servers answer /props and completions only with the cluster's key
     for name, svc in inventory.services.items():
         url = f"http://{svc.bind}:{svc.port}"
         if svc.role in ("target", "drafter"):
             _wait_json(f"{url}/health")
-            build_info = _wait_json(f"{url}/props").get("build_info")
+            build_info = _wait_json(f"{url}/props", key=key).get("build_info")
             lines.append(f"  {svc.role:10} {name:10} {url}  (llama-server, build_info {build_info})")
             route = plain_route(inventory, name)
             if route is not None:
@@ -97,8 +100,9 @@ def verify(inventory) -> list[str]:
     targets = [s for s in inventory.services.values() if s.role == "target"]
     if targets:
         t = targets[0]
-        lines += ["  curl -s http://%s:%d/completion -d '{\"prompt\": \"The capital of France is\", "
-                  "\"n_predict\": 16}'" % (t.bind, t.port)]
+        lines += ["  curl -s http://%s:%d/completion -H \"Authorization: Bearer $(cat %s)\" "
+                  "-d '{\"prompt\": \"The capital of France is\", \"n_predict\": 16}'"
+                  % (t.bind, t.port, shlex.quote(str(key_source(inventory))))]
     return lines
 
 

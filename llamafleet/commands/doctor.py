@@ -14,6 +14,7 @@ from llamafleet.config.loader import DEFAULT_INVENTORY, INVENTORY_ENV, default_i
 from llamafleet.doctor import Doctor, expectation
 from llamafleet.errors import UserError
 from llamafleet.llama_client import LlamaClient
+from llamafleet.server_key import server_key
 from llamafleet.report import add_output_options, add_parallel_option, emit, parallel_count, selected_hosts
 
 
@@ -52,7 +53,11 @@ def run(args) -> int:
         token = os.environ.get(args.proxy_token_env)
         if not token:
             raise UserError(f"--proxy-token-env {args.proxy_token_env}: that variable is not set")
+    try:
+        key, key_problem = server_key(inventory), ""
+    except UserError as err:  # the servers' checks say what it costs (their /props answers 401)
+        key, key_problem = None, str(err)
     doctor = Doctor(inventory, http=LlamaClient(args.timeout), expect=expectation(inventory, args.expect_build_info),
-                    proxy_token=token)
+                    proxy_token=token, server_key=key, key_problem=key_problem)
     return emit(doctor.run(hosts, parallel), args)
 

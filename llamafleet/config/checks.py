@@ -573,6 +573,35 @@ def check_unit_values(inventory: Inventory) -> Findings:
 _SECRET_PART = re.compile(r"^(?:\w*key|\w*token|\w*secrets?|\w*passwords?|passwd|pass|credentials?)$", re.I)
 # The options that give llama-server its API key: the deploy sets the key itself (llamafleet/server_key.py).
 API_KEY_FLAGS = ("--api-key", "--api-key-file")
+# Query parameters of signed download URLs (S3, GCS, Azure) besides the secret-looking names.
+_SIGNED_URL_PARAMS = re.compile(r"^(?:sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|"
+                                r"x-goog-signature|x-goog-credential)$", re.I)
+
+
+def _download_urls(inventory: Inventory) -> Iterator[tuple[tuple, str]]:
+    """(dotted path, URL) of every download URL the deploy hands to the host helper."""
+    pin = inventory.llama_cpp
+    if pin.mirror:
+        yield ("llama_cpp", "mirror"), pin.mirror
+    for index, release in enumerate(pin.releases):
+        if release.url:
+            yield ("llama_cpp", "releases", index, "url"), release.url
+    if pin.source is not None and pin.source.url:
+        yield ("llama_cpp", "source", "url"), pin.source.url
+    for name, model in inventory.models.items():
+        for index, file in enumerate(model.files):
+            if file.url:
+                yield ("models", name, "files", index, "url"), file.url
+
+
+def _url_secret(url: str) -> str | None:
+    """The name of a query parameter of ``url`` that carries a secret, if any."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    for name, _ in parse_qsl(urlsplit(url).query, keep_blank_values=True):
+        if _names_a_secret(name) or _SIGNED_URL_PARAMS.match(name):
+            return name
+    return None
 _LOCATION_PART = re.compile(r"^(?:file|path|dir|env|name|id)$", re.I)
 _URL_CREDENTIALS = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s@]+@", re.I)
 
@@ -609,19 +638,27 @@ def check_secrets(inventory: Inventory) -> Findings:
     ``ps`` listing. LF196 (warning): a secret written into the inventory ends up in a unit file and,
     for arguments, in every ``ps`` listing: a secret-looking ``extra_args`` flag (``--hf-token``), an
     ``env`` value under a secret-looking name or under the proxy's ``auth.token_env``, and a URL with
-    a user name or password in any ``env`` value or argument."""
+    a user name or password in any ``env`` value or argument; a download URL whose query carries a
+    secret (``?token=``, a signed URL's signature), which the host helper gets on its command line."""
     hint = "keep the secret in a 0600 file on the host and name the file (a *-file option, auth.token_file)"
     capss = _pinned_caps(inventory)
+    for where, url in _download_urls(inventory):
+        secret = _url_secret(url)
+        if secret is not None:
+            yield Finding("LF196", f"the URL's query holds {secret}, which looks like a secret: download URLs are "
+                          "passed to the host helper on its command line (every ps listing on the host) and shown "
+                          "in pyinfra's output", "serve the file from a mirror that needs no secret in the URL "
+                          "(llama_cpp.mirror)", where, Severity.warning)
     for name, service in inventory.services.items():
         auth = getattr(service, "auth", None)
         token_env = auth.token_env if auth is not None else None
         for key, value in service.env.items():
             where = ("services", name, "env", key)
             if value and (key == token_env or _names_a_secret(key)):
-                yield problem("LF196", f"the value of {key} looks like a secret, and env values are written "
+                yield Finding("LF196", f"the value of {key} looks like a secret, and env values are written "
                               "into the service's unit file", hint, where, Severity.warning)
             elif _URL_CREDENTIALS.search(value):
-                yield problem("LF196", f"{key} holds a URL with credentials, which land in the unit file",
+                yield Finding("LF196", f"{key} holds a URL with credentials, which land in the unit file",
                               "drop the user name and password from the URL", where, Severity.warning)
         args = getattr(service, "extra_args", [])
         flags = dict(_flag_tokens(args))
@@ -631,15 +668,15 @@ def check_secrets(inventory: Inventory) -> Findings:
             if key_option is not None:
                 exposed = "" if key_option == "--api-key-file" else \
                     " (and its value would land in the unit file and every ps listing)"
-                yield problem("LF109", f"{flags[index]} sets llama-server's API key, which the deploy sets itself"
+                yield Finding("LF109", f"{flags[index]} sets llama-server's API key, which the deploy sets itself"
                               f"{exposed}: every llama-server gets --api-key-file with the cluster's key",
                               "remove it; to choose the key, put it in a 0600 file on the machine that deploys and "
                               "name that file in security.server_key_file", where)
             elif index in flags and _secret_flag(capss, flags[index]):
-                yield problem("LF196", f"{flags[index]} puts a secret on the command line (the unit file and "
+                yield Finding("LF196", f"{flags[index]} puts a secret on the command line (the unit file and "
                               "every ps listing show it)", hint, where, Severity.warning)
             elif _URL_CREDENTIALS.search(item):
-                yield problem("LF196", "a URL with credentials on the command line (the unit file and every ps "
+                yield Finding("LF196", "a URL with credentials on the command line (the unit file and every ps "
                               "listing show it)", "drop the user name and password from the URL", where,
                               Severity.warning)
 

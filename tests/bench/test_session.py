@@ -13,18 +13,47 @@ from llamafleet.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = REPO / "inventory" / "examples" / "seed-cluster.yaml"
+SERVER_KEY = "seed-server-key-0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def state(tmp_path, monkeypatch):
+    """The seed cluster's server key where a deploy of it would have left it (0600)."""
+    monkeypatch.setenv("LLAMAFLEET_STATE", str(tmp_path / "state"))
+    key = tmp_path / "state" / "clusters" / "seed" / "server.key"
+    key.parent.mkdir(parents=True)
+    key.write_text(SERVER_KEY + "\n")
+    key.chmod(0o600)
+    return key
+
+
+def _token_file(path: Path, mode: int = 0o600) -> Path:
+    path.write_text("s3cret\n")
+    path.chmod(mode)
+    return path
 
 
 def test_seed_cluster_setup(tmp_path):
-    token_file = tmp_path / "token"
-    token_file.write_text("s3cret\n")
-    setup = from_inventory(SEED, None, token_file)
+    setup = from_inventory(SEED, None, _token_file(tmp_path / "token"))
     assert setup.target_url == "http://192.168.86.29:8080"  # the target host's ssh address and port
     assert setup.proxy_url == "http://192.168.86.40:8000"
     assert setup.drafter_url == "http://192.168.86.36:8081"  # the first drafter
     assert setup.token == "s3cret"
     assert setup.modes == ["native", "auto"]  # no proxy path: the target has 1 slot (-np 1)
     assert "already runs llama.cpp's native speculation" in setup.notes[0]
+    assert setup.server_key == SERVER_KEY  # the target and drafter are called with the cluster's key
+
+
+def test_bench_needs_the_clusters_server_key(tmp_path, state):
+    state.unlink()
+    with pytest.raises(UserError, match=f"the cluster's server key is not on this machine \\({state}\\)"):
+        from_inventory(SEED, None, _token_file(tmp_path / "token"))
+
+
+def test_a_token_file_others_can_read_is_refused(tmp_path):
+    token_file = _token_file(tmp_path / "token", 0o644)
+    with pytest.raises(UserError, match=f"--token-file {token_file}: mode 0644 lets other users read"):
+        from_inventory(SEED, None, token_file)
 
 
 def test_token_file_on_the_proxy_host_is_named_when_missing():
@@ -60,8 +89,7 @@ def test_mode_not_offered_is_named(tmp_path, capsys):
     # (Addresses moved to loopback all the same: a regression must not send traffic to a LAN.)
     inventory = tmp_path / "seed-loopback.yaml"
     inventory.write_text(SEED.read_text().replace("192.168.86.", "127.0.0."))
-    token_file = tmp_path / "token"
-    token_file.write_text("s3cret\n")
+    token_file = _token_file(tmp_path / "token")
     assert main(["bench", str(inventory), "--token-file", str(token_file), "--modes", "proxy"]) == 1
     assert "path(s) proxy not offered" in capsys.readouterr().err
 

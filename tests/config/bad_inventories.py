@@ -206,6 +206,11 @@ CASES = [
          "security:"),
     _one("an unknown security setting", "secret", LOCAL, CLUSTER, CLUSTER + "security: {server_key: abc}\n",
          "LF010", "security.server_key", "security:"),
+    _one("a user name in a model URL", "secret", LOCAL, MODEL_FILE, MODEL_FILE + "        url: http://me@10.0.0.5/x.gguf\n",
+         "LF013", "models.smollm2.files[0].url", "        url:"),
+    _one("credentials in a release URL", "secret", LOCAL, RELEASE_FILE,
+         RELEASE_FILE + "      url: https://me:pw@example.org/llama.tar.gz\n", "LF013", "llama_cpp.releases[0].url",
+         "      url:"),
     # --- placement
     _one("proxy on a windows host", "placement", SEED, "    host: mac-mini\n    bind: 192.168.86.40\n",
          "    host: desktop\n    bind: 192.168.86.36\n", "LF194", "services.proxy.host", "    host: desktop\n    bind: 192.168.86.36\n    port: 8000"),

@@ -16,6 +16,8 @@ SEED = "seed-cluster.yaml"  # pins b8111 (no capability data: every known build'
 DRAFTER_ARGS = '    ctx_size: 2048\n    extra_args: ["--threads", "1"]'
 PROXY_AUTH = "    auth: {token_file: /opt/llamafleet/proxy.token}\n"
 SEED_ARGS = '    extra_args: ["--jinja"]'
+MODEL_FILE = "      - name: SmolLM2-135M-Instruct.Q4_1.gguf\n"
+RELEASE_FILE = "    - file: llama-b11434-bin-ubuntu-x64.tar.gz\n"
 
 
 def _args(*items: str) -> list[tuple[str, str]]:
@@ -56,6 +58,11 @@ WARNED = [
      "services.proxy.env.HTTPS_PROXY", "    env: {HTTPS_PROXY"),
     ("credentials in an argument URL", LOCAL, _args("--alias", "https://me:pw@example.org/x"),
      "services.drafter.extra_args[1]", '    extra_args: ["--alias"'),
+    ("token in a model URL's query", LOCAL, [(MODEL_FILE, MODEL_FILE + '        url: "https://example.org/m.gguf?token=hf_x"\n')],
+     "models.smollm2.files[0].url", "        url:"),
+    ("a signed release URL", LOCAL, [(RELEASE_FILE, RELEASE_FILE + '      url: "https://b.s3.example.org/l.tar.gz?'
+                                      'X-Amz-Credential=AK&X-Amz-Signature=f00"\n')],
+     "llama_cpp.releases[0].url", "      url:"),
 ]
 
 # lookalikes that must not warn
@@ -67,6 +74,8 @@ QUIET = [
     ("empty secret-looking value", LOCAL, _proxy_env("{HF_TOKEN: ''}")),
     ("token_env names a variable", LOCAL, [(PROXY_AUTH, "    auth: {token_env: LF_BEARER}\n")]),
     ("URL without credentials", LOCAL, _proxy_env('{HTTPS_PROXY: "http://10.0.0.1:3128/a@b"}')),
+    ("a download URL's harmless query", LOCAL,
+     [(MODEL_FILE, MODEL_FILE + '        url: "https://example.org/m.gguf?download=true&max_tokens=8"\n')]),
 ]
 
 

@@ -16,6 +16,7 @@ import os
 import stat
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from llamafleet.deploys.plan import plan_host
 from llamafleet.deploys.render import render_unit
 from llamafleet.rig import mirror as mirror_mod
 from llamafleet.rig.servers import free_port
+from llamafleet.server_key import key_source, server_key
 from sshd_rig import running_sshd
 
 pytestmark = pytest.mark.slow
@@ -149,6 +151,25 @@ def get_json(url: str, token: str | None = None) -> dict:
         return json.load(resp)
 
 
+def post_status(url: str, body: dict, token: str | None) -> tuple[int, dict]:
+    """(status, JSON body) of a POST, error statuses included."""
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=120) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")
+
+
+def llama_servers(deployed) -> dict[str, str]:
+    """name -> base URL of every llama-server the deploy started (target, its plain sidecar, drafter)."""
+    inventory = deployed["inventory"]
+    target = inventory.services["target"]
+    return {"target": service_url(inventory, "target"), "drafter": service_url(inventory, "drafter"),
+            "target-plain": f"http://{target.bind}:{target.native_draft.plain_port}"}
+
+
 def test_first_run_installs_the_pinned_build_matching_its_record(deployed):
     assert deployed["first"].returncode == 0, deployed["first"].stdout[-4000:] + deployed["first"].stderr[-4000:]
     for name, root in deployed["roots"].items():
@@ -177,10 +198,11 @@ def test_models_are_verified_and_stamped(deployed):
 
 def test_services_run_under_supervisord_and_answer(deployed):
     inventory = deployed["inventory"]
+    key = server_key(inventory)
     for name in ("target", "drafter"):
         url = service_url(inventory, name)
         assert get_json(f"{url}/health")["status"] == "ok"
-        assert "build_info" in get_json(f"{url}/props")
+        assert "build_info" in get_json(f"{url}/props", key)
     status = subprocess.run(["supervisorctl", "-c", str(deployed["roots"]["beta"] / "supervisor" / "supervisord.conf"),
                              "status"], capture_output=True, text=True)
     assert "llamafleet-rpc" in status.stdout and "RUNNING" in status.stdout
@@ -195,10 +217,54 @@ def test_services_run_under_supervisord_and_answer(deployed):
     # The target really speculates with the draft on beta's RPC worker.
     body = json.dumps({"prompt": "The capital of France is", "n_predict": 16, "temperature": 0}).encode()
     request = urllib.request.Request(f"{service_url(inventory, 'target')}/completion", data=body,
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
     with urllib.request.urlopen(request, timeout=120) as resp:
         timings = json.load(resp)["timings"]
     assert timings.get("draft_n", 0) > 0
+
+
+def test_every_llama_server_requires_the_clusters_key(deployed):
+    """Every llama-server the deploy started (target, plain sidecar, drafter) answers a completion only
+    with the cluster's API key: 401 without it or with a wrong one, from the real llama-server. Its unit
+    names the key's file (--api-key-file), never the key; the file on each host is 0600 and the service
+    user's (here the ssh user, as the inventory sets no service_user); the running processes' argv (what
+    ps shows) has the file's path only. /health stays public, as llama-server keeps it."""
+    inventory, roots = deployed["inventory"], deployed["roots"]
+    key = server_key(inventory)
+    assert key_source(inventory).parent.parent.parent == Path(os.environ["LLAMAFLEET_STATE"])
+    body = {"prompt": "The capital of France is", "n_predict": 4, "temperature": 0}
+    for name, url in llama_servers(deployed).items():
+        assert post_status(f"{url}/completion", body, None)[0] == 401, name
+        assert post_status(f"{url}/completion", body, "not-the-key-0123456789")[0] == 401, name
+        status, answer = post_status(f"{url}/completion", body, key)
+        assert status == 200 and answer["content"], (name, answer)
+        assert get_json(f"{url}/health")["status"] == "ok"  # public in llama-server
+    me = os.getuid()
+    for host in ("alpha", "beta", "gamma"):
+        key_file = roots[host] / "etc" / "llama-server.key"
+        st = key_file.lstat()
+        assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == me, host
+        assert key_file.read_text() == key + "\n"
+        assert not list((roots[host] / "uploads").iterdir())  # nothing left where the key passed through
+    for host, services in (("alpha", ("target", "target-plain")), ("beta", ("drafter",))):
+        for service in services:
+            unit = (roots[host] / "supervisor" / "conf.d" / f"llamafleet-{service}.conf").read_text()
+            assert f"--api-key-file {roots[host] / 'etc' / 'llama-server.key'}" in unit and key not in unit
+    config = (roots["gamma"] / "etc" / "proxy.json").read_text()
+    assert json.loads(config)["server_key_file"] == str(roots["gamma"] / "etc" / "llama-server.key")
+    assert key not in config
+    argvs = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(str(root).encode() in arg for root in roots.values() for arg in argv):
+            argvs.append(argv)
+    servers = [a for a in argvs if a[0].endswith(b"llama-server")]
+    assert len(servers) == 3, argvs
+    assert all(b"--api-key-file" in a for a in servers)
+    assert not [a for a in argvs if any(key.encode() in arg for arg in a)]
 
 
 def test_every_path_of_the_deployed_proxy_gives_the_plain_targets_text(deployed):
@@ -214,7 +280,8 @@ def test_every_path_of_the_deployed_proxy_gives_the_plain_targets_text(deployed)
     client = openai.OpenAI(base_url=f"{service_url(inventory, 'proxy')}/v1", api_key=token, max_retries=0, timeout=300)
     for prompt in ("The capital of France is", "def add(a, b):"):
         body = json.dumps({"prompt": prompt, "n_predict": 12, "temperature": 0}).encode()
-        request = urllib.request.Request(f"{plain}/completion", data=body, headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(f"{plain}/completion", data=body, headers={
+            "Content-Type": "application/json", "Authorization": f"Bearer {server_key(inventory)}"})
         with urllib.request.urlopen(request, timeout=120) as resp:
             answer = json.load(resp)
         assert answer["timings"].get("draft_n", 0) == 0  # the sidecar never drafts
@@ -238,14 +305,21 @@ def test_proxy_host_serves_with_its_token(deployed):
 
 
 def test_no_secret_in_a_world_readable_file(deployed):
+    """Neither the proxy's token nor the servers' key is in any file others can read on any host (unit
+    files, configs, logs), nor in what pyinfra printed."""
     token = (deployed["roots"]["gamma"] / "secrets" / "proxy.token").read_text().strip()
+    key = server_key(deployed["inventory"])
     leaks = []
     for root in deployed["roots"].values():
         for path in root.rglob("*"):
             if path.is_file() and not path.is_symlink() and path.stat().st_mode & stat.S_IROTH \
-                    and path.stat().st_size < 50_000_000 and token.encode() in path.read_bytes():
-                leaks.append(str(path))
+                    and path.stat().st_size < 50_000_000:
+                data = path.read_bytes()
+                leaks += [f"{path}: {what}" for what, secret in (("token", token), ("key", key))
+                          if secret.encode() in data]
     assert leaks == []
+    printed = deployed["first"].stdout + deployed["first"].stderr
+    assert token not in printed and key not in printed
 
 
 def test_systemd_units_for_these_hosts_pass_systemd_analyze(deployed, tmp_path):
@@ -302,3 +376,31 @@ def test_a_corrupt_file_on_the_mirror_fails_clearly_and_keeps_the_old_model(depl
     assert "Traceback" not in output
     assert (path.stat().st_mtime_ns, sha256(path)) == before
     assert not (path.parent / f".{model.name}.partial").exists()
+
+
+def test_a_new_key_reaches_every_server_and_the_proxy(deployed):
+    """The cluster's key replaced on the controller: the next deploy copies it to every host and
+    restarts what reads it (llama-servers and the proxy), so the old key is refused and the proxy
+    still serves (it sends the new key upstream). The run after it changes nothing."""
+    import openai
+
+    inventory = deployed["inventory"]
+    old = server_key(inventory)
+    path = key_source(inventory)
+    path.write_text("rotated-key-0123456789abcdef-0123456789\n")
+    result = run_pyinfra(deployed["inventory_file"], deployed["sshd"], deployed["server"].url)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    new = server_key(inventory)
+    assert new not in result.stdout + result.stderr and old not in result.stdout + result.stderr
+    body = {"prompt": "Hello", "n_predict": 2, "temperature": 0}
+    for name, url in llama_servers(deployed).items():
+        assert post_status(f"{url}/completion", body, old)[0] == 401, name
+        assert post_status(f"{url}/completion", body, new)[0] == 200, name
+    token = (deployed["roots"]["gamma"] / "secrets" / "proxy.token").read_text().strip()
+    client = openai.OpenAI(base_url=f"{service_url(inventory, 'proxy')}/v1", api_key=token, max_retries=0, timeout=300)
+    for mode in ("direct", "proxy"):
+        reply = client.completions.create(model="smollm2", prompt="Hello", max_tokens=4, temperature=0,
+                                          extra_headers={"X-Llamafleet-Mode": mode})
+        assert reply.model_extra["llamafleet"]["path"] == mode
+    again = run_pyinfra(deployed["inventory_file"], deployed["sshd"], deployed["server"].url)
+    assert again.returncode == 0 and changed_operations(again.stdout) == [], again.stdout[-3000:]

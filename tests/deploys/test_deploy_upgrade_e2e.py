@@ -42,6 +42,7 @@ from llamafleet.cli import main
 from llamafleet.rig import mirror as mirror_mod
 from llamafleet.rig.cache import cache_root
 from llamafleet.rig.servers import free_port
+from llamafleet.server_key import state_root
 from sshd_rig import running_sshd
 
 pytestmark = pytest.mark.slow
@@ -180,14 +181,21 @@ def conf(cluster, name: str, service: str) -> str:
     return (cluster["roots"][name] / "supervisor" / "conf.d" / f"llamafleet-{service}.conf").read_text()
 
 
+def key_header() -> dict:
+    """The deployed llama-servers answer only with the cluster's API key (the deploy generated it in
+    this session's $LLAMAFLEET_STATE)."""
+    return {"Authorization": f"Bearer {(state_root() / 'clusters' / 'upgrade' / 'server.key').read_text().strip()}"}
+
+
 def post(url: str, body: dict) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json", **key_header()})
     with urllib.request.urlopen(request, timeout=120) as resp:
         return json.load(resp)
 
 
 def get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=30) as resp:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=key_header()), timeout=30) as resp:
         return json.load(resp)
 
 

@@ -16,6 +16,7 @@ import pytest
 from llamafleet.cli import main
 from llamafleet.config import load_inventory
 from llamafleet.rig import servers
+from llamafleet.server_key import key_source
 
 from .conftest import write_inventory
 
@@ -33,19 +34,35 @@ def version_build_info(build) -> str:
 
 
 @pytest.fixture(scope="module")
-def fleet(llama_build, smollm2, swapped_vocab, other_build, log_dir):
+def server_key(tmp_path_factory):
+    """The cluster's API key where doctor looks for it without security.server_key_file (the
+    deploy's generated key, under $LLAMAFLEET_STATE), 0600; the servers below require it."""
+    state = tmp_path_factory.mktemp("state")
+    key_file = state / "clusters" / "doctor-test" / "server.key"
+    key_file.parent.mkdir(parents=True, mode=0o700)
+    key_file.write_text("doctor-test-key-0123456789abcdef\n")
+    key_file.chmod(0o600)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LLAMAFLEET_STATE", str(state))
+        yield key_file
+
+
+@pytest.fixture(scope="module")
+def fleet(llama_build, smollm2, swapped_vocab, other_build, log_dir, server_key):
     """target (-np 2), a matching drafter, a drafter with a changed vocabulary, a server from
-    another build, and an rpc worker on 127.0.0.1."""
+    another build, and an rpc worker on 127.0.0.1; every llama-server requires the cluster's key, as
+    deployed ones do."""
     started = {}
+    key = ["--api-key-file", str(server_key)]
     try:
         started["target"] = servers.start_llama_server(llama_build, smollm2, log_dir=log_dir, name="target",
-                                                       args=["-c", "1024", "-np", "2"])
+                                                       args=["-c", "1024", "-np", "2", *key])
         started["drafter"] = servers.start_llama_server(llama_build, smollm2, log_dir=log_dir, name="drafter",
-                                                        args=["-c", "512", "-np", "1"])
+                                                        args=["-c", "512", "-np", "1", *key])
         started["odd-vocab"] = servers.start_llama_server(llama_build, swapped_vocab, log_dir=log_dir,
-                                                          name="odd-vocab", args=["-c", "512", "-np", "1"])
+                                                          name="odd-vocab", args=["-c", "512", "-np", "1", *key])
         started["other-build"] = servers.start_llama_server(other_build, smollm2, log_dir=log_dir,
-                                                            name="other-build", args=["-c", "512", "-np", "1"])
+                                                            name="other-build", args=["-c", "512", "-np", "1", *key])
         started["rpc"] = servers.start_rpc_server(llama_build, log_dir=log_dir)
         yield started
     finally:
@@ -77,12 +94,42 @@ def test_doctor_passes_against_correct_servers(fleet, llama_build, tmp_path, cap
     code, findings, junit = doctor(tmp_path, capsys, inventory, "--expect-build-info", version_build_info(llama_build))
     assert code == 0, findings
     assert {c: f["severity"] for c, f in findings.items()} == {
-        "health target": "ok", "build target": "ok", "slots target": "ok",
-        "health draft": "ok", "build draft": "ok", "slots draft": "ok",
+        "health target": "ok", "api key target": "ok", "build target": "ok", "slots target": "ok",
+        "health draft": "ok", "api key draft": "ok", "build draft": "ok", "slots draft": "ok",
         "vocabulary draft vs target": "ok", "rpc listens rpc": "ok", "rpc exposure rpc": "ok",
     }
     assert findings["rpc exposure rpc"]["expected"] == "refused on 127.0.0.2"
-    assert junit.get("tests") == "9" and junit.get("failures") == "0" and junit.get("errors") == "0"
+    assert junit.get("tests") == "11" and junit.get("failures") == "0" and junit.get("errors") == "0"
+
+
+def test_a_server_that_answers_without_the_key_is_a_finding(fleet, llama_build, smollm2, log_dir, tmp_path, capsys):
+    """A llama-server started without --api-key-file answers anyone on the network: the proxy's auth
+    can be bypassed through its port. The keyed target still refuses a completion without the key."""
+    open_server = servers.start_llama_server(llama_build, smollm2, log_dir=log_dir, name="no-key",
+                                             args=["-c", "512", "-np", "1"])
+    try:
+        inventory = write_inventory(tmp_path, {**services(fleet), "draft": {
+            "role": "drafter", "host": "box", "model": "smollm2", "port": open_server.port, "parallel": 1}})
+        code, findings, _ = doctor(tmp_path, capsys, inventory, "--expect-build-info", version_build_info(llama_build))
+    finally:
+        open_server.stop()
+    assert code == 2
+    bypass = findings["api key draft"]
+    assert (bypass["severity"], bypass["expected"], bypass["actual"]) == (
+        "fail", "401 to a completion without the key", "HTTP 200")
+    assert "bypasses the proxy's auth" in bypass["hint"] and "--api-key-file" in bypass["hint"]
+    assert (findings["api key target"]["severity"], findings["api key target"]["actual"]) == ("ok", "401")
+
+
+def test_without_the_key_here_doctor_says_where_it_looked(fleet, llama_build, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LLAMAFLEET_STATE", str(tmp_path / "empty"))
+    inventory = write_inventory(tmp_path, services(fleet))
+    code, findings, _ = doctor(tmp_path, capsys, inventory, "--expect-build-info", version_build_info(llama_build))
+    assert code == 2
+    props = findings["props target"]
+    assert (props["severity"], props["actual"]) == ("fail", "HTTP 401")
+    assert str(tmp_path / "empty" / "clusters" / "doctor-test" / "server.key") in props["hint"]
+    assert findings["api key target"]["severity"] == "ok"  # the server itself is as it should be
 
 
 def test_default_expectation_is_the_pinned_tag(fleet, llama_build, tmp_path, capsys):
@@ -181,7 +228,10 @@ def _serve_proxy(inventory_path, token):
     from llamafleet.proxy.background import BackgroundProxy
     from llamafleet.proxy.config import ProxyConfig
 
-    config = ProxyConfig.from_inventory(load_inventory(inventory_path), "proxy")
+    inventory = load_inventory(inventory_path)
+    config = ProxyConfig.from_inventory(inventory, "proxy")
+    # the deploy copies the cluster's key beside the proxy; here it is the fleet's file itself
+    config = config.model_copy(update={"server_key_file": str(key_source(inventory))})
     if token is None:
         config = config.model_copy(update={"auth": None})
     return BackgroundProxy(config, token=token)
@@ -265,8 +315,10 @@ def test_doctor_warns_when_the_proxy_has_no_plain_path(proxy_inventory, llama_bu
     from llamafleet.proxy.config import NativeRef, ProxyConfig
 
     monkeypatch.setenv("LF_DOCTOR_TOKEN", "s3cret")
-    config = ProxyConfig.from_inventory(load_inventory(proxy_inventory), "proxy")
-    config = config.model_copy(update={"native": NativeRef(name="target", url=config.target.url)})
+    inventory = load_inventory(proxy_inventory)
+    config = ProxyConfig.from_inventory(inventory, "proxy")
+    config = config.model_copy(update={"native": NativeRef(name="target", url=config.target.url),
+                                       "server_key_file": str(key_source(inventory))})
     assert config.native_is_target
     with BackgroundProxy(config, token="s3cret"):
         code, findings, _ = doctor(tmp_path, capsys, proxy_inventory, "--expect-build-info",
