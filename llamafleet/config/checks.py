@@ -645,7 +645,7 @@ def check_secrets(inventory: Inventory) -> Findings:
     for where, url in _download_urls(inventory):
         secret = _url_secret(url)
         if secret is not None:
-            yield Finding("LF196", f"the URL's query holds {secret}, which looks like a secret: download URLs are "
+            yield problem("LF196", f"the URL's query holds {secret}, which looks like a secret: download URLs are "
                           "passed to the host helper on its command line (every ps listing on the host) and shown "
                           "in pyinfra's output", "serve the file from a mirror that needs no secret in the URL "
                           "(llama_cpp.mirror)", where, Severity.warning)
@@ -655,10 +655,10 @@ def check_secrets(inventory: Inventory) -> Findings:
         for key, value in service.env.items():
             where = ("services", name, "env", key)
             if value and (key == token_env or _names_a_secret(key)):
-                yield Finding("LF196", f"the value of {key} looks like a secret, and env values are written "
+                yield problem("LF196", f"the value of {key} looks like a secret, and env values are written "
                               "into the service's unit file", hint, where, Severity.warning)
             elif _URL_CREDENTIALS.search(value):
-                yield Finding("LF196", f"{key} holds a URL with credentials, which land in the unit file",
+                yield problem("LF196", f"{key} holds a URL with credentials, which land in the unit file",
                               "drop the user name and password from the URL", where, Severity.warning)
         args = getattr(service, "extra_args", [])
         flags = dict(_flag_tokens(args))
@@ -668,15 +668,15 @@ def check_secrets(inventory: Inventory) -> Findings:
             if key_option is not None:
                 exposed = "" if key_option == "--api-key-file" else \
                     " (and its value would land in the unit file and every ps listing)"
-                yield Finding("LF109", f"{flags[index]} sets llama-server's API key, which the deploy sets itself"
+                yield problem("LF109", f"{flags[index]} sets llama-server's API key, which the deploy sets itself"
                               f"{exposed}: every llama-server gets --api-key-file with the cluster's key",
                               "remove it; to choose the key, put it in a 0600 file on the machine that deploys and "
                               "name that file in security.server_key_file", where)
             elif index in flags and _secret_flag(capss, flags[index]):
-                yield Finding("LF196", f"{flags[index]} puts a secret on the command line (the unit file and "
+                yield problem("LF196", f"{flags[index]} puts a secret on the command line (the unit file and "
                               "every ps listing show it)", hint, where, Severity.warning)
             elif _URL_CREDENTIALS.search(item):
-                yield Finding("LF196", "a URL with credentials on the command line (the unit file and every ps "
+                yield problem("LF196", "a URL with credentials on the command line (the unit file and every ps "
                               "listing show it)", "drop the user name and password from the URL", where,
                               Severity.warning)
 
