@@ -1,7 +1,10 @@
 """The aiohttp application: HTTP in, one engine call, HTTP out.
 
 Layers: handler (parse, auth, limits, text) → :class:`Engine` (which path, speculation loop) →
-:class:`LlamaServer` (one upstream call at a time). A request runs whole on a server's own OpenAI
+a :class:`~llamafleet.proxy.backend.Server` (one upstream call at a time). The app knows its servers
+only by the interfaces in ``backend.py``: the engine's token ids and OpenAI relays, and the target's
+own text handling (:class:`~llamafleet.proxy.backend.TargetText`: tokenise, detokenise, chat template,
+/props). They come from a :class:`~llamafleet.proxy.backend.Servers`, by default ``upstream.Upstream``. A request runs whole on a server's own OpenAI
 endpoint (:class:`_Relay`: direct and native, and every request the token-level paths cannot serve
 exactly) or on token ids (:class:`_Run`: the proxy path, auto's probes). Errors from any layer are
 turned into the OpenAI error envelope by one middleware.
@@ -23,7 +26,7 @@ import aiohttp
 from aiohttp import web
 
 from llamafleet.proxy import api
-from llamafleet.proxy.backend import BackendError
+from llamafleet.proxy.backend import BackendError, Server, Servers
 from llamafleet.proxy.config import ProxyConfig
 from llamafleet.proxy.dashboard import handle_dashboard
 from llamafleet.proxy.engine import Engine, ModeUnavailable, Route
@@ -32,7 +35,7 @@ from llamafleet.proxy.errors import ApiError, from_backend, internal, invalid
 from llamafleet.proxy.speculation import PROXY_SAMPLING_METHOD, Job, Report
 from llamafleet.proxy.stats import Stats, controller_gauges
 from llamafleet.proxy.text import TextAssembler
-from llamafleet.proxy.upstream import LlamaServer, key_headers
+from llamafleet.proxy.upstream import Upstream
 
 MODE_HEADER = "X-Llamafleet-Mode"
 PUBLIC_PATHS = frozenset({"/health", "/dashboard"})  # /dashboard: static page, its data comes from /stats (bench engineer)
@@ -51,7 +54,7 @@ class ReplicaState:
 
     def __init__(self, config: ProxyConfig, service: str, stats: Stats):
         self.config, self.service, self.stats = config, service, stats
-        self.target: LlamaServer | None = None
+        self.target: Server | None = None
         self.engine: Engine | None = None
         self.n_vocab: int | None = None
         self._chat_parsing: tuple[str | None] | None = None  # read once from the target's /props
@@ -61,16 +64,16 @@ class ReplicaState:
             self._chat_parsing = (await self.target.chat_parsing(),)
         return self._chat_parsing[0]
 
-    def start(self, session: aiohttp.ClientSession, on_fault: Callable[[BackendError], None] | None) -> None:
+    def start(self, servers: Servers, on_fault: Callable[[BackendError], None] | None) -> None:
         cfg = self.config
-        self.target = LlamaServer(cfg.target.name, cfg.target.url, session, cfg.timeouts.target_s,
-                                  cfg.target.request_fields, on_fault=on_fault)
-        drafters = [LlamaServer(d.name, d.url, session, cfg.timeouts.drafter_s) for d in cfg.drafters]
+        self.target = servers.server(cfg.target.name, cfg.target.url, cfg.timeouts.target_s,
+                                     cfg.target.request_fields, on_fault=on_fault)
+        drafters = [servers.server(d.name, d.url, cfg.timeouts.drafter_s) for d in cfg.drafters]
         native = None
         if cfg.native is not None:
             # With request_fields the same server is both paths: plain with them, speculating without.
-            native = self.target if cfg.native_is_target else LlamaServer(
-                cfg.native.name, cfg.native.url, session, cfg.timeouts.target_s, on_fault=on_fault)
+            native = self.target if cfg.native_is_target else servers.server(
+                cfg.native.name, cfg.native.url, cfg.timeouts.target_s, on_fault=on_fault)
         self.engine = Engine(
             self.target, drafters, native, modes=[m.value for m in cfg.available_modes()],
             default_mode=cfg.mode.value, draft_max=cfg.draft_max, target_slots=cfg.target.slots,
@@ -87,10 +90,10 @@ class ModelGroup:
         self.router = Router([r.config.target.slots for r in replicas])
         self._probes: set[asyncio.Task] = set()
 
-    def start(self, session: aiohttp.ClientSession) -> None:
+    def start(self, servers: Servers) -> None:
         several = len(self.replicas) > 1  # one replica has nowhere else to send requests: never taken out
         for index, replica in enumerate(self.replicas):
-            replica.start(session, (lambda err, i=index: self._fault(i, err)) if several else None)
+            replica.start(servers, (lambda err, i=index: self._fault(i, err)) if several else None)
 
     def _fault(self, index: int, err: BackendError) -> None:
         unreachable = err.status is None and not err.timeout and not err.upstream  # connection refused or cut
@@ -134,19 +137,20 @@ class ModelGroup:
 class ProxyState:
     """Everything a request needs: config, models and their replicas, stats."""
 
-    def __init__(self, config: ProxyConfig, token: str | None):
+    def __init__(self, config: ProxyConfig, token: str | None, servers: Callable[[], Servers] | None = None):
         self.config = config
         self.token = token.encode() if token else None
         self.server_key = config.server_key()  # the llama-servers' API key, sent on every upstream call
         self.stats = Stats(config.history_size)
-        self.session: aiohttp.ClientSession | None = None
+        self._open_servers = servers or (lambda: Upstream(config.timeouts.connect_s, self.server_key))
+        self.servers: Servers | None = None
         self.models = {model.name: ModelGroup(model.name, [
             ReplicaState(config.replica_config(model, replica), replica.service, self.stats)
             for replica in model.replicas]) for model in config.served()}
         self.first = next(iter(self.models.values())).replicas[0]  # a one-server proxy's only replica
 
     @property
-    def target(self) -> LlamaServer | None:
+    def target(self) -> Server | None:
         return self.first.target
 
     @property
@@ -154,20 +158,14 @@ class ProxyState:
         return self.first.engine
 
     async def start(self) -> None:
-        cfg = self.config
-        # Backends are only those in the config; the session never follows redirects elsewhere.
-        # llama-server (cpp-httplib) drops idle keep-alive connections after 5 s: give ours up sooner.
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=3.0)
-        self.session = aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(sock_connect=cfg.timeouts.connect_s),
-            auto_decompress=False, headers=key_headers(self.server_key),
-        )
+        # Backends are only those in the config.
+        self.servers = self._open_servers()
         for group in self.models.values():
-            group.start(self.session)
+            group.start(self.servers)
 
     async def stop(self) -> None:
-        if self.session is not None:
-            await self.session.close()
+        if self.servers is not None:
+            await self.servers.close()
 
     def group(self, data: dict) -> ModelGroup:
         """The model a request's ``model`` names (or the only one, when it names none)."""
@@ -643,12 +641,14 @@ async def handle_metrics(request: web.Request) -> web.StreamResponse:
                         headers={"X-Content-Type-Options": "nosniff"})
 
 
-def create_app(config: ProxyConfig, token: str | None = None) -> web.Application:
-    """The proxy application. ``token`` defaults to the one the config's auth section points at."""
+def create_app(config: ProxyConfig, token: str | None = None,
+               servers: Callable[[], Servers] | None = None) -> web.Application:
+    """The proxy application. ``token`` defaults to the one the config's auth section points at;
+    ``servers`` makes the servers' clients when the app starts (default: ``upstream.Upstream``)."""
     if token is None and config.auth is not None:
         token = config.auth.read_token()
     app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=config.limits.max_body_bytes)
-    state = ProxyState(config, token)
+    state = ProxyState(config, token, servers)
     app[STATE] = state
 
     async def start(_app: web.Application) -> None:

@@ -1,16 +1,19 @@
 """The one narrow interface between the speculation core and the llama-servers behind it.
 
 The core (``speculation.py``, ``controller.py``, ``engine.py``) only sees :class:`Backend` and
-:class:`OpenAIBackend`; the aiohttp client in ``upstream.py`` implements both for real servers and
-tests can pass a recording fake. :class:`Backend` is token ids: text never crosses it except for the
+:class:`OpenAIBackend`; the app (``app.py``) also sees :class:`TargetText`, and makes its servers
+through :class:`Servers`. The aiohttp client in ``upstream.py`` implements all of them for real
+servers; tests can pass fakes. :class:`Backend` is token ids: text never crosses it except for the
 target's own pieces in pass-through paths. :class:`OpenAIBackend` relays a client's OpenAI request
 whole to the server's own ``/v1`` endpoint (the default shape of the direct and native paths).
+:class:`TargetText` is the target's own text handling (tokenise, detokenise, chat template), so the
+token ids the proxy sends and the text it returns are the ones the target's own endpoints would use.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Protocol
+from typing import AsyncIterator, Callable, Protocol
 
 
 class BackendError(Exception):
@@ -106,3 +109,45 @@ class OpenAIBackend(Protocol):
 
     def openai_stream(self, route: str, body: dict) -> AsyncIterator[dict]:
         """One streaming call: each server-sent event's JSON, in order, until ``[DONE]``."""
+
+
+class TargetText(Protocol):
+    """The target's own text handling: what the app needs beyond token ids (target only)."""
+
+    name: str
+
+    async def tokenize(self, text: str) -> list[int]:
+        """The token ids of a prompt text, exactly as the server tokenises its own /v1 prompts."""
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        """The text of some token ids."""
+
+    async def apply_template(self, body: dict) -> str:
+        """The prompt the server's own /v1/chat/completions makes of this chat body."""
+
+    async def chat_parsing(self) -> str | None:
+        """Why the server's chat answers are not its generated text as such (its chat template has
+        tool calls or reasoning, read from ``/props``), or None when they are."""
+
+    async def n_vocab(self) -> int:
+        """The size of the target's vocabulary (token ids a prompt may hold are below it)."""
+
+
+class Server(Backend, OpenAIBackend, TargetText, Protocol):
+    """One llama-server as the app holds it: every interface above, plus its health."""
+
+    async def health(self, timeout: float = 2.0) -> bool:
+        """Whether the server answers its /health as ready."""
+
+
+class Servers(Protocol):
+    """Where the app's servers come from: the client of each configured llama-server, and what those
+    clients share (for real servers, one connection pool). Opened when the app starts, closed at its end."""
+
+    def server(self, name: str, url: str, timeout: float, request_fields: dict | None = None,
+               on_fault: Callable[[BackendError], None] | None = None) -> Server:
+        """The client of one server. ``request_fields`` go into its generation bodies (a plain path);
+        ``on_fault`` is told of each failed call."""
+
+    async def close(self) -> None:
+        """Release what the servers share."""

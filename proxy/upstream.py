@@ -1,8 +1,10 @@
 """The aiohttp client for llama-server: the only module that makes upstream HTTP calls.
 
-It implements :class:`proxy.backend.Backend` (token ids), :class:`proxy.backend.OpenAIBackend` (the
-server's own /v1 endpoints, for pass-through) plus the target-only text helpers (tokenise, detokenise,
-chat template). Every failure becomes a :class:`BackendError`, so the app translates errors in one place.
+:class:`LlamaServer` implements :class:`proxy.backend.Backend` (token ids),
+:class:`proxy.backend.OpenAIBackend` (the server's own /v1 endpoints, for pass-through) and
+:class:`proxy.backend.TargetText` (tokenise, detokenise, chat template, /props); :class:`Upstream`
+makes them on one shared session (:class:`proxy.backend.Servers`). Every failure becomes a
+:class:`BackendError`, so the app translates errors in one place.
 """
 
 from __future__ import annotations
@@ -30,6 +32,26 @@ def key_headers(api_key: str | None) -> dict[str, str]:
     require one (a deployed cluster's do: ``--api-key-file``). The proxy's session sends it on every
     request, so no call of this module goes out without it."""
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+class Upstream:
+    """The proxy's llama-servers: one aiohttp session whose connection pool their clients share. Made
+    when the app starts (inside its event loop), closed when it stops."""
+
+    def __init__(self, connect_s: float, api_key: str | None):
+        # llama-server (cpp-httplib) drops idle keep-alive connections after 5 s: give ours up sooner.
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=3.0)
+        self.session = aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(sock_connect=connect_s),
+            auto_decompress=False, headers=key_headers(api_key),
+        )
+
+    def server(self, name: str, url: str, timeout: float, request_fields: dict | None = None,
+               on_fault: Callable[[BackendError], None] | None = None) -> LlamaServer:
+        return LlamaServer(name, url, self.session, timeout, request_fields, on_fault=on_fault)
+
+    async def close(self) -> None:
+        await self.session.close()
 
 
 class LlamaServer:
