@@ -37,8 +37,9 @@ STATE_ENV = "LLAMAFLEET_STATE"
 HOST_KEY_NAME = "llama-server.key"
 MAX_SECRET_BYTES = 4096
 # What a key may be: printable ASCII without spaces, at least 16 characters (llama-server reads each
-# line of the file as a key, whitespace included, and compares it with the bearer token as it is).
-KEY_PATTERN = re.compile(r"[\x21-\x7e]{16,1024}")
+# line of the file as a key, whitespace included, and compares it with the bearer token as it is), not
+# starting with '#' (b11434 reads such a line as a comment).
+KEY_PATTERN = re.compile(r"(?!#)[\x21-\x7e]{16,1024}")
 
 
 def read_secret(path: str | os.PathLike, what: str) -> str:
@@ -104,7 +105,8 @@ def _checked_key(inventory: Inventory, path: Path) -> str:
     key = text[:-1] if text.endswith("\n") else text
     if not KEY_PATTERN.fullmatch(key):
         raise UserError(f"{_what(inventory)} {path}: the file must hold one line of 16 to 1024 printable "
-                        "characters without spaces or tabs (llama-server reads every line of it as a key)")
+                        "characters without spaces or tabs, not starting with '#' (llama-server reads every line "
+                        "of it as a key, and a line starting with '#' as a comment)")
     return key
 
 

@@ -573,6 +573,7 @@ def check_unit_values(inventory: Inventory) -> Findings:
 _SECRET_PART = re.compile(r"^(?:\w*key|\w*token|\w*secrets?|\w*passwords?|passwd|pass|credentials?)$", re.I)
 # The options that give llama-server its API key: the deploy sets the key itself (llamafleet/server_key.py).
 API_KEY_FLAGS = ("--api-key", "--api-key-file")
+API_KEY_ENV = ("LLAMA_API_KEY", "LLAMA_ARG_API_KEY_FILE")  # the same options' variables (llama-server --help)
 # Query parameters of signed download URLs (S3, GCS, Azure) besides the secret-looking names.
 _SIGNED_URL_PARAMS = re.compile(r"^(?:sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|"
                                 r"x-goog-signature|x-goog-credential)$", re.I)
@@ -654,7 +655,12 @@ def check_secrets(inventory: Inventory) -> Findings:
         token_env = auth.token_env if auth is not None else None
         for key, value in service.env.items():
             where = ("services", name, "env", key)
-            if value and (key == token_env or _names_a_secret(key)):
+            if key in API_KEY_ENV and isinstance(service, LlamaServerService):
+                yield problem("LF109", f"{key} sets llama-server's API key, which the deploy sets itself: every "
+                              "llama-server gets --api-key-file with the cluster's key",
+                              "remove it; to choose the key, put it in a 0600 file on the machine that deploys and "
+                              "name that file in security.server_key_file", where)
+            elif value and (key == token_env or _names_a_secret(key)):
                 yield problem("LF196", f"the value of {key} looks like a secret, and env values are written "
                               "into the service's unit file", hint, where, Severity.warning)
             elif _URL_CREDENTIALS.search(value):

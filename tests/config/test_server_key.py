@@ -120,7 +120,7 @@ def test_the_users_key_file_is_checked_and_never_generated(tmp_path, state):
         ensure_server_key(inventory)
     assert not state.exists()
     for bad in ("short\n", "two words here, not a key\n", "first-line-0123456789\nsecond-line-0123456789\n",
-                "crlf-line-0123456789\r\n", "tab\tinside-0123456789\n"):
+                "crlf-line-0123456789\r\n", "tab\tinside-0123456789\n", "#comment-0123456789abc\n"):
         _secret(own, bad)
         with pytest.raises(UserError, match="one line of 16 to 1024 printable characters"):
             ensure_server_key(inventory)
