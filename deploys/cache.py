@@ -1,6 +1,7 @@
 """The cluster's file cache (inventory ``cache:``), planned from the inventory alone (pure).
 
-One host, the cache host, fetches every file the cluster needs (each model file a Linux or macOS host
+One host, the cache host (or, with ``host: deployer``, the machine that runs the deploy:
+:mod:`.deployer_cache`), fetches every file the cluster needs (each model file a Linux or macOS host
 places, each llama.cpp archive one installs) from its upstream URL once, verifies its sha256, and
 serves it read-only as ``/<sha256>/<name>`` through the host helper's ``serve`` verb, run as one more
 service (:func:`cache_services`) and rendered like every other. With ``cache.peers``, every other such
@@ -19,6 +20,7 @@ from __future__ import annotations
 import posixpath
 from urllib.parse import quote
 
+from llamafleet.config.cache_checks import DEPLOYER  # cache.host: the deploying machine (:mod:`.deployer_cache`)
 from llamafleet.config.checks import LOOPBACK
 from llamafleet.config.models import OS, Inventory
 from llamafleet.errors import UserError
@@ -28,13 +30,18 @@ ROLE = "cache"
 
 
 def cache_host(inventory: Inventory) -> str | None:
+    """The cache host's name (``deployer``: no host of the inventory; the deploy's own machine)."""
     return inventory.cache.host if inventory.cache is not None else None
+
+
+def on_deployer(inventory: Inventory) -> bool:
+    return cache_host(inventory) == DEPLOYER
 
 
 def cache_bind(inventory: Inventory) -> str:
     """The address the cache's server listens on: ``cache.bind``, else the host's ssh address."""
     cache = inventory.cache
-    if cache.bind is not None:
+    if cache.bind is not None or on_deployer(inventory):  # validate requires it for the deployer (LF214)
         return cache.bind
     connection = inventory.hosts[cache.host].connection
     return getattr(connection, "address", None) or "127.0.0.1"
@@ -42,7 +49,13 @@ def cache_bind(inventory: Inventory) -> str:
 
 def cache_folder(inventory: Inventory) -> str:
     cache = inventory.cache
-    return cache.folder or posixpath.join(inventory.hosts[cache.host].install_dir, "cache")
+    if cache.folder:
+        return cache.folder
+    if on_deployer(inventory):
+        from llamafleet.rig.cache import cache_root  # $LLAMAFLEET_CACHE, the project's one local cache
+
+        return str(cache_root() / "files")
+    return posixpath.join(inventory.hosts[cache.host].install_dir, "cache")
 
 
 def peer_hosts(inventory: Inventory) -> list[str]:

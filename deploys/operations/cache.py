@@ -1,7 +1,8 @@
 """The cluster's file cache in the deploy (see :mod:`llamafleet.deploys.cache` for the plan).
 
 Step "cache" of the deploy, before any host installs a build or a model: on the cache host, fetch
-every cluster file from upstream into the cache (resumable, verified); on it and on every peer, write
+every cluster file from upstream into the cache (resumable, verified), or, with ``host: deployer``,
+fill and serve the deploying machine's cache (:mod:`..deployer_cache`); on the cache host and on every peer, write
 the file server's unit and start it (the host's own service manager, rendered like every other unit)
 and wait until it answers; then a barrier that every host shares, so pyinfra starts no host's
 downloads before the cache is up.
@@ -11,13 +12,22 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pyinfra.api import operation
+from pyinfra.api import FunctionCommand, operation
 
-from llamafleet.deploys.cache import ROLE, cache_fetch_specs, cache_host
+from llamafleet.deploys.cache import ROLE, cache_bind, cache_fetch_specs, cache_folder, cache_host, on_deployer
 from llamafleet.deploys.operations import files as file_ops
 from llamafleet.deploys.operations import readiness
 from llamafleet.deploys.operations.common import helper_command, sha256_text
 from llamafleet.deploys.operations.models import missing_files
+
+
+@operation()
+def deployer_cache(specs: list[dict], bind: str, port: int, folder: str):
+    """``cache: {host: deployer}``: on the machine that runs the deploy, fill the local cache and start
+    its server, once per deploy (:func:`llamafleet.deploys.deployer_cache.ready`)."""
+    from llamafleet.deploys.deployer_cache import ready
+
+    yield FunctionCommand(ready, (specs, bind, port, folder), {})
 
 
 @operation()
@@ -43,15 +53,22 @@ def planned(plan, state: dict) -> tuple[list[tuple], dict]:
     if plan.inventory.cache is None:
         return [], state
     barrier = ("file cache: filled and serving", readiness.barrier, {}, (99,))
+    inventory, first = plan.inventory, []
+    if on_deployer(inventory) and not plan.windows:
+        needs = host_changes(plan, state)
+        if needs.build or needs.models:  # this host downloads: the deploying machine's cache must serve
+            first.append(("file cache on the deploying machine: filled and serving", deployer_cache, {
+                "specs": cache_fetch_specs(inventory), "bind": cache_bind(inventory), "port": inventory.cache.port,
+                "folder": cache_folder(inventory)}, (0,)))
     server = [s for s in plan.services if s.role == ROLE]
     if not server:
-        return [barrier], state
+        return first + [barrier], state
     only = replace(plan, services=server, proxy_services=[], secrets=[])
     owned = {plan.unit_path(server[0]), *plan.manager.host_files(plan)}  # supervisord: its main config too
     files = {path: text for path, text in plan.files.items() if path in owned}
     changes = host_changes(only, state)
     service_name, service_op, service_kwargs = only.manager.services_call(only, state.get("services", {}), changes, [])
-    ops = [] if plan.name != cache_host(plan.inventory) else [  # a peer serves what it holds itself
+    ops = first if plan.name != cache_host(plan.inventory) else [  # a peer serves what it holds itself
         ("file cache: fetch each file from upstream once", cache_files, {
             "helper": plan.helper_path, "files": cache_fetch_specs(plan.inventory),
             "cache_state": state.get("cache", {})}, (0,))]

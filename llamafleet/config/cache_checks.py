@@ -1,7 +1,8 @@
 """The cluster's file cache (``cache:``): LF160 for a host that does not exist, LF210 for a cache host
 that cannot run the cache's server (Windows: its helper has no ``serve``), LF130 for a port another
-service of that host (or, with ``peers``, of a peer) listens on, LF211 for an address that is not the host's, LF212 for a loopback
-address while other hosts must reach it. Each at the inventory line of the field.
+service of that host (or, with ``peers``, of a peer) listens on, LF211 for an address that is not the
+host's, LF212 for a loopback address while other hosts must reach it; with ``host: deployer``, LF213
+for a host of that name and LF214 for a missing ``bind``. Each at the inventory line of the field.
 """
 
 from __future__ import annotations
@@ -12,12 +13,17 @@ from collections.abc import Iterator
 from llamafleet.config.models import OS, Inventory
 from llamafleet.findings import Finding, problem
 
+DEPLOYER = "deployer"  # cache.host: the machine that runs the deploy
+
 
 def check_cache(inventory: Inventory) -> Iterator[Finding]:
     from llamafleet.config.checks import LOOPBACK, _listeners, declared_addresses
 
     cache = inventory.cache
     if cache is None:
+        return
+    if cache.host == DEPLOYER:
+        yield from _check_deployer(inventory)
         return
     if cache.host not in inventory.hosts:
         close = difflib.get_close_matches(cache.host, list(inventory.hosts), n=1)
@@ -50,3 +56,32 @@ def check_cache(inventory: Inventory) -> Iterator[Finding]:
         yield problem("LF212", f"the file cache would listen on loopback ({bind}) of {cache.host!r}, so "
                       f"{', '.join(others)} cannot reach it", f"set cache.bind to an address of {cache.host} "
                       "the other hosts reach", bind_path)
+
+
+def _check_deployer(inventory: Inventory) -> Iterator[Finding]:
+    """``host: deployer``: no host may be named so (LF213); ``bind`` is required (LF214), and not
+    loopback when a host is reached at an address off this machine (LF212)."""
+    import ipaddress
+
+    cache = inventory.cache
+    if DEPLOYER in inventory.hosts:
+        yield problem("LF213", "cache.host: deployer names the machine that runs the deploy, and a host of the "
+                      "inventory is also called deployer", "rename that host, or name the cache host otherwise",
+                      ("cache", "host"))
+    if cache.bind is None:
+        yield problem("LF214", "the deploying machine's file cache needs the address it listens on",
+                      "set cache.bind to an address of this machine that every host reaches", ("cache", "host"))
+        return
+
+    def loopback(address: str) -> bool:
+        try:
+            return ipaddress.ip_address(address).is_loopback
+        except ValueError:
+            return address == "localhost"
+
+    remote = sorted(name for name, host in inventory.hosts.items()
+                    if host.connection.type == "ssh" and not loopback(host.connection.address))
+    if loopback(cache.bind) and remote:
+        yield problem("LF212", f"the deploying machine's file cache would listen on loopback ({cache.bind}), so "
+                      f"{', '.join(remote)} cannot reach it", "set cache.bind to an address of this machine that "
+                      "the hosts reach", ("cache", "bind"))

@@ -538,12 +538,13 @@ class FileCache(Strict):
     upstream URL once, verifies it, and serves it to the other hosts (docs/deploys.md, "The file cache")."""
 
     host: Name = Field(description="The host that fetches each file from upstream once and serves it (Linux or "
-                       "macOS).")
+                       "macOS), or deployer: the machine that runs the deploy, serving for the deploy's duration.")
     port: Port = Field(8780, description="Port of its file server.")
     bind: Address | None = Field(
         None, description="Address its file server listens on, one the other hosts reach; default: the host's ssh "
-        "address. Never a wildcard.")
-    folder: PosixPath | None = Field(None, description="Where it keeps the files; default: <install_dir>/cache.")
+        "address (required with host: deployer). Never a wildcard.")
+    folder: PosixPath | None = Field(None, description="Where it keeps the files; default: <install_dir>/cache "
+                                     "(deployer: $LLAMAFLEET_CACHE/files).")
     peers: bool = Field(False, description="Every other Linux or macOS host reached over ssh also serves the verified "
                         "files it holds (its models_dir and downloaded archives) on this port at its ssh address; a "
                         "host fetches from the cache, then from the peers that hold the file, then upstream.")

@@ -27,6 +27,10 @@ BAD = [
     ("wildcard", "cache:\n  host: akiva\n  bind: '::'\n", "LF014", "cache.bind", "  bind: '::'", "wildcard"),
     ("relative folder", "cache:\n  host: akiva\n  folder: cache\n", "LF013", "cache.folder", "  folder: cache",
      "not an absolute POSIX path"),
+    ("deployer without an address", "cache:\n  host: deployer\n", "LF214", "cache.host", "  host: deployer",
+     "needs the address it listens on"),
+    ("deployer on loopback for a LAN", "cache:\n  host: deployer\n  bind: 127.0.0.1\n", "LF212", "cache.bind",
+     "  bind: 127.0.0.1", "akiva, desktop, m2-air, mac-mini cannot reach it"),
     ("unknown key", "cache:\n  host: akiva\n  peer: true\n", "LF010", "cache.peer", "  peer: true", "'peer'"),
 ]
 
@@ -48,6 +52,7 @@ def test_a_bad_cache_is_one_finding_at_its_line(write, block, code, path, snippe
     "cache:\n  host: akiva\n",  # ssh address, default port and folder
     "cache:\n  host: mac-mini\n  port: 8001\n  folder: /Users/Shared/llamafleet-cache\n",
     "cache:\n  host: m2-air\n  bind: 192.168.86.41\n",
+    "cache:\n  host: deployer\n  bind: 192.168.86.10\n  peers: true\n",  # this machine's LAN address
 ])
 def test_a_right_cache_adds_no_finding(write, block):
     inventory, findings = check_inventory(write(SEED + "\n" + block))
@@ -65,4 +70,20 @@ def test_with_peers_every_peer_must_have_the_port_free(write):
     assert "every peer serves on cache.port" in clash.message
     # Without peers the port is akiva's alone, and free there.
     inventory, findings = check_inventory(write(SEED + "\ncache:\n  host: akiva\n  port: 8081\n"))
+    assert inventory is not None, "\n".join(map(str, findings))
+
+
+def test_a_host_named_deployer_is_refused_when_the_deployer_is_the_cache(write):
+    text = SEED.replace("\n  mac-mini:\n", "\n  deployer:\n").replace("host: mac-mini", "host: deployer")
+    text += "\ncache:\n  host: deployer\n  bind: 192.168.86.10\n"
+    inventory, findings = check_inventory(write(text))
+    assert inventory is None
+    (clash,) = [f for f in findings if f.path[:1] == ("cache",)]
+    assert clash.code == "LF213" and clash.line == text.count("\n") - 1, str(clash)
+
+
+def test_the_deployer_on_loopback_is_fine_for_hosts_on_this_machine(write):
+    """The loopback test rig: hosts at 127.0.0.2-4 reach the deploying machine at 127.0.0.1."""
+    text = (EXAMPLES / "local.yaml").read_text() + "\ncache:\n  host: deployer\n  bind: 127.0.0.1\n"
+    inventory, findings = check_inventory(write(text))
     assert inventory is not None, "\n".join(map(str, findings))

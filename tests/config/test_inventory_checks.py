@@ -114,7 +114,7 @@ def test_every_code_is_documented_and_tested():
     tested |= {"LF197", "LF198"}  # test_proxy_targets
     tested |= {"LF185", "LF186", "LF187", "LF188", "LF189"}  # test_inventory_tls
     tested |= {"LF107", "LF108"}  # test_builds
-    tested |= {"LF210", "LF211", "LF212"}  # test_inventory_cache
+    tested |= {"LF210", "LF211", "LF212", "LF213", "LF214"}  # test_inventory_cache
     tested |= {c.code for c in BAD_VALUES}  # test_inventory_types
     tested |= {"LF009"}  # tests/test_cli_bad_inputs.py (an inventory that cannot be read)
     tested |= {"LF001", "LF002", "LF003", "LF004", "LF005", "LF006", "LF007", "LF008", "LF010", "LF011", "LF012",

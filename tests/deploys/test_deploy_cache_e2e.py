@@ -16,6 +16,7 @@ import collections
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -199,3 +200,40 @@ def test_when_the_cache_and_the_peer_both_send_bad_bytes_upstream_gives_the_file
         assert len(skipped) == 1 and skipped[0].startswith("[gamma]"), run.stderr[-6000:]
     assert sha256(gamma) == model.sha256
     assert requests_per_file(deployed["server"]) - before == {model.name: 1}  # the one file, from upstream
+
+
+@pytest.fixture(scope="module")
+def on_deployer(deployed, sshd, upstream, tmp_path_factory):
+    """The same three hosts from nothing, with the deploying machine (this one, on 127.0.0.1) as the cache."""
+    server, content = upstream
+    base = tmp_path_factory.mktemp("deployer-hosts")
+    data = yaml.safe_load(deployed["file"].read_text())
+    for name, host in data["hosts"].items():
+        host.update(install_dir=str(base / name), models_dir=str(base / name / "models"))
+    port = free_port()
+    data["cache"] = {"host": "deployer", "bind": "127.0.0.1", "port": port, "folder": str(base / "deployer-cache")}
+    inventory_file = base / "cluster.yaml"
+    inventory_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    before = requests_per_file(server)
+    first = run_pyinfra(inventory_file, sshd, server.url, "-vvv")
+    yield {"first": first, "file": inventory_file, "base": base, "before": before, "port": port}
+
+
+def test_the_deploying_machine_as_the_cache_serves_for_the_deploy_only(on_deployer, deployed):
+    first, server, content = on_deployer["first"], deployed["server"], deployed["content"]
+    assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-3000:]
+    names = {content.release.name, content.model.name, content.extra_models[0].name}
+    assert requests_per_file(server) - on_deployer["before"] == {name: 1 for name in names}
+    cache = f"http://127.0.0.1:{on_deployer['port']}"
+    assert sum(f"deployer: llamafleet: the file cache serves {on_deployer['base'] / 'deployer-cache'} on {cache}" in line
+               for line in said(first)) == 1  # filled once, by the first host that needed it
+    for host, model in (("alpha", content.model), ("beta", content.model), ("gamma", content.extra_models[0])):
+        line = f"downloaded {model.name} from {cache}/{model.sha256}/{model.name}"
+        assert any(f"[{host}]" in out and line in out for out in said(first)), first.stderr[-6000:]
+        assert sha256(on_deployer["base"] / host / "models" / model.name) == model.sha256
+    with socket.socket() as probe:  # the server lived as long as the deploy
+        assert probe.connect_ex(("127.0.0.1", on_deployer["port"])) != 0
+    before = requests_per_file(server)
+    second = run_pyinfra(on_deployer["file"], deployed["sshd"], server.url)
+    assert second.returncode == 0 and changed_operations(second.stdout) == [], second.stdout[-4000:]
+    assert requests_per_file(server) == before

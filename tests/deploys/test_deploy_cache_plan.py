@@ -128,3 +128,28 @@ def test_peers_serve_their_own_files_and_are_tried_after_the_cache(with_peers):
     assert [op.name for op in _cache_step(akiva, _fresh_state(akiva))] == [
         "file cache: its server's unit", "file cache: systemd units", "file cache: serving",
         "file cache: filled and serving"]
+
+
+def test_on_the_deployer_each_host_that_downloads_asks_the_deploying_machines_cache(tmp_path):
+    path = tmp_path / "cluster.yaml"
+    path.write_text(SEED.read_text() + "\ncache:\n  host: deployer\n  bind: 192.168.86.10\n  folder: /srv/lf-cache\n")
+    inventory = load_inventory(path)
+    for name in ("akiva", "mac-mini", "m2-air"):
+        plan = plan_host(inventory, name)
+        assert not [s for s in plan.services if s.role == "cache"]  # no host serves: the deployer does
+        (first, barrier) = _cache_step(plan, _fresh_state(plan))
+        assert first.kwargs["bind"] == "192.168.86.10" and first.kwargs["folder"] == "/srv/lf-cache"
+        assert {s["dest"] for s in first.kwargs["specs"]} == {
+            f"/srv/lf-cache/{f['sha256']}/{f['name']}" for f in cluster_files(inventory)}
+        assert barrier.name == "file cache: filled and serving"
+        for spec in model_specs(plan):
+            assert spec["sources"] == [f"http://192.168.86.10:8780/{spec['sha256']}/{spec['dest'].rsplit('/', 1)[1]}",
+                                       spec["url"]]
+    # A host with nothing to download does not wake the deploying machine's cache.
+    air = plan_host(inventory, "m2-air")
+    state = _fresh_state(air)
+    state["models"] = {m.path: {"verified": True} for m in air.models}
+    state["install"] = {"current": air.build.build_id, "record": {"artifacts_sha256": [a.sha256 for a in air.build.artifacts],
+                                                                   "version": "v", "binaries": {"llama-server": "h"}},
+                        "version": "v", "binaries": {"llama-server": "h"}, "builds": [air.build.build_id]}
+    assert [op.name for op in _cache_step(air, state)] == ["file cache: filled and serving"]
