@@ -84,12 +84,12 @@ def cached_path(folder: str, sha256: str, name: str) -> str:
     return posixpath.join(folder, sha256, name)
 
 
-def _held(inventory: Inventory) -> dict[str, set[tuple[str, str]]]:
-    """host -> the (sha256, name) of every file its plan places (archives and model files)."""
+def _held(inventory: Inventory) -> dict[str, tuple]:
+    """host -> (the (sha256, name) of every file its plan places, its archives, its model files, whether
+    it is a Windows host)."""
     from llamafleet.deploys.plan import plan_host
 
-    key = id(inventory)
-    if _HELD.get("key") == key and _HELD.get("inventory") is inventory:
+    if _HELD.get("inventory") is inventory:
         return _HELD["held"]
     held = {}
     for name in sorted(inventory.hosts):
@@ -99,7 +99,7 @@ def _held(inventory: Inventory) -> dict[str, set[tuple[str, str]]]:
             continue  # that host's own deploy reports why it cannot be planned
         held[name] = ({(a.sha256, a.file) for a in plan.build.artifacts} | {(m.sha256, m.name) for m in plan.models},
                       plan.build.artifacts, plan.models, plan.windows)
-    _HELD.update(key=key, inventory=inventory, held=held)
+    _HELD.update(inventory=inventory, held=held)
     return held
 
 

@@ -2,10 +2,10 @@
 
 Step "cache" of the deploy, before any host installs a build or a model: on the cache host, fetch
 every cluster file from upstream into the cache (resumable, verified), or, with ``host: deployer``,
-fill and serve the deploying machine's cache (:mod:`..deployer_cache`); on the cache host and on every peer, write
-the file server's unit and start it (the host's own service manager, rendered like every other unit)
-and wait until it answers; then a barrier that every host shares, so pyinfra starts no host's
-downloads before the cache is up.
+fill and serve the deploying machine's cache (:mod:`..deployer_cache`); on the cache host and on every
+peer, write the file server's unit and start it (the host's own service manager, rendered like every
+other unit) and wait until it answers; then a barrier that every host shares, so pyinfra starts no
+host's downloads before the cache is up.
 """
 
 from __future__ import annotations

@@ -180,7 +180,8 @@ def test_a_corrupted_cache_copy_is_skipped_for_a_peers_good_one(deployed):
     skipped = [line for line in said(run) if f"{model.name}: skipping {cache}{path}: it sent bytes" in line]
     assert len(skipped) == 1 and skipped[0].startswith("[gamma]"), run.stderr[-6000:]
     beta = f"http://{deployed['sshd'].addresses[1]}:{deployed['port']}"
-    assert any(line.startswith("[gamma]") and f"downloaded {model.name} from {beta}{path}" in line for line in said(run))
+    got = f"downloaded {model.name} from {beta}{path}"
+    assert any(line.startswith("[gamma]") and got in line for line in said(run))
     assert sha256(gamma) == model.sha256
     assert requests_per_file(deployed["server"]) == before  # nothing more from upstream
 
@@ -225,8 +226,8 @@ def test_the_deploying_machine_as_the_cache_serves_for_the_deploy_only(on_deploy
     names = {content.release.name, content.model.name, content.extra_models[0].name}
     assert requests_per_file(server) - on_deployer["before"] == {name: 1 for name in names}
     cache = f"http://127.0.0.1:{on_deployer['port']}"
-    assert sum(f"deployer: llamafleet: the file cache serves {on_deployer['base'] / 'deployer-cache'} on {cache}" in line
-               for line in said(first)) == 1  # filled once, by the first host that needed it
+    serving = f"deployer: llamafleet: the file cache serves {on_deployer['base'] / 'deployer-cache'} on {cache}"
+    assert sum(serving in line for line in said(first)) == 1  # filled once, by the first host that needed it
     for host, model in (("alpha", content.model), ("beta", content.model), ("gamma", content.extra_models[0])):
         line = f"downloaded {model.name} from {cache}/{model.sha256}/{model.name}"
         assert any(f"[{host}]" in out and line in out for out in said(first)), first.stderr[-6000:]

@@ -82,7 +82,8 @@ def test_when_every_source_fails_nothing_is_replaced(servers, tmp_path):
     assert result.returncode == 3
     last = result.stderr.splitlines()[-1]
     assert last.startswith(f"llamafleet: no source gave x.bin with sha256 {DIGEST} (sha256 mismatch for {sources[0]}")
-    assert f"download of {sources[2]} failed: HTTP 404" in last and last.endswith("; the existing file was left in place")
+    assert f"download of {sources[2]} failed: HTTP 404" in last
+    assert last.endswith("; the existing file was left in place")
     assert dest.read_bytes() == b"the model in use" and not (tmp_path / ".x.bin.partial").exists()
 
 

@@ -73,9 +73,9 @@ def _cache_step(plan, state):
 def test_the_cache_host_fills_and_starts_its_cache_before_any_host_fetches(cached):
     mini, air = plan_host(cached, "mac-mini"), plan_host(cached, "m2-air")
     steps = _cache_step(mini, _fresh_state(mini))
-    assert [op.name for op in steps] == ["file cache: fetch each file from upstream once", "file cache: its server's unit",
-                                         "file cache: launchd daemons", "file cache: serving",
-                                         "file cache: filled and serving"]
+    assert [op.name for op in steps] == ["file cache: fetch each file from upstream once",
+                                         "file cache: its server's unit", "file cache: launchd daemons",
+                                         "file cache: serving", "file cache: filled and serving"]
     fetches = list(steps[0].operation._inner(**steps[0].kwargs))
     assert len(fetches) == len(cluster_files(cached))
     assert all('"sources": ["https://' in c or '"sources": ["http://' in c for c in fetches)
@@ -149,7 +149,8 @@ def test_on_the_deployer_each_host_that_downloads_asks_the_deploying_machines_ca
     air = plan_host(inventory, "m2-air")
     state = _fresh_state(air)
     state["models"] = {m.path: {"verified": True} for m in air.models}
-    state["install"] = {"current": air.build.build_id, "record": {"artifacts_sha256": [a.sha256 for a in air.build.artifacts],
-                                                                   "version": "v", "binaries": {"llama-server": "h"}},
-                        "version": "v", "binaries": {"llama-server": "h"}, "builds": [air.build.build_id]}
+    record = {"artifacts_sha256": [a.sha256 for a in air.build.artifacts], "version": "v",
+              "binaries": {"llama-server": "h"}}
+    state["install"] = {"current": air.build.build_id, "record": record, "version": "v",
+                        "binaries": {"llama-server": "h"}, "builds": [air.build.build_id]}
     assert [op.name for op in _cache_step(air, state)] == ["file cache: filled and serving"]
