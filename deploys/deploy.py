@@ -30,6 +30,7 @@ from llamafleet.deploys.operations import files as file_ops
 from llamafleet.deploys.operations import llama_cpp, models, readiness, secrets
 from llamafleet.deploys.operations.common import file_matches
 from llamafleet.deploys.plan import HostPlan, plan_host
+from llamafleet import tls
 from llamafleet.errors import UserError
 from llamafleet.server_key import ensure_server_key, host_key_path
 
@@ -409,6 +410,7 @@ def deploy_host(host) -> HostChanges:
     """Queue the operations for ``host`` (the pyinfra host object of the running deploy)."""
     inventory = inventory_for(host)
     ensure_server_key(inventory)  # the cluster's llama-server key: checked, or generated on first use
+    tls.ensure_pairs(inventory)  # a self-signed proxy's pair: generated once, then reused (llamafleet/tls.py)
     plan = plan_host(inventory, host.data.get("llamafleet_host") or host.name)
     state = host.get_fact(host_state_fact(plan.windows), spec=state_spec(plan))
     if state is None:

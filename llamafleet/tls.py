@@ -102,14 +102,33 @@ class HostFiles:
     key_source: str
 
 
+def ensure_pairs(inventory) -> None:
+    """Generate (or renew, see :func:`local_pair`) the self-signed pair of every proxy that asks for one.
+    The deploy calls this first, and ``llamafleet plan`` (its review); everything else reads the pair
+    the deploy made and never makes one of its own."""
+    from llamafleet.errors import UserError
+
+    for name, svc in inventory.services.items():
+        if getattr(svc, "tls", None) is not None and svc.tls.self_signed:
+            try:
+                local_pair(inventory, name)
+            except OSError as err:
+                raise UserError(f"services.{name}.tls: cannot write the self-signed pair under "
+                                f"{self_signed_dir(inventory.cluster, name)}: {err.strerror or err}") from None
+
+
 def host_files(inventory, service: str) -> HostFiles:
-    """The proxy's pair as the deploy places it; a self-signed pair is generated here on first use.
-    A file that went missing or bad since ``validate`` is one :class:`UserError` naming the service."""
+    """The proxy's pair as the deploy places it (and drift compares it). A self-signed pair that is not on
+    this machine, or a file that went missing or bad since ``validate``, is one :class:`UserError`."""
     from llamafleet.errors import UserError
 
     svc = inventory.services[service]
     try:
-        pair = local_pair(inventory, service)
+        pair = local_pair(inventory, service, create=False)
+        if pair is None:
+            raise UserError(f"services.{service}.tls: the self-signed pair is not on this machine "
+                            f"({self_signed_dir(inventory.cluster, service)}): the deploy generates it there; run "
+                            f"this where the deploy ran, copy that folder here, or set {STATE_ENV}")
         pem = pair.cert_pem()
     except (ValueError, OSError) as err:  # TlsFileError, or a certificate file that is not text
         raise UserError(f"services.{service}.tls: {err}") from None

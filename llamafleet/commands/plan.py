@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from llamafleet import tls
 from llamafleet.config.loader import DEFAULT_INVENTORY, INVENTORY_ENV, check_inventory, default_inventory_path
 from llamafleet.config.models import Inventory, TargetService
 from llamafleet.errors import UserError
@@ -49,6 +50,7 @@ def run(args) -> int:
     if inventory is None:  # exactly what validate prints, and its exit code
         out = json.dumps(json_report(path, None, findings), indent=2) if args.json else text_report(path, None, findings)
         return _write(out + "\n", 1)
+    tls.ensure_pairs(inventory)  # the review shows the self-signed pair the deploy will place (made once, here)
     plan = cluster_plan(path, inventory, findings, selected(inventory, args.host))
     return _write(json.dumps(plan, indent=2) + "\n" if args.json else render_text(plan, findings), 0)
 
