@@ -73,9 +73,10 @@ class LocalPair:
         return read_pem(self.cert, "certificate").decode()
 
 
-def local_pair(inventory, service: str, *, create: bool = True) -> LocalPair | None:
-    """The pair a proxy service of ``inventory`` serves. For ``self_signed`` it is generated (or renewed)
-    when ``create``; without ``create`` (doctor) a pair not generated yet is None."""
+def local_pair(inventory, service: str, *, create: bool = False) -> LocalPair | None:
+    """The pair a proxy service of ``inventory`` serves. For ``self_signed``: the one in the state folder
+    (None when there is none yet); with ``create`` (:func:`ensure_pairs`) it is generated, or renewed
+    when it no longer fits."""
     svc = inventory.services[service]
     tls = svc.tls
     if tls.cert_file is not None:
@@ -111,7 +112,7 @@ def ensure_pairs(inventory) -> None:
     for name, svc in inventory.services.items():
         if getattr(svc, "tls", None) is not None and svc.tls.self_signed:
             try:
-                local_pair(inventory, name)
+                local_pair(inventory, name, create=True)
             except OSError as err:
                 raise UserError(f"services.{name}.tls: cannot write the self-signed pair under "
                                 f"{self_signed_dir(inventory.cluster, name)}: {err.strerror or err}") from None
@@ -124,7 +125,7 @@ def host_files(inventory, service: str) -> HostFiles:
 
     svc = inventory.services[service]
     try:
-        pair = local_pair(inventory, service, create=False)
+        pair = local_pair(inventory, service)
         if pair is None:
             raise UserError(f"services.{service}.tls: the self-signed pair is not on this machine "
                             f"({self_signed_dir(inventory.cluster, service)}): the deploy generates it there; run "
