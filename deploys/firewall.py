@@ -45,6 +45,7 @@ NFT = "/usr/sbin/nft"
 WINDOWS_PREFIX = "llamafleet-"  # Windows Firewall rule names: llamafleet-<service>
 LOOPBACK = (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128"))
 ANY = "any"  # a port open to every address
+CACHE_NAME = "the file cache"  # how validate names the cluster's file cache (it is not an inventory service)
 
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -412,10 +413,11 @@ def firewall_problems(inventory: Inventory):
         services = [(s, svc.role) for s, svc in inventory.services_on(name).items()]
         cache = getattr(inventory, "cache", None)  # the cluster's file cache: every host fetches from it
         if cache is not None and cache.host == name:
-            services.append(("the file cache", "cache"))
+            services.append((CACHE_NAME, "cache"))
         for service, peer in unaddressed_peers(inventory, name, services):
             connection = inventory.hosts[peer].connection
-            yield ("LF172", f"the firewall of host {name!r} must let {peer!r} reach {service}, but the inventory gives "
+            what = service if service == CACHE_NAME else f"service {service!r}"
+            yield ("LF172", f"the firewall of host {name!r} must let {peer!r} reach {what}, but the inventory gives "
                    f"{peer!r} no IP address" + (f" (only the name {connection.address!r}, which is not resolved "
                                                 "when rules are planned)" if connection.type == "ssh" else ""),
                    f"list {peer}'s IP addresses under hosts.{peer}.addresses, or set "
