@@ -150,12 +150,25 @@ def test_the_cache_serves_verified_files_read_only_on_its_cluster_address(deploy
     assert sorted(a for a in listening if a.endswith(f":{port}")) == [f"{a}:{port}" for a in deployed["sshd"].addresses]
 
 
-def test_second_run_changes_and_fetches_nothing(deployed):
+def test_second_run_changes_and_fetches_nothing_and_drift_agrees(deployed):
     before = requests_per_file(deployed["server"])
     second = run_pyinfra(deployed["file"], deployed["sshd"], deployed["server"].url)
     assert second.returncode == 0, second.stdout[-4000:]
     assert changed_operations(second.stdout) == []
     assert requests_per_file(deployed["server"]) == before
+    drift = subprocess.run([sys.executable, "-m", "llamafleet.cli", "drift", str(deployed["file"]), "--json",
+                            "--data", f"ssh_known_hosts_file={deployed['sshd'].known_hosts}"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    findings = json.loads(drift.stdout)["findings"]
+    assert {f["host"] for f in findings if "llamafleet-file-cache" in f["check"]} == set(deployed["roots"])
+    # The stand-in hosts share one kernel, so each sees the others' servers on the same cache.port
+    # (real hosts do not): that is the only thing drift may report.
+    addresses, port = deployed["sshd"].addresses, deployed["port"]
+    for f in findings:
+        if f["severity"] != "ok":
+            own = addresses[list(deployed["roots"]).index(f["host"])]
+            others = ", ".join(f"{a}:{port}" for a in addresses if a != own)
+            assert (f["check"], f["actual"]) == (f"port {port} llamafleet-file-cache", f"also {others}"), f
 
 
 def corrupt(path: Path) -> None:
