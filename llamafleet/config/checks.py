@@ -167,6 +167,7 @@ def _rendered_purposes(caps: builds.BuildCaps, name: str, service) -> Iterator[t
                                     ("slots", "parallel"), ("gpu_layers", "gpu_layers")):
             yield purpose, base + (field_name,), f"a {service.role}'s {field_name}"
         yield "no_webui", base, f"a {service.role} without the web UI"
+        yield "api_key_file", base, f"a {service.role} that requires the cluster's API key (llamafleet/server_key.py)"
         if service.devices:
             yield "devices", base + ("devices",), "devices"
     if isinstance(service, TargetService):
