@@ -44,6 +44,7 @@ from llamafleet.doctor import Doctor, expectation  # noqa: E402
 from llamafleet.drift import run_drift  # noqa: E402
 from llamafleet.llama_client import LlamaClient  # noqa: E402
 from llamafleet.rig import cache, servers  # noqa: E402
+from llamafleet.server_key import server_key  # noqa: E402
 
 SIZES = (1, 5, 20)
 DEAD_TIMEOUT = 3.0
@@ -116,7 +117,8 @@ def in_process(kind: str, path: Path, known_hosts: Path, extra: list[str]) -> fl
         run_drift(inv, path, list(inv.hosts), deep=False, override={"ssh_known_hosts_file": str(known_hosts)},
                   parallel=parallel, timeout=timeout)
     else:
-        Doctor(inv, http=LlamaClient(timeout), expect=expectation(inv, None), proxy_token=None).run(inv.hosts, parallel)
+        Doctor(inv, http=LlamaClient(timeout), expect=expectation(inv, None), proxy_token=None,
+               server_key=server_key(inv)).run(inv.hosts, parallel)  # as `llamafleet doctor` reads it
     return time.monotonic() - started
 
 
