@@ -119,10 +119,11 @@ def host_plan(plan) -> dict:
             "build": build.build, "build_id": build.build_id, "method": build.method,
             "dir": plan.path("builds", build.build_id), "binaries": list(build.binaries),
             "cmake_options": list(build.cmake_options),
-            "artifacts": [{"file": a.file, "url": a.url, "sha256": a.sha256} for a in build.artifacts],
+            "artifacts": [{"file": a.file, "url": a.url, "sha256": a.sha256,
+                           "sources": _sources(plan, a.url, a.sha256, a.file)} for a in build.artifacts],
         },
-        "models": [{"model": m.model, "path": m.path, "url": m.url, "sha256": m.sha256, "size": m.size}
-                   for m in plan.models],
+        "models": [{"model": m.model, "path": m.path, "url": m.url, "sha256": m.sha256, "size": m.size,
+                    "sources": _sources(plan, m.url, m.sha256, m.name)} for m in plan.models],
         "services": {svc.service: {
             "role": svc.role, "unit": svc.unit_name, "unit_path": plan.unit_path(svc), "user": svc.user,
             "bind": svc.bind, "port": svc.port, "argv": list(svc.argv), "command": _command_line(plan, svc.argv),
@@ -198,6 +199,13 @@ def render_text(plan: dict, findings: list[Finding]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _sources(plan, url: str, sha256: str, name: str) -> list[str]:
+    """Where the host fetches a file from, in order (the cluster's file cache and peers first, if any)."""
+    from llamafleet.deploys.cache import source_fields
+
+    return source_fields(plan, url, sha256, name).get("sources", [url])
+
+
 def _host_lines(name: str, h: dict) -> list[str]:
     b = h["build"]
     lines = [f"host {name} ({h['os']} {h['arch']}, {h['backend']}, {h['service_manager']}), "
@@ -205,10 +213,11 @@ def _host_lines(name: str, h: dict) -> list[str]:
              f"  llama.cpp {b['build']}: {b['build_id']} by {b['method']} into {b['dir']} ({', '.join(b['binaries'])})"]
     if b["cmake_options"]:
         lines.append(f"    cmake options: {shlex.join(b['cmake_options'])}")
-    lines += [f"    artifact {a['file']} sha256 {a['sha256']} from {a['url']}" for a in b["artifacts"]]
+    lines += [f"    artifact {a['file']} sha256 {a['sha256']} from {', then '.join(a['sources'])}"
+              for a in b["artifacts"]]
     lines.append("  model files:" if h["models"] else "  model files: none")
-    lines += [f"    {m['path']} ({m['model']}, {m['size']} bytes, sha256 {m['sha256']}) from {m['url']}"
-              for m in h["models"]]
+    lines += [f"    {m['path']} ({m['model']}, {m['size']} bytes, sha256 {m['sha256']}) "
+              f"from {', then '.join(m['sources'])}" for m in h["models"]]
     lines.append("  services:" if h["services"] else "  services: none")
     for svc_name, s in h["services"].items():
         lines.append(f"    {svc_name} ({s['role']}): unit {s['unit']}, as {s['user']}, listens on {s['bind']}:{s['port']}")

@@ -154,3 +154,22 @@ def test_on_the_deployer_each_host_that_downloads_asks_the_deploying_machines_ca
     state["install"] = {"current": air.build.build_id, "record": record, "version": "v",
                         "binaries": {"llama-server": "h"}, "builds": [air.build.build_id]}
     assert [op.name for op in _cache_step(air, state)] == ["file cache: filled and serving"]
+
+
+def test_llamafleet_plan_shows_where_each_file_comes_from(capsys, tmp_path):
+    import json
+
+    from llamafleet.cli import main
+
+    path = tmp_path / "cluster.yaml"
+    path.write_text(SEED.read_text() + "\ncache:\n  host: mac-mini\n  port: 8001\n")
+    assert main(["plan", str(path), "--json"]) == 0
+    hosts = json.loads(capsys.readouterr().out)["hosts"]
+    for m in hosts["m2-air"]["models"]:
+        assert m["sources"] == [f"{CACHE}/{m['sha256']}/{m['path'].rsplit('/', 1)[1]}", m["url"]]
+    assert all(m["sources"] == [m["url"]] for m in hosts["desktop"]["models"])  # Windows: upstream
+    assert main(["plan", str(path), "--host", "m2-air"]) == 0
+    text = capsys.readouterr().out
+    (draft,) = [line for line in text.splitlines() if "gpt-oss-20b-mxfp4.gguf (" in line]
+    upstream = "http://192.168.86.40:8765/llama.cpp/gpt-oss-20b-mxfp4.gguf"  # the seed's mirror
+    assert f" from {CACHE}/" in draft and draft.endswith(f", then {upstream}")
