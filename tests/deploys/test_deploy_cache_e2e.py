@@ -97,7 +97,12 @@ def deployed(sshd, upstream, tmp_path_factory):
     yield {"first": first, "file": inventory_file, "roots": roots, "places": places, "server": server,
            "content": content, "sshd": sshd, "port": data["cache"]["port"],
            "cache": f"http://{sshd.addresses[0]}:{data['cache']['port']}"}
-    for root in roots.values():
+    stop_supervisord(roots.values())
+
+
+def stop_supervisord(roots) -> None:
+    """Stop every supervisord the deploy started (one per host's install_dir), through its own socket."""
+    for root in roots:
         conf = root / "supervisor" / "supervisord.conf"
         if conf.exists():
             subprocess.run(["supervisorctl", "-c", str(conf), "shutdown"], capture_output=True, timeout=60)
@@ -231,6 +236,7 @@ def on_deployer(deployed, sshd, upstream, tmp_path_factory):
     before = requests_per_file(server)
     first = run_pyinfra(inventory_file, sshd, server.url, "-vvv")
     yield {"first": first, "file": inventory_file, "base": base, "before": before, "port": port}
+    stop_supervisord([base / name for name in data["hosts"]])
 
 
 def test_the_deploying_machine_as_the_cache_serves_for_the_deploy_only(on_deployer, deployed):
