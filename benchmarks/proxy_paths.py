@@ -13,11 +13,12 @@ from contextlib import ExitStack
 import httpx
 
 from proxy_common import PROMPTS, dump, rate, start, start_llamafleet, start_native, timed, wait_idle, write_section
+from llamafleet.config.models import SpeculationMode
 from llamafleet.rig import cache, models
 
 MAX_TOKENS = 48
 DRAFT_MAX = 8
-MODES = ["direct", "native", "proxy", "auto"]
+MODES = [mode.value for mode in SpeculationMode]  # every mode the proxy has
 
 
 def measure(pair: str, target_model, smol) -> dict:

@@ -600,8 +600,3 @@ def hash_model(sources: list[FileSource], headers: list[Header]) -> ModelFacts:
             raise SourceError(f"{s}: {size} bytes read, but {header.size} announced when the header was read")
         files.append(FileFacts(s.name, sha256, size, s.url))
     return model_facts(headers, files)
-
-
-def read_model(source: str) -> ModelFacts:
-    """Headers, hashes and sizes of every file of the model ``source`` names."""
-    return hash_model(*read_headers(source))

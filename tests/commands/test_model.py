@@ -86,7 +86,7 @@ def add(sources, inventory: Path, capsys, *extra: str) -> tuple[int, str, str]:
 
 def facts_of(path: Path) -> gguf_info.ModelFacts:
     """Headers and hashes, as ``model add`` reads them."""
-    return gguf_info.read_model(str(path))
+    return gguf_info.hash_model(*gguf_info.read_headers(str(path)))
 
 
 def header_facts(path: Path) -> gguf_info.ModelFacts:
