@@ -442,7 +442,7 @@ def firewall_problems(inventory: Inventory):
 def firewall_findings(plan, state: dict) -> list:
     """Drift's findings for the host's firewall: one per difference, or one ok line (none where the
     firewall is not managed). ``state["firewall"]``: the live rules (facts/firewall.py)."""
-    from llamafleet.report import Finding, Severity
+    from llamafleet.findings import Finding, Severity
 
     firewall = host_firewall(plan)
     if not firewall.manage or firewall.kind is None:

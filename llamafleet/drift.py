@@ -36,7 +36,8 @@ from llamafleet.drift_reading import (
     pyinfra_state,
     read_host,
 )
-from llamafleet.report import Finding, Report, Severity, by_host, parallel_count
+from llamafleet.findings import Finding, Severity
+from llamafleet.report import Report, by_host, parallel_count
 
 DEEP_NOTE = ("model files were checked by their verified stamp (size and mtime): a file replaced by other "
              "bytes of the same size and mtime is only caught with --deep, which re-hashes every file")
