@@ -52,6 +52,8 @@ def dotted(path: DataPath) -> str:
 
 @dataclass(frozen=True)
 class Finding:
+    """One outcome of one check; the fields are described at the top of this module."""
+
     host: str = ""
     check: str = ""
     severity: Severity = Severity.error
@@ -71,10 +73,6 @@ class Finding:
             raise TypeError(f"a finding's severity is a Severity, not {self.severity!r}")
         if not (self.check or self.code):
             raise TypeError("a finding names its check or its code")
-
-    @property
-    def is_problem(self) -> bool:
-        return self.severity in (Severity.fail, Severity.error)
 
     @property
     def where(self) -> str:
