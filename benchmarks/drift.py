@@ -100,7 +100,7 @@ def measure(inventory_file: Path, known_hosts: Path, deep: bool, runs: int) -> d
                                override={"ssh_known_hosts_file": str(known_hosts)})
             times.append(time.monotonic() - started)
         if report.exit_code() != 0:
-            found = [f"{f.host} {f.check}: expected {f.expected}, actual {f.actual}" for f in report.findings if f.is_problem]
+            found = [str(f) for f in report.findings if f.is_problem]
             raise SystemExit(f"drift found differences on a fresh deploy: {report.summary()}\n" + "\n".join(found))
         drift_counts.append(dict(report.stats["remote_commands"]))
         per_host.append(report.stats["host_seconds"])

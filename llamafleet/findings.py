@@ -75,6 +75,11 @@ class Finding:
             raise TypeError("a finding names its check or its code")
 
     @property
+    def is_problem(self) -> bool:
+        """A difference or an error: what makes a run's exit code non-zero."""
+        return self.severity in (Severity.fail, Severity.error)
+
+    @property
     def where(self) -> str:
         """``file:line:col`` (or the file alone) for an inventory finding, else the host."""
         if self.line is not None:
