@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from llamafleet.config.models import ProxyAuth, SpeculationMode, Strict
 from llamafleet.errors import UserError, validation_problems
+from llamafleet.findings import dotted
 from llamafleet.server_key import host_key_path, read_secret
 
 MAX_CONFIG_BYTES = 1024 * 1024  # a proxy config is a few hundred bytes; the size is checked before reading
@@ -333,5 +334,5 @@ def _parse(path: Path, text: str) -> Any:
 
 
 def _describe(err: ValidationError) -> str:
-    return "\n".join(f"  {'.'.join(map(str, loc)) or '(top level)'}: {message}"
+    return "\n".join(f"  {dotted(loc) if loc else '(top level)'}: {message}"
                      for loc, message in validation_problems(err))

@@ -43,6 +43,11 @@ def test_load_names_file_and_key(tmp_path):
     bad.write_text("target: {name: t, url: 'http://127.0.0.1:1'}\nmode: proxy\n")
     with pytest.raises(UserError, match="mode 'proxy' is not available: it needs at least one drafter"):
         ProxyConfig.load(bad)
+    # A list item's path is spelled as the inventory's findings spell it: drafters[1].url.
+    bad.write_text("target: {name: t, url: 'http://127.0.0.1:1'}\n"
+                   "drafters: [{name: a, url: 'http://127.0.0.1:2'}, {name: b, url: 'not a url'}]\n")
+    with pytest.raises(UserError, match=r"\n  drafters\[1\]\.url: "):
+        ProxyConfig.load(bad)
 
 
 def test_load_reports_yaml_position(tmp_path):
