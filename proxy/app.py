@@ -32,7 +32,7 @@ from llamafleet.proxy.dashboard import handle_dashboard
 from llamafleet.proxy.engine import Engine, ModeUnavailable, Route
 from llamafleet.proxy.replicas import Router
 from llamafleet.proxy.errors import ApiError, from_backend, internal, invalid
-from llamafleet.proxy.speculation import PROXY_SAMPLING_METHOD, Job, Report
+from llamafleet.proxy.speculation import PROXY_SAMPLING_METHOD, Job, RequestReport
 from llamafleet.proxy.stats import Stats, controller_gauges
 from llamafleet.proxy.text import TextAssembler
 from llamafleet.proxy.upstream import Upstream
@@ -402,7 +402,7 @@ class _Relay:
     def __init__(self, state: ReplicaState, route: Route, mode: str, chat: bool, body: dict):
         self.state, self.route, self.chat, self.body = state, route, chat, body
         self.endpoint = "/v1/chat/completions" if chat else "/v1/completions"
-        self.report = Report(path=route.path, mode=mode, reason=route.reason)
+        self.report = RequestReport(path=route.path, mode=mode, reason=route.reason)
         self.greedy = _greedy(body)
         self.model = state.config.model_name
         self.usage: dict = {}
@@ -482,7 +482,7 @@ class _Run:
     def __init__(self, state: ReplicaState, job: Job, mode: str, chat: bool, body: api._Body, route: Route):
         self.state, self.job, self.mode, self.chat, self.body = state, job, mode, chat, body
         self.segments = route.segments
-        self.report = Report(path=mode)
+        self.report = RequestReport(path=mode)
         self.text = TextAssembler(list(job.stop), self._detokenize)
         self.rid = api.new_id("chatcmpl" if chat else "cmpl")
         self.model = state.config.model_name
@@ -590,7 +590,7 @@ async def _embed(state: ReplicaState, data: dict) -> web.StreamResponse:
             answer = await state.target.openai("/v1/embeddings", data)
         except BackendError as err:
             raise _relayed_error(state, err) from None
-        report = Report(path="direct", mode="direct", reason="embeddings")
+        report = RequestReport(path="direct", mode="direct", reason="embeddings")
         usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
         prompt_tokens = usage.get("prompt_tokens")
         state.stats.record(report, endpoint="embeddings", completion_tokens=0, finish="embedding",

@@ -22,7 +22,7 @@ from typing import AsyncIterator, Callable
 
 from llamafleet.proxy.backend import Backend, OpenAIBackend, Piece
 from llamafleet.proxy.controller import Controller
-from llamafleet.proxy.speculation import DrafterPool, Job, Paths, Report, account_timings
+from llamafleet.proxy.speculation import DrafterPool, Job, Paths, RequestReport, account_timings
 
 
 class ModeUnavailable(ValueError):
@@ -106,7 +106,7 @@ class Engine:
             return [("native", None, False)]
         return [(mode, None, False)]
 
-    async def generate(self, job: Job, mode: str, report: Report,
+    async def generate(self, job: Job, mode: str, report: RequestReport,
                        segments: list[tuple[str, int | None, bool]] | None = None) -> AsyncIterator[Piece]:
         """The job on token ids, along ``segments`` (a token-level :class:`Route`'s; default: the mode's)."""
         greedy = job.sampling.greedy
@@ -151,7 +151,7 @@ class Engine:
     def _server(self, path: str) -> OpenAIBackend:
         return self.paths.native if path == "native" else self.paths.target
 
-    async def relay(self, route: Route, endpoint: str, body: dict, report: Report, greedy: bool) -> dict:
+    async def relay(self, route: Route, endpoint: str, body: dict, report: RequestReport, greedy: bool) -> dict:
         """The server's own answer to ``body`` on ``endpoint`` (e.g. ``/v1/chat/completions``)."""
         report.path, report.reason = route.path, route.reason
         started = self.clock()
@@ -159,7 +159,7 @@ class Engine:
         self._relayed(route, body, answer.get("timings"), self.clock() - started, report, greedy)
         return answer
 
-    async def relay_stream(self, route: Route, endpoint: str, body: dict, report: Report,
+    async def relay_stream(self, route: Route, endpoint: str, body: dict, report: RequestReport,
                            greedy: bool) -> AsyncIterator[dict]:
         """The server's own stream of events for ``body``, as they arrive."""
         report.path, report.reason = route.path, route.reason
@@ -173,7 +173,7 @@ class Engine:
         finally:
             self._relayed(route, body, timings, self.clock() - started, report, greedy)
 
-    def _relayed(self, route: Route, body: dict, timings: dict | None, seconds: float, report: Report,
+    def _relayed(self, route: Route, body: dict, timings: dict | None, seconds: float, report: RequestReport,
                  greedy: bool) -> None:
         """Account the server's own timings; its decode speed feeds the controller (one choice only:
         with ``n`` > 1 the server decodes several sequences at once)."""
@@ -190,14 +190,14 @@ class Engine:
             if route.probe:
                 self.controller.probe_finished(route.path, greedy, self.max_width)
 
-    def _observe(self, path: str, greedy: bool, tokens: int, seconds: float, probe: bool, report: Report) -> None:
+    def _observe(self, path: str, greedy: bool, tokens: int, seconds: float, probe: bool, report: RequestReport) -> None:
         last = report.segments[-1] if report.segments else {}
         decode = last.get("decode_seconds") if last.get("path") == path else None
         self.controller.observe_segment(path, greedy, tokens, seconds, probe, decode_seconds=decode)
         if probe:
             self.controller.probe_finished(path, greedy, self.max_width)
 
-    def _run(self, path: str, job: Job, context: list[int], budget: int, report: Report, greedy: bool) -> AsyncIterator[Piece]:
+    def _run(self, path: str, job: Job, context: list[int], budget: int, report: RequestReport, greedy: bool) -> AsyncIterator[Piece]:
         if path == "proxy":
             def on_round(n: int, seconds: float, accepted: int, rejected: bool) -> None:
                 self.controller.observe_round(greedy, n, seconds, accepted, rejected)

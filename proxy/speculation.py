@@ -34,7 +34,7 @@ class Job:
 
 
 @dataclass
-class Report:
+class RequestReport:
     """What happened while generating; returned to the client as the ``llamafleet`` object."""
 
     path: str
@@ -153,7 +153,7 @@ class Paths:
         self.clock = clock
 
     async def passthrough(self, label: str, backend: Backend, job: Job, context: list[int], budget: int,
-                          report: Report) -> AsyncIterator[Piece]:
+                          report: RequestReport) -> AsyncIterator[Piece]:
         """direct and native: the backend generates; the proxy only relays its tokens."""
         started = self.clock()
         produced = 0
@@ -172,7 +172,7 @@ class Paths:
                 segment.update(tokens=produced, seconds=self.clock() - started)
                 yield piece
 
-    async def speculate(self, job: Job, context: list[int], budget: int, draft_len: int, report: Report,
+    async def speculate(self, job: Job, context: list[int], budget: int, draft_len: int, report: RequestReport,
                         on_round: Callable[[int, float, int, bool], None] | None = None) -> AsyncIterator[Piece]:
         """proxy: drafters draft, the target verifies every position in one call, we keep what it agrees with.
 
@@ -216,7 +216,7 @@ class Paths:
                 break
         report.segments.append({"path": "proxy", "tokens": produced, "seconds": self.clock() - started, "rounds": rounds})
 
-    async def _draft(self, context: list[int], n: int, report: Report) -> list[int] | None:
+    async def _draft(self, context: list[int], n: int, report: RequestReport) -> list[int] | None:
         """Draft ``n`` greedy tokens on the fastest healthy drafter; a failing drafter is skipped."""
         for drafter in self.drafters.healthy():
             t0 = self.clock()
@@ -239,7 +239,7 @@ async def _iterate(pieces: list[Piece]) -> AsyncIterator[Piece]:
         yield piece
 
 
-def account_timings(report: Report, timings: dict) -> None:
+def account_timings(report: RequestReport, timings: dict) -> None:
     """Target work in a pass-through call: prompt tokens it processed, plus one per round it decoded.
 
     With native speculation each round evaluates the sampled token plus that round's draft, so the

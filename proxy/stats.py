@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter, deque
 
-from llamafleet.proxy.speculation import Report
+from llamafleet.proxy.speculation import RequestReport
 
 
 class Stats:
@@ -24,7 +24,7 @@ class Stats:
         self.seconds: Counter[str] = Counter()  # wall time generating, by path
         self.active = 0
 
-    def record(self, report: Report, *, endpoint: str, prompt_tokens: int, completion_tokens: int,
+    def record(self, report: RequestReport, *, endpoint: str, prompt_tokens: int, completion_tokens: int,
                seconds: float, finish: str) -> None:
         path = report.path
         self.requests[path] += 1

@@ -11,7 +11,7 @@ import pytest
 
 from llamafleet.proxy import api
 from llamafleet.proxy.engine import Engine
-from llamafleet.proxy.speculation import Report
+from llamafleet.proxy.speculation import RequestReport
 
 from fakes import FakeModel
 
@@ -94,8 +94,8 @@ def test_direct_and_native_are_whole_and_the_proxy_path_is_on_token_ids():
     assert not first.whole and first.segments[0][2] is True
 
 
-def relay(e: Engine, route, body: dict, stream: bool) -> tuple[object, Report]:
-    report = Report(path=route.path, mode="auto")
+def relay(e: Engine, route, body: dict, stream: bool) -> tuple[object, RequestReport]:
+    report = RequestReport(path=route.path, mode="auto")
 
     async def run():
         if not stream:

@@ -12,7 +12,7 @@ import pytest
 from llamafleet.proxy.backend import Piece, Sampling
 from llamafleet.proxy.controller import Controller
 from llamafleet.proxy.engine import Engine, ModeUnavailable
-from llamafleet.proxy.speculation import Job, Report, accept, position_seed
+from llamafleet.proxy.speculation import Job, RequestReport, accept, position_seed
 from llamafleet.proxy.text import TextAssembler
 
 from fakes import FakeModel, greedy_reference
@@ -20,8 +20,8 @@ from fakes import FakeModel, greedy_reference
 PROMPT = [5, 17, 42, 8]
 
 
-def collect(engine: Engine, job: Job, mode: str) -> tuple[list[int], Report, str | None]:
-    report = Report(path=mode)
+def collect(engine: Engine, job: Job, mode: str) -> tuple[list[int], RequestReport, str | None]:
+    report = RequestReport(path=mode)
 
     async def run():
         tokens, finish = [], None
@@ -172,7 +172,7 @@ def test_controller_learns_from_requests_the_consumer_stops_early():
 
     async def first_piece_only():
         async with contextlib.aclosing(engine.generate(Job(prompt=PROMPT, max_tokens=30, stream=True), "direct",
-                                                       Report(path="direct"))) as pieces:
+                                                       RequestReport(path="direct"))) as pieces:
             async for _ in pieces:
                 return
 

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from llamafleet.proxy.backend import Piece
 from llamafleet.proxy.controller import Controller
 from llamafleet.proxy.engine import Engine
-from llamafleet.proxy.speculation import Job, Report
+from llamafleet.proxy.speculation import Job, RequestReport
 from llamafleet.proxy.stats import Stats, controller_gauges
 
 from fakes import FakeModel
@@ -118,7 +118,7 @@ def test_engine_flags_a_native_path_with_full_acceptance_that_decodes_slower():
                     target_slots=1, drafter_timeout=1.0)
     reports = []
     for mode in ("direct", "native", "direct", "native"):
-        report = Report(path=mode)
+        report = RequestReport(path=mode)
 
         async def run():
             async for _ in engine.generate(Job(prompt=[5, 17, 42, 8], max_tokens=20), mode, report):
