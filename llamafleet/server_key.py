@@ -12,7 +12,7 @@ nothing on the LAN reaches a model past the proxy's bearer token. The key is one
   keeps), or, when the inventory names none, from ``$LLAMAFLEET_STATE/clusters/<cluster>/server.key``,
   which the first deploy generates (``$LLAMAFLEET_STATE`` defaults to ``$XDG_STATE_HOME/llamafleet``,
   that is ``~/.local/state/llamafleet``);
-- on each host it lives at ``<install_dir>/etc/llama-server.key`` (:func:`host_key_path`), 0600 and
+- on each host it lives at ``<install_dir>/secrets/llama-server.key`` (:func:`host_key_path`), 0600 and
   owned by the service user, copied there by the deploy (``deploys/operations/secrets.py``); the
   llama-servers read it with ``--api-key-file`` and the proxy with its config's ``server_key_file``.
 
@@ -157,4 +157,5 @@ def host_key_path(host: Host) -> str | None:
     done yet: docs/hardening.md, "Still open")."""
     if host.os is OS.windows:
         return None
-    return posixpath.join(host.install_dir, "etc", HOST_KEY_NAME)
+    # Not etc/: a proxy's TLS key is etc/<service>.key, and a service may be named llama-server.
+    return posixpath.join(host.install_dir, "secrets", HOST_KEY_NAME)

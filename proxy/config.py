@@ -140,7 +140,7 @@ class ProxyConfig(Strict):
     auth: Auth | None = Field(None, description="None disables auth: only for a loopback listener.")
     server_key_file: str | None = Field(
         None, min_length=1, description="File holding the API key the llama-servers require (mode 0600, on the proxy "
-        "host; the deploy's <install_dir>/etc/llama-server.key): sent as a bearer token on every upstream call.")
+        "host; the deploy's <install_dir>/secrets/llama-server.key): sent as a bearer token on every upstream call.")
     tls: Tls | None = Field(None, description="Serve HTTPS with this certificate and key; None serves HTTP.")
     limits: Limits = Field(default_factory=Limits)
     timeouts: Timeouts = Field(default_factory=Timeouts)

@@ -139,4 +139,4 @@ def test_each_posix_host_holds_the_key_under_its_install_dir(tmp_path):
         if host.os.value == "windows":
             assert paths[name] is None
         else:
-            assert paths[name] == f"{host.install_dir}/etc/llama-server.key"
+            assert paths[name] == f"{host.install_dir}/secrets/llama-server.key"

@@ -241,7 +241,7 @@ def test_every_llama_server_requires_the_clusters_key(deployed):
         assert get_json(f"{url}/health")["status"] == "ok"  # public in llama-server
     me = os.getuid()
     for host in ("alpha", "beta", "gamma"):
-        key_file = roots[host] / "etc" / "llama-server.key"
+        key_file = roots[host] / "secrets" / "llama-server.key"
         st = key_file.lstat()
         assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == me, host
         assert key_file.read_text() == key + "\n"
@@ -249,9 +249,9 @@ def test_every_llama_server_requires_the_clusters_key(deployed):
     for host, services in (("alpha", ("target", "target-plain")), ("beta", ("drafter",))):
         for service in services:
             unit = (roots[host] / "supervisor" / "conf.d" / f"llamafleet-{service}.conf").read_text()
-            assert f"--api-key-file {roots[host] / 'etc' / 'llama-server.key'}" in unit and key not in unit
+            assert f"--api-key-file {roots[host] / 'secrets' / 'llama-server.key'}" in unit and key not in unit
     config = (roots["gamma"] / "etc" / "proxy.json").read_text()
-    assert json.loads(config)["server_key_file"] == str(roots["gamma"] / "etc" / "llama-server.key")
+    assert json.loads(config)["server_key_file"] == str(roots["gamma"] / "secrets" / "llama-server.key")
     assert key not in config
     argvs = []
     for proc in Path("/proc").iterdir():

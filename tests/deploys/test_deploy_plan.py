@@ -105,7 +105,7 @@ def test_native_speculation_target_flags(seed):
         "/opt/llamafleet/builds/b11434-rocm-src/llama-server",
         "-m", "/opt/llamafleet/models/gpt-oss-120b-UD-Q4_K_XL-00001-of-00002.gguf",
         "--host", "192.168.86.29", "--port", "8080", "-c", "8192", "-np", "1", "-ngl", "26", "--no-webui",
-        "--api-key-file", "/opt/llamafleet/etc/llama-server.key", "-nr",
+        "--api-key-file", "/opt/llamafleet/secrets/llama-server.key", "-nr",
         "--rpc", "192.168.86.36:50052",
         "-md", "/opt/llamafleet/models/gpt-oss-20b-mxfp4.gguf", "-devd", "RPC0", "-ngld", "99",
         "--spec-type", "draft-simple", "--spec-draft-n-max", "8", "--spec-draft-n-min", "0",
@@ -128,7 +128,7 @@ def test_every_llama_server_reads_the_cluster_key_from_its_file(seed, build, mon
     servers = 0
     for name, host in inventory.hosts.items():
         plan = plan_host(inventory, name)
-        key_file = f"{host.install_dir}/etc/llama-server.key"
+        key_file = f"{host.install_dir}/secrets/llama-server.key"
         copied = [s for s in plan.secrets if s.source]
         for svc in plan.services:
             if svc.role in ("target", "target-plain", "drafter"):
@@ -159,7 +159,7 @@ def test_rpc_worker_binds_only_its_declared_address(seed):
     rpc = next(s for s in plan_host(seed, "desktop").services if s.role == "rpc-worker")
     rpc_binary = plan_caps("b8111")[0].rpc_binary  # b8111 is not known: the nearest known build's name
     assert list(rpc.argv) == [f"C:\\llamafleet\\builds\\b8111-cuda\\{rpc_binary}.exe", "-H", "192.168.86.36",
-                              "-p", "50052", "-d", "CUDA0"]
+                              "-p", "50052", "-d", "CUDA0", "-c"]  # the tensor cache, on by default
 
 
 def test_model_paths_derive_from_models_dir(seed):
