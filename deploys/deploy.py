@@ -27,7 +27,7 @@ from llamafleet.deploys.operations import drivers as driver_ops
 from llamafleet.deploys.operations import proxy as proxy_ops
 from llamafleet.deploys.operations import firewall as firewall_ops
 from llamafleet.deploys.operations import files as file_ops
-from llamafleet.deploys.operations import llama_cpp, models, readiness, secrets
+from llamafleet.deploys.operations import folders, llama_cpp, models, readiness, secrets
 from llamafleet.deploys.operations.common import file_matches
 from llamafleet.deploys.plan import HostPlan, plan_host
 from llamafleet import tls
@@ -141,7 +141,7 @@ def wait_spec(plan: HostPlan, build: str | None = None) -> dict:
 # "rollout" an operation's position also carries (group, phase, host position, index), and barriers
 # that every host shares (_between_barriers) make pyinfra run the groups one after another and,
 # within a group, the hosts one after another.
-STEPS = ("helper", "cache", "driver", "build", "check", "models", "secrets", "proxy", "firewall", "rollout")
+STEPS = ("helper", "cache", "driver", "build", "check", "models", "secrets", "folders", "proxy", "firewall", "rollout")
 STOP, SWITCH, ROLLBACK = 0, 1, 2  # rollout phases
 
 
@@ -204,6 +204,7 @@ def planned_operations(plan: HostPlan, state: dict) -> list[PlannedOperation]:
         ops.append(PlannedOperation("secrets", "secret files", secrets.token_files, {
             "helper": helper, "secrets": [vars(s) for s in plan.secrets], "state_files": seen,
             "install_dir": plan.host.install_dir}))
+    ops += [PlannedOperation("folders", name, op, kwargs) for name, op, kwargs in folders.planned(plan, state)]
     if plan.proxy_services:
         from llamafleet.deploys.operations import proxy
 
@@ -223,6 +224,7 @@ def planned_operations(plan: HostPlan, state: dict) -> list[PlannedOperation]:
     restart = unit_names(plan) if changes.build and changes.build.reason is llama_cpp.BuildReason.reinstall else []
     restart += [u for u in proxy_ops.restarts(plan, changes) if u not in restart]  # its config or TLS pair
     restart += [u for u in secrets.key_users(plan, changes.secrets) if u not in restart]  # a new server key
+    restart += [u for u in folders.restarts(plan, state) if u not in restart]  # a worker's cache folder made
     steps.append(_services(plan, state, changes, restart, at(SWITCH, 2)))
     if changes.build or changes.units or changes.stopped or changes.models or restart:
         steps.append(PlannedOperation("rollout", "services ready", readiness.wait_for_services, {

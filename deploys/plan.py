@@ -35,6 +35,9 @@ from llamafleet.server_key import host_key_path, key_source
 
 HELPERS = {False: "lf_host.py", True: "lf_host.ps1"}  # the host helper script, by "is the host Windows"
 INSTALL_RECORD = "install.json"  # in each build's folder, written by the helper when it installs the build
+# An rpc-worker's tensor cache: LLAMA_CACHE=<install_dir>/rpc-cache, so ggml-rpc-server keeps it in
+# <install_dir>/rpc-cache/rpc and never looks for a home folder (a service user may have none).
+RPC_CACHE = "rpc-cache"
 # cmake options every build gets: RPC for cross-machine drafting, and the pinned build number so a
 # tree without git metadata still reports the build it was made from (it would say "build 0").
 BASE_CMAKE_OPTIONS = ("-DGGML_RPC=ON", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DCMAKE_BUILD_TYPE=Release")
@@ -147,6 +150,15 @@ class SecretPlan:
     source: str | None = None  # a local file copied to ``path`` (the server key); None: generated on the host
 
 
+@dataclass(frozen=True)
+class FolderPlan:
+    """A folder only the service user may use (0700, its owner), made by the deploy: an rpc-worker's cache."""
+
+    path: str
+    user: str
+    mode: str = "0700"
+
+
 @dataclass
 class HostPlan:
     name: str
@@ -156,6 +168,7 @@ class HostPlan:
     models: list[ModelFilePlan] = field(default_factory=list)
     services: list[ServicePlan] = field(default_factory=list)
     secrets: list[SecretPlan] = field(default_factory=list)
+    folders: list[FolderPlan] = field(default_factory=list)
     proxy_services: list[str] = field(default_factory=list)
     certificates: dict[str, str] = field(default_factory=dict)  # path -> PEM: the proxies' TLS certificates
     caps: BuildCaps | None = None  # what the services were rendered with (plan_caps)
@@ -323,6 +336,11 @@ def rpc_worker_argv(svc: RpcWorkerService, binary: str, caps: BuildCaps) -> list
     return argv
 
 
+def rpc_cache_folder(svc: RpcWorkerService) -> bool:
+    """Whether the deploy gives the worker its cache folder (cache on, and no LLAMA_CACHE of the user's)."""
+    return svc.cache and "LLAMA_CACHE" not in svc.env
+
+
 def _library_env(host: Host, bin_dir: str) -> list[tuple[str, str]]:
     # The binaries load libllama/libggml from their own folder; Windows finds DLLs there already.
     if host.os is OS.linux:
@@ -343,6 +361,7 @@ def plan_services(inventory: Inventory, name: str, host: Host, build_id: str, in
         if isinstance(svc, RpcWorkerService):
             argv = rpc_worker_argv(svc, install_path("builds", build_id, f"{caps.rpc_binary}{exe}"), caps)
             http = False
+            env += [("LLAMA_CACHE", install_path(RPC_CACHE))] if rpc_cache_folder(svc) else []
         elif isinstance(svc, ProxyService):
             env = []
             scripts = "Scripts" if host.os is OS.windows else "bin"
@@ -406,6 +425,9 @@ def plan_host(inventory: Inventory, name: str, caps: BuildCaps | None = None) ->
                 plan.certificates[files.cert_path] = files.cert_pem
                 plan.secrets.append(SecretPlan(files.key_path, host.service_user or getattr(host.connection, "user", "root"),
                                                files.key_source))
+    if any(isinstance(s, RpcWorkerService) and rpc_cache_folder(s) for s in on_host.values()):
+        plan.folders.append(FolderPlan(install_path(RPC_CACHE), host.service_user or getattr(host.connection, "user", None)
+                                       or "root"))
     key_file = host_key_path(host)
     if key_file is not None and any(s.role != "rpc-worker" for s in on_host.values()):
         # llama-servers read the cluster's key, the proxy sends it to them

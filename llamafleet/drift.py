@@ -24,7 +24,7 @@ from llamafleet.deploys.deploy import HostChanges, build_spec, host_changes, ser
 from llamafleet.deploys.facts.drivers import METAL_MIN_MACOS, metal_supported, parse_sw_vers
 from llamafleet.deploys.firewall import firewall_findings
 from llamafleet.deploys.operations.common import file_matches, sha256_text
-from llamafleet.deploys.operations import secrets
+from llamafleet.deploys.operations import folders, secrets
 from llamafleet.deploys.operations.drivers import running_version
 from llamafleet.deploys.plan import INSTALL_RECORD, HostPlan, plan_host
 from llamafleet.drift_reading import (
@@ -62,6 +62,7 @@ def compare_host(plan: HostPlan, reading: HostReading) -> list[Finding]:
         *service_findings(plan, reading.state),
         *port_findings(plan, reading.state),
         *firewall_findings(plan, reading.state),
+        *folders.folder_findings(plan, reading.state),
     ]
 
 

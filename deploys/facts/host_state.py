@@ -57,6 +57,8 @@ def state_spec(plan: HostPlan) -> str:
                          *([plan.project_record_path] if plan.proxy_services else [])]),
         "drivers": drivers,
     }
+    if plan.folders:  # the folders the deploy makes (an rpc-worker's cache)
+        spec["folders"] = sorted(f.path for f in plan.folders)
     if cached := cache_state_spec(plan):  # the cluster's file cache, on its host
         spec["cache"] = cached
     spec.update(plan.manager.state_spec(plan, units))

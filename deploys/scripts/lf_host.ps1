@@ -345,6 +345,10 @@ function Get-State($Spec) {
     }
     $files = @{}
     foreach ($f in @($Spec.files)) { if ($f) { $files[$f] = Get-FileState $f } }
+    $folders = @{}  # the folders the deploy makes (an rpc-worker's cache): there as a folder, or null
+    foreach ($d in @($Spec.folders)) {
+        if ($d) { $folders[$d] = if (Test-Path -LiteralPath $d -PathType Container) { @{ kind = 'folder'; owner = (Get-Acl -LiteralPath $d).Owner } } else { $null } }
+    }
     $services = @{}
     foreach ($id in @($Spec.winsw)) {
         if (-not $id) { continue }
@@ -359,7 +363,7 @@ function Get-State($Spec) {
     $listening = @(Get-NetTCPConnection -State Listen -ErrorAction SilentlyContinue | ForEach-Object { "$($_.LocalAddress):$($_.LocalPort)" } | Sort-Object -Unique)
     $drive = Split-Path -Qualifier $Spec.models_dir
     [ordered]@{
-        schema = 1; powershell = "$($PSVersionTable.PSVersion)"; install = $install; models = $models; files = $files
+        schema = 1; powershell = "$($PSVersionTable.PSVersion)"; install = $install; models = $models; files = $files; folders = $folders
         services = @{ winsw = $services }; listening = $listening
         disk_free = (Get-PSDrive -Name $drive.TrimEnd(':')).Free; drivers = $drivers
         driver_pending = Read-Json (Join-Path $Spec.install_dir 'state\driver-pending.json')

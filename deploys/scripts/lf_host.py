@@ -17,6 +17,8 @@ The deploy runs it on the host, never on the controller:
   secret PATH USER UPLOAD
                         put the secret the deploy uploaded to UPLOAD at PATH (0600, owned by
                         USER) and remove the upload; a secret path that is a link is refused
+  folder PATH USER      make the folder PATH (0700, owned by USER: an rpc-worker's cache) or
+                        repair its mode and owner; a link in its place is refused
   serve ADDRESS PORT FOLDER...
                         the cluster's file cache (or a peer): serve the FOLDERs' verified files
                         read-only on ADDRESS:PORT only (GET /<sha256>/<name>, with Range)
@@ -643,6 +645,41 @@ def put_secret(path, user, upload):
     return result
 
 
+def own_folder(path, user):
+    """Create the folder ``path`` (0700, owned by ``user``) if missing, or repair its mode and owner,
+    through a descriptor opened O_NOFOLLOW | O_DIRECTORY: a link or a file in its place is refused,
+    never chmod'ed or chown'ed through. Its parent (the install dir) is made as token parents are."""
+    import pwd
+
+    if not os.path.isabs(path):
+        raise Failure("folder path %r is not absolute" % path)
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise Failure("no user %r on this host to own the folder %s" % (user, path))
+    make_parents(os.path.dirname(path))
+    result = "kept"
+    try:
+        os.mkdir(path, 0o700)
+        result = "created"
+    except FileExistsError:
+        pass
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as err:
+        raise Failure("%s is a symbolic link or not a folder; refusing to use it (remove it, the deploy then "
+                      "creates the folder): %s" % (path, err.strerror))
+    try:
+        st = os.fstat(fd)
+        if stat.S_IMODE(st.st_mode) != 0o700 or (st.st_uid, st.st_gid) != (entry.pw_uid, entry.pw_gid):
+            os.fchown(fd, entry.pw_uid, entry.pw_gid)
+            os.fchmod(fd, 0o700)
+            result = "created" if result == "created" else "repaired"
+    finally:
+        os.close(fd)
+    return result
+
+
 # --- readiness ---------------------------------------------------------------------------------
 
 
@@ -880,6 +917,18 @@ def file_state(path):
             "mode": "%04o" % (st.st_mode & 0o7777), "owner": owner}
 
 
+def folder_state(path):
+    """Mode and owner of a folder the deploy makes (lstat: a link in its place reads as a link);
+    None when nothing is there."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    kind = "folder" if stat.S_ISDIR(st.st_mode) else ("link" if stat.S_ISLNK(st.st_mode) else "other")
+    found = file_state(path)
+    return {"kind": kind, "mode": found["mode"], "owner": found["owner"]} if found else None
+
+
 def model_state(path, sha256):
     partial = os.path.join(os.path.dirname(path), ".%s.partial" % os.path.basename(path))
     try:
@@ -1037,6 +1086,7 @@ def state(spec):
         "models": {m["path"]: model_state(m["path"], m["sha256"]) for m in spec.get("models", [])},
         "cache": {m["path"]: model_state(m["path"], m["sha256"]) for m in spec.get("cache", [])},
         "files": {path: file_state(path) for path in spec.get("files", [])},
+        "folders": {path: folder_state(path) for path in spec.get("folders", [])},
         "services": services,
         "listening": listening_ports(),
         "disk_free": shutil.disk_usage(probe).free,
@@ -1056,6 +1106,8 @@ def main(argv):
             print(make_token(argv[1], argv[2]))
         elif argv[:1] == ["secret"] and len(argv) == 4:
             print(put_secret(argv[1], argv[2], argv[3]))
+        elif argv[:1] == ["folder"] and len(argv) == 3:
+            print(own_folder(argv[1], argv[2]))
         elif argv[:1] == ["serve"] and len(argv) >= 4:
             serve(argv[1], argv[2], argv[3:])
         elif len(argv) == 2 and argv[0] in COMMANDS:
@@ -1063,7 +1115,7 @@ def main(argv):
             print(json.dumps(result, sort_keys=True) if argv[0] == "state" else "llamafleet: %s" % result)
         else:
             raise Failure("usage: lf_host.py state|fetch|install|switch|rollback|wait SPEC_JSON | token PATH USER"
-                          " | secret PATH USER UPLOAD"
+                          " | secret PATH USER UPLOAD | folder PATH USER"
                           " | serve ADDRESS PORT FOLDER...")
     except Failure as err:
         return fail(str(err), err.code)

@@ -446,7 +446,9 @@ class RpcWorkerService(ServiceBase):
     role: Literal["rpc-worker"]
     bind: Address = Field(description="Declared address; ggml-rpc-server must never listen beyond it.")
     device: DeviceName | None = Field(None, description="Device the worker exposes (-d), e.g. CUDA0.")
-    cache: bool = Field(False, description="Enable the worker's local tensor cache (-c).")
+    cache: bool = Field(True, description="The worker's local tensor cache (-c) in <install_dir>/rpc-cache: a target "
+                        "restart loads the tensors over 10 MiB from the worker's disk instead of sending them again; "
+                        "false turns it off.")
 
     @field_validator("bind")
     @classmethod

@@ -66,6 +66,7 @@ def clean_state(plan) -> dict:
         "models": {m.path: {"present": {"size": m.size, "mtime_ns": 1}, "verified": True, "partial_size": 0}
                    for m in plan.models},
         "files": files,
+        "folders": {f.path: {"kind": "folder", "mode": f.mode, "owner": f.user} for f in plan.folders},
         "services": {"supervisord": {"running": True, "pid": 42, "programs": {u: "RUNNING" for u in units}}},
         "listening": sorted(f"{s.bind}:{s.port}" for s in plan.services) + ["0.0.0.0:22"],
         "disk_free": 10**12,
@@ -88,7 +89,7 @@ def test_a_matching_host_has_no_findings_but_every_check_is_listed(plan):
     assert {"llama.cpp build", "install record", "llama-server --version", "binary llama-server",
             "binary ggml-rpc-server", "model smol.gguf", "unit llamafleet-target", "unit llamafleet-rpc",
             "helper script", "service llamafleet-target", "service llamafleet-rpc",
-            "port 8081 llamafleet-target", "port 50052 llamafleet-rpc"} <= checks
+            "port 8081 llamafleet-target", "port 50052 llamafleet-rpc", "folder /srv/lf/rpc-cache"} <= checks
 
 
 def _set(state, path, value):
