@@ -132,6 +132,9 @@ def host_plan(plan) -> dict:
         # The token itself is never shown. The deploy makes token files on POSIX hosts only.
         "secrets": [{"path": s.path, "mode": mode_of("0600"), "owner": s.user, "made_by_deploy": not plan.windows,
                      "copied_from": s.source} for s in plan.secrets],
+        # Folders the deploy makes for the service user (an rpc-worker's tensor cache).
+        "folders": [{"path": f.path, "mode": mode_of(f.mode), "owner": None if plan.windows else f.user}
+                    for f in plan.folders],
         "plain_paths": plain_paths(plan.inventory, plan.name),
         "firewall": _firewall(plan),
         "files": files,
@@ -236,6 +239,9 @@ def _host_lines(name: str, h: dict) -> list[str]:
         else:
             lines.append(f"  secret {s['path']}: NOT made by the deploy on this host: create it, readable by "
                          f"{s['owner']} only")
+    for f in h["folders"]:
+        lines.append(f"  folder {f['path']}: " + (f"mode {f['mode']}, owner {f['owner']}" if f["owner"]
+                                                 else "made by the deploy (the install folder's access rules)"))
     lines.append(f"  files ({len(h['files'])}):")
     for f in h["files"]:
         mode = f"mode {f['mode']}" if f["mode"] else "no POSIX mode"

@@ -108,7 +108,7 @@ def test_json_shape_is_stable(capsys):
     assert set(data["llama_cpp"]) == {"build", "capabilities", "rendered_with", "note"}
     for h in data["hosts"].values():
         assert list(h) == ["os", "arch", "backend", "service_manager", "install_dir", "build", "models", "services",
-                           "secrets", "plain_paths", "firewall", "files"]
+                           "secrets", "folders", "plain_paths", "firewall", "files"]
         assert set(h["firewall"]) - {"file", "boot_unit", "windows_rules"} == {"managed", "kind", "why", "rules"}
         for r in h["firewall"]["rules"]:
             assert set(r) == {"service", "role", "port", "used_by", "from"} and isinstance(r["port"], int)
@@ -123,6 +123,10 @@ def test_json_shape_is_stable(capsys):
             assert p["kind"] in ("request", "sidecar", "none")
         for s in h["secrets"]:
             assert set(s) == {"path", "mode", "owner", "made_by_deploy", "copied_from"}
+        for f in h["folders"]:  # an rpc-worker's cache: 0700 for the service user (Windows: inherited rules)
+            assert f == ({"path": f"{h['install_dir']}\\rpc-cache", "mode": None, "owner": None} if h["os"] == "windows"
+                         else {"path": f"{h['install_dir']}/rpc-cache", "mode": "0700", "owner": "harold"})
+    assert [len(h["folders"]) for h in data["hosts"].values()] == [0, 1, 0, 0]  # the seed's one worker: desktop
 
 
 def test_text_plan_says_which_port_accepts_whom(capsys):
