@@ -191,7 +191,7 @@ def _rendered_purposes(caps: builds.BuildCaps, name: str, service) -> Iterator[t
         if service.device is not None:
             yield "rpc_device", base + ("device",), "an rpc-worker's device"
         if service.cache:
-            yield "rpc_cache", base + ("cache",), "an rpc-worker's cache"
+            yield "rpc_cache", base + ("cache",), "an rpc-worker's cache (on by default; cache: false turns it off)"
 
 
 def _walk_args(path: tuple, args: list[str], resolve, caps: builds.BuildCaps | None = None) -> Findings:

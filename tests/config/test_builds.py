@@ -277,7 +277,8 @@ def test_a_corrupt_learned_file_is_one_clear_error(tmp_path, monkeypatch):
     (("--draft", "--draft-min"), (), "draft_max", "native_draft.n_max"),
     (("-devd",), (), "draft_device", "native_draft.rpc_worker"),
     (("-c",), ("    device: CUDA0\n", "    device: CUDA0\n    cache: true\n"), "rpc_cache", "cache"),
-], ids=["no --rpc", "no draft length", "no draft device", "rpc worker without cache"])
+    (("-c",), (), "rpc_cache", "cache"),  # the cache is on by default
+], ids=["no --rpc", "no draft length", "no draft device", "rpc worker without cache", "rpc worker, cache by default"])
 def test_a_feature_the_build_cannot_express(b8942_help, write, tmp_path, monkeypatch, removed, inventory_edit,
                                             purpose, field):
     server_help, rpc_help, version = b8942_help
@@ -296,6 +297,9 @@ def test_a_feature_the_build_cannot_express(b8942_help, write, tmp_path, monkeyp
                and purpose.replace("_", " ") in f.message for f in found), "\n".join(map(str, found))
     with pytest.raises(UserError, match=f"llama.cpp b8111: .* has no option for {purpose.replace('_', ' ')}"):
         caps.require(purpose, "the test")
+    if purpose == "rpc_cache":  # the opt-out: such a build runs its workers without the cache
+        text = edit(SEED, "    device: CUDA0\n", "    device: CUDA0\n    cache: false\n")
+        assert [f for f in _findings(write, text) if f.code == "LF107"] == []
 
 
 def test_shipped_files_record_their_origin():
