@@ -13,9 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pwd
 import stat
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -28,6 +30,7 @@ from llamafleet.config.models import ServiceManager
 from llamafleet.deploys.plan import plan_host
 from llamafleet.deploys.render import render_unit
 from llamafleet.rig import mirror as mirror_mod
+from llamafleet.rig.relay import HASH_THRESHOLD, cacheable_bytes
 from llamafleet.rig.servers import free_port
 from llamafleet.server_key import key_source, server_key
 from sshd_rig import running_sshd
@@ -221,6 +224,55 @@ def test_services_run_under_supervisord_and_answer(deployed):
     with urllib.request.urlopen(request, timeout=120) as resp:
         timings = json.load(resp)["timings"]
     assert timings.get("draft_n", 0) > 0
+
+
+def _supervised_pid(root: Path, program: str) -> int:
+    conf = root / "supervisor" / "supervisord.conf"
+    return int(subprocess.run(["supervisorctl", "-c", str(conf), "pid", program], capture_output=True, text=True,
+                              timeout=30).stdout.strip())
+
+
+def test_the_rpc_worker_keeps_its_tensor_cache_in_the_install_dir(deployed):
+    """The worker runs with ``-c`` (on by default) and LLAMA_CACHE=<install_dir>/rpc-cache, a folder the
+    deploy made 0700 for the service user (here the ssh user: the inventory sets no service_user), so it
+    needs no home folder. The target's draft on it holds SmolLM2's tied embedding, a tensor over
+    ggml-rpc's 10 MiB hash threshold: the worker keeps it there as one file of exactly those bytes, and a
+    target restart finds the same cache (benchmarks/rpc_cache.py counts the bytes it saves)."""
+    beta, alpha = deployed["roots"]["beta"], deployed["roots"]["alpha"]
+    folder = beta / "rpc-cache"
+    st = folder.stat()
+    assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700
+    assert pwd.getpwuid(st.st_uid).pw_name == deployed["sshd"].user
+    pid = _supervised_pid(beta, "llamafleet-rpc")
+    assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[-2] == b"-c"
+    environ = dict(e.split(b"=", 1) for e in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in e)
+    assert environ[b"LLAMA_CACHE"] == str(folder).encode()
+    _, large = cacheable_bytes(beta / "models" / deployed["content"].model.name)  # the file the deploy placed
+    assert large > HASH_THRESHOLD
+
+    def cached() -> dict[str, int]:
+        return {p.name: p.stat().st_size for p in (folder / "rpc").iterdir()}
+
+    assert sum(cached().values()) == large, cached()  # filled by the deploy's first start of the target
+    before = cached()
+    target = _supervised_pid(alpha, "llamafleet-target")
+    conf = alpha / "supervisor" / "supervisord.conf"
+    restart = subprocess.run(["supervisorctl", "-c", str(conf), "restart", "llamafleet-target"],
+                             capture_output=True, text=True, timeout=120)
+    assert restart.returncode == 0, restart.stdout + restart.stderr
+    assert _supervised_pid(alpha, "llamafleet-target") != target
+    health = f"{service_url(deployed['inventory'], 'target')}/health"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if get_json(health)["status"] == "ok":
+                break
+        except (OSError, AssertionError):
+            pass
+        assert time.monotonic() < deadline, "the target did not come back after its restart"
+        time.sleep(0.5)
+    assert cached() == before  # the same tensor, from the same cache: nothing new was written
+    assert _supervised_pid(beta, "llamafleet-rpc") == pid  # the worker itself kept running
 
 
 def test_every_llama_server_requires_the_clusters_key(deployed):
