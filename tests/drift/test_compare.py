@@ -19,6 +19,7 @@ from llamafleet.deploys.plan import plan_host
 from llamafleet.drift import compare_host
 from llamafleet.drift_reading import HostReading, operations_with_changes, owned_files
 from llamafleet.findings import Severity
+from llamafleet.server_key import ensure_server_key, key_digest
 
 SHA_MODEL = "ab" * 32
 SHA_ARCHIVE = "cd" * 32
@@ -48,6 +49,7 @@ def plan(tmp_path_factory):
     path = root / "inventory.yaml"
     with path.open("w") as out:
         YAML().dump(data, out)
+    ensure_server_key(load_inventory(path))  # the cluster's key, as the deploy left it on this machine
     return plan_host(load_inventory(path), "node")
 
 
@@ -58,6 +60,8 @@ def clean_state(plan) -> dict:
               "version": VERSION, "binaries": dict(BINARIES)}
     files = {p: {"sha256": sha256_text(content), "mode": mode or "0755", "owner": "root"}
              for p, (content, mode) in owned_files(plan).items()}
+    files.update({s.path: {"sha256": key_digest(s.source), "mode": "0600", "owner": s.user}
+                  for s in plan.secrets if s.source})
     units = [s.unit_name for s in plan.services]
     return {
         "schema": 1,
@@ -106,6 +110,7 @@ def _set(state, path, value):
 DELETE = object()
 MODEL = "/srv/lf/models/smol.gguf"
 UNIT = "/srv/lf/supervisor/conf.d/llamafleet-target.conf"
+KEY = "/srv/lf/secrets/llama-server.key"
 
 CASES = [
     # (what changed, path in the state, new value, check, expected, actual)
@@ -128,6 +133,9 @@ CASES = [
      "enabled, running", "STOPPED (supervisord)"),
     ("service unknown", ("services", "supervisord", "programs", "llamafleet-rpc"), DELETE, "service llamafleet-rpc",
      "enabled, running", "not known to supervisord (not enabled)"),
+    ("the servers' key replaced on the host", ("files", KEY, "sha256"), "ee" * 32, f"secret {KEY}", None,
+     "mode 0600, owner root, other content"),
+    ("the servers' key readable by others", ("files", KEY, "mode"), "0644", f"secret {KEY}", None, None),
 ]
 
 
