@@ -229,3 +229,13 @@ def test_the_helper_names_an_unknown_user_in_one_line(tmp_path):
     result = helper("folder", str(tmp_path / RPC_CACHE), "no-such-user-lf")
     assert result.stderr == f"llamafleet: no user 'no-such-user-lf' on this host to own the folder {tmp_path / RPC_CACHE}\n"
     assert not (tmp_path / RPC_CACHE).exists()
+
+
+def test_the_windows_state_reads_the_folders_it_is_asked_for():
+    """Generated text only (no Windows host here): lf_host.ps1's state reads each of the spec's folders
+    (a folder, or null) into the same ``folders`` section as the POSIX helper."""
+    script = (ROOT / "deploys" / "scripts" / "lf_host.ps1").read_text()
+    state = script[script.index("function Get-State"):]
+    assert "foreach ($d in @($Spec.folders))" in state
+    assert "Test-Path -LiteralPath $d -PathType Container" in state and "kind = 'folder'" in state
+    assert "files = $files; folders = $folders" in state
