@@ -30,6 +30,7 @@ def proxy(smollm2_server, log_dir, tmp_path_factory):
     props = json.load(urllib.request.urlopen(f"{smollm2_server.url}/props"))
     token_file = tmp_path_factory.mktemp("auth") / "token"
     token_file.write_text(TOKEN)
+    token_file.chmod(0o600)  # the proxy reads secrets only from files only their owner can read
     config = {
         "listen": {"host": "127.0.0.1", "port": servers.free_port()},
         "target": {"name": "smollm2", "url": smollm2_server.url, "slots": props["total_slots"]},
