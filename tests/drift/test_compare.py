@@ -8,6 +8,7 @@ drift and the deploy's own ``host_changes`` agree on whether the host differs.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 from ruamel.yaml import YAML
@@ -209,3 +210,21 @@ def test_a_stopped_supervisord_is_named_as_such(plan):
     found = problems(plan, state)
     assert found["service llamafleet-target"].actual == "supervisord itself is not running"
     assert not host_changes(plan, state).empty()
+
+
+def test_drift_without_the_local_key_compares_mode_and_owner_only(plan, tmp_path):
+    """A CI runner that lacks the cluster's key cannot know the host copy's content: drift says so
+    rather than call it the same, and still checks what it can see."""
+    state = clean_state(plan)
+    secret = next(s for s in plan.secrets if s.source)
+    hidden = tmp_path / "moved-away.key"
+    Path(secret.source).rename(hidden)
+    try:
+        found = {f.check: f for f in compare_host(plan, HostReading(copy.deepcopy(state)))}
+        finding = found[f"secret {secret.path}"]
+        assert finding.severity is Severity.ok
+        assert "content not compared" in finding.actual and "the content of" not in finding.actual
+        state["files"][secret.path]["mode"] = "0644"
+        assert problems(plan, state)[f"secret {secret.path}"].actual.startswith("mode 0644")
+    finally:
+        hidden.rename(secret.source)
