@@ -332,13 +332,18 @@ def rpc_worker_argv(svc: RpcWorkerService, binary: str, caps: BuildCaps) -> list
     why = f"rpc-worker on {svc.host}"
     argv = [binary, caps.require("rpc_host", why), svc.bind, caps.require("rpc_port", why), str(svc.port)]
     argv += [caps.require("rpc_device", why), svc.device] if svc.device else []
-    argv += [caps.require("rpc_cache", why)] if svc.cache else []
+    argv += [caps.require("rpc_cache", why)] if rpc_cache_on(svc, caps) else []
     return argv
 
 
-def rpc_cache_folder(svc: RpcWorkerService) -> bool:
+def rpc_cache_on(svc: RpcWorkerService, caps: BuildCaps) -> bool:
+    """``cache: true`` always (validate refuses a build without -c); the default wherever the build has -c."""
+    return svc.cache is True or (svc.cache is None and caps.flag("rpc_cache") is not None)
+
+
+def rpc_cache_folder(svc: RpcWorkerService, caps: BuildCaps) -> bool:
     """Whether the deploy gives the worker its cache folder (cache on, and no LLAMA_CACHE of the user's)."""
-    return svc.cache and "LLAMA_CACHE" not in svc.env
+    return rpc_cache_on(svc, caps) and "LLAMA_CACHE" not in svc.env
 
 
 def _library_env(host: Host, bin_dir: str) -> list[tuple[str, str]]:
@@ -361,7 +366,7 @@ def plan_services(inventory: Inventory, name: str, host: Host, build_id: str, in
         if isinstance(svc, RpcWorkerService):
             argv = rpc_worker_argv(svc, install_path("builds", build_id, f"{caps.rpc_binary}{exe}"), caps)
             http = False
-            env += [("LLAMA_CACHE", install_path(RPC_CACHE))] if rpc_cache_folder(svc) else []
+            env += [("LLAMA_CACHE", install_path(RPC_CACHE))] if rpc_cache_folder(svc, caps) else []
         elif isinstance(svc, ProxyService):
             env = []
             scripts = "Scripts" if host.os is OS.windows else "bin"
@@ -425,7 +430,7 @@ def plan_host(inventory: Inventory, name: str, caps: BuildCaps | None = None) ->
                 plan.certificates[files.cert_path] = files.cert_pem
                 plan.secrets.append(SecretPlan(files.key_path, host.service_user or getattr(host.connection, "user", "root"),
                                                files.key_source))
-    if any(isinstance(s, RpcWorkerService) and rpc_cache_folder(s) for s in on_host.values()):
+    if any(isinstance(s, RpcWorkerService) and rpc_cache_folder(s, caps) for s in on_host.values()):
         plan.folders.append(FolderPlan(install_path(RPC_CACHE), host.service_user or getattr(host.connection, "user", None)
                                        or "root"))
     key_file = host_key_path(host)

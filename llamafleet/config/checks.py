@@ -190,8 +190,8 @@ def _rendered_purposes(caps: builds.BuildCaps, name: str, service) -> Iterator[t
         yield "rpc_port", base + ("port",), "an rpc-worker's port"
         if service.device is not None:
             yield "rpc_device", base + ("device",), "an rpc-worker's device"
-        if service.cache:
-            yield "rpc_cache", base + ("cache",), "an rpc-worker's cache (on by default; cache: false turns it off)"
+        if service.cache is True:  # the default only asks for the cache where the build has it
+            yield "rpc_cache", base + ("cache",), "an rpc-worker's cache: true"
 
 
 def _walk_args(path: tuple, args: list[str], resolve, caps: builds.BuildCaps | None = None) -> Findings:

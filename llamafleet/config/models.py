@@ -446,9 +446,10 @@ class RpcWorkerService(ServiceBase):
     role: Literal["rpc-worker"]
     bind: Address = Field(description="Declared address; ggml-rpc-server must never listen beyond it.")
     device: DeviceName | None = Field(None, description="Device the worker exposes (-d), e.g. CUDA0.")
-    cache: bool = Field(True, description="The worker's local tensor cache (-c) in <install_dir>/rpc-cache: a target "
-                        "restart loads the tensors over 10 MiB from the worker's disk instead of sending them again; "
-                        "false turns it off.")
+    cache: bool | None = Field(None, description="The worker's local tensor cache (-c) in <install_dir>/rpc-cache: a "
+                               "target restart loads the tensors over 10 MiB from the worker's disk instead of sending "
+                               "them again. Default: on where the pinned build's worker has -c; true: required (validate "
+                               "refuses a build without it); false: off.")
 
     @field_validator("bind")
     @classmethod

@@ -17,7 +17,8 @@ import tempfile
 import pytest
 from inventory_testlib import EXAMPLES, REPO, edit, line_of, run_cli
 
-from llamafleet.config import builds, check_inventory
+from llamafleet.config import builds, check_inventory, load_inventory
+from llamafleet.deploys.plan import plan_host
 from llamafleet.findings import Severity, dotted
 from llamafleet.errors import UserError
 
@@ -277,8 +278,7 @@ def test_a_corrupt_learned_file_is_one_clear_error(tmp_path, monkeypatch):
     (("--draft", "--draft-min"), (), "draft_max", "native_draft.n_max"),
     (("-devd",), (), "draft_device", "native_draft.rpc_worker"),
     (("-c",), ("    device: CUDA0\n", "    device: CUDA0\n    cache: true\n"), "rpc_cache", "cache"),
-    (("-c",), (), "rpc_cache", "cache"),  # the cache is on by default
-], ids=["no --rpc", "no draft length", "no draft device", "rpc worker without cache", "rpc worker, cache by default"])
+], ids=["no --rpc", "no draft length", "no draft device", "rpc worker without cache"])
 def test_a_feature_the_build_cannot_express(b8942_help, write, tmp_path, monkeypatch, removed, inventory_edit,
                                             purpose, field):
     server_help, rpc_help, version = b8942_help
@@ -297,9 +297,14 @@ def test_a_feature_the_build_cannot_express(b8942_help, write, tmp_path, monkeyp
                and purpose.replace("_", " ") in f.message for f in found), "\n".join(map(str, found))
     with pytest.raises(UserError, match=f"llama.cpp b8111: .* has no option for {purpose.replace('_', ' ')}"):
         caps.require(purpose, "the test")
-    if purpose == "rpc_cache":  # the opt-out: such a build runs its workers without the cache
+    if purpose == "rpc_cache":  # by default (and with cache: false) such a build runs its workers without it
+        assert [f for f in _findings(write, SEED) if f.code == "LF107"] == []
         text = edit(SEED, "    device: CUDA0\n", "    device: CUDA0\n    cache: false\n")
         assert [f for f in _findings(write, text) if f.code == "LF107"] == []
+        inventory = load_inventory(write(SEED))
+        workers = [s for name in inventory.hosts for s in plan_host(inventory, name, caps).services
+                   if s.role == "rpc-worker"]
+        assert workers and all("-c" not in s.argv and "LLAMA_CACHE" not in dict(s.env) for s in workers)
 
 
 def test_shipped_files_record_their_origin():
