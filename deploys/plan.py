@@ -231,6 +231,12 @@ class HostPlan:
         return self.path("etc", f"{service}.json")
 
 
+def service_user(host: Host) -> str:
+    """Who the host's services run as (and who owns their secrets and folders): ``service_user``, else
+    the ssh user, else root."""
+    return host.service_user or getattr(host.connection, "user", None) or "root"
+
+
 def _artifact_url(inventory: Inventory, url: str | None, file: str, what: str) -> str:
     if url:
         return url
@@ -358,7 +364,7 @@ def _library_env(host: Host, bin_dir: str) -> list[tuple[str, str]]:
 def plan_services(inventory: Inventory, name: str, host: Host, build_id: str, install_path,
                   caps: BuildCaps) -> list[ServicePlan]:
     exe = ".exe" if host.os is OS.windows else ""
-    user = host.service_user or getattr(host.connection, "user", None) or "root"
+    user = service_user(host)
     prefix = manager_for(host.service_manager).unit_prefix
     plans = []
     for svc_name, svc in sorted(inventory.services_on(name).items()):
@@ -418,24 +424,23 @@ def plan_host(inventory: Inventory, name: str, caps: BuildCaps | None = None) ->
     plan.models = [f for m in models for f in _model_files(inventory, name, host, m, join)]
     plan.services = plan_services(inventory, name, host, build.build_id, install_path, caps)
     plan.services += file_cache.cache_services(  # the cluster's file cache, on its host
-        inventory, name, plan.helper_path, host.service_user or getattr(host.connection, "user", None) or "root",
+        inventory, name, plan.helper_path, service_user(host),
         plan.manager.unit_prefix)
     for svc_name, svc in sorted(on_host.items()):
         if isinstance(svc, ProxyService):
             plan.proxy_services.append(svc_name)
             if svc.auth and svc.auth.token_file:
-                plan.secrets.append(SecretPlan(svc.auth.token_file, host.service_user or getattr(host.connection, "user", "root")))
+                plan.secrets.append(SecretPlan(svc.auth.token_file, service_user(host)))
             if svc.tls is not None:  # the certificate is an owned file, the key a copied secret (llamafleet/tls.py)
                 files = tls.host_files(inventory, svc_name)
                 plan.certificates[files.cert_path] = files.cert_pem
-                plan.secrets.append(SecretPlan(files.key_path, host.service_user or getattr(host.connection, "user", "root"),
+                plan.secrets.append(SecretPlan(files.key_path, service_user(host),
                                                files.key_source))
     if any(isinstance(s, RpcWorkerService) and rpc_cache_folder(s, caps) for s in on_host.values()):
-        plan.folders.append(FolderPlan(install_path(RPC_CACHE), host.service_user or getattr(host.connection, "user", None)
-                                       or "root"))
+        plan.folders.append(FolderPlan(install_path(RPC_CACHE), service_user(host)))
     key_file = host_key_path(host)
     if key_file is not None and any(s.role != "rpc-worker" for s in on_host.values()):
         # llama-servers read the cluster's key, the proxy sends it to them
-        plan.secrets.append(SecretPlan(key_file, host.service_user or getattr(host.connection, "user", "root"),
+        plan.secrets.append(SecretPlan(key_file, service_user(host),
                                        str(key_source(inventory))))
     return plan
