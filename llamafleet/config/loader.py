@@ -387,6 +387,8 @@ _PATTERNS = {
                               "an absolute path of the host's os: /opt/llamafleet, or C:\\llamafleet on windows"),
     models.POSIX_PATH_PATTERN: ("is not an absolute POSIX path", "an absolute path such as /etc/llamafleet/proxy.token"),
     models.ADDRESS_PATTERN: ("is not an address", "an IP address (192.168.1.10, ::1) or a host name (gpu-1.lan)"),
+    models.NETWORK_PATTERN: ("is not an IP network or address", "e.g. 192.168.1.0/24, 10.0.0.5 or fd00::/64 (a host "
+                             "name is not resolved when firewall rules are planned)"),
     models.URL_PATTERN: ("is not an http(s) URL with a host and no credentials",
                          "http:// or https:// only; no user:password@ (they end up in process lists and logs), "
                          "no spaces (percent-encode them)"),

@@ -1,11 +1,19 @@
 """Bad inventories, by class: each is one of the committed examples with one edit, and the finding it
 must end in (code, dotted path; the line is where ``snippet`` sits). ``test_inventory_types`` runs them;
 ``docs/hardening.md`` lists them with the message each produced (``tests/hardening_doc.py`` writes it,
-and a test fails when the committed page differs)."""
+and a test fails when the committed page differs). A case that names files on the deploying machine (a
+proxy's certificate and key) makes them in a scratch folder first; ``{d}`` in its edits is that folder."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+
+from inventory_testlib import EXAMPLES, edit
+
+from llamafleet import tls
 
 LOCAL, SEED = "local.yaml", "seed-cluster.yaml"
 
@@ -23,6 +31,11 @@ PROXY_AUTH = "    auth: {token_file: /opt/llamafleet/proxy.token}\n"
 DRAFTER_ARGS = '    ctx_size: 2048\n    extra_args: ["--threads", "1"]'
 SEED_ARGS = '    extra_args: ["--jinja"]'
 CLUSTER = "cluster: local\n"
+SEED_CLUSTER = "cluster: seed\n"
+LOCAL_MODELS_LIST = "    models: [smollm2, smollm2-slow]\n"
+MAC_MINI_END = "    service_manager: launchd\n\n  m2-air"
+LOOPBACK_HOST = ("  {}:\n    connection: {{type: ssh, address: 127.0.0.2}}\n    os: linux\n    install_dir: /opt/llamafleet\n"
+                 "    models_dir: /opt/llamafleet/models\n    service_manager: supervisord\n")
 M2_MACOS = 'M2, vram_gb: 16}\n    memory_gb: 16\n    macos_version: "15.3"'
 
 
@@ -35,10 +48,38 @@ class Bad:
     code: str
     path: str
     snippet: str  # unique text on the line the finding must name
+    files: Callable[[Path], None] | None = None  # makes the files its edits name under {d}
+
+    def write(self, folder: Path) -> tuple[Path, str]:
+        """The bad inventory as ``folder/cluster.yaml`` (its files made beside it): its path and text."""
+        if self.files is not None:
+            self.files(folder)
+        text = (EXAMPLES / self.base).read_text()
+        for old, new in self.edits:
+            text = edit(text, old, new.replace("{d}", str(folder)))
+        path = folder / "cluster.yaml"
+        path.write_text(text)
+        return path, text
 
 
-def _one(name, kind, base, old, new, code, path, snippet=None):
-    return Bad(name, kind, base, ((old, new),), code, path, snippet if snippet is not None else new.strip().splitlines()[0])
+def _one(name, kind, base, old, new, code, path, snippet=None, files=None):
+    return Bad(name, kind, base, ((old, new),), code, path,
+               snippet if snippet is not None else new.strip().splitlines()[0], files)
+
+
+def _pairs(folder: Path) -> None:
+    """Proxy certificates for 127.0.0.1 made as the deploy makes its self-signed pair: {d}/pki and
+    {d}/other (each key 0600), {d}/loose (its key 0644)."""
+    for name in ("pki", "other", "loose"):
+        tls.generate_self_signed(tls.LocalPair(folder / name / "cert.pem", folder / name / "key.pem"),
+                                 ["127.0.0.1"], "proxy")
+    os.chmod(folder / "loose" / "key.pem", 0o644)
+
+
+def _tls_files(name, cert, key, code, field):
+    block = f"    tls:\n      cert_file: {cert}\n      key_file: {key}\n"
+    return _one(name, "proxy TLS", LOCAL, PROXY_AUTH, PROXY_AUTH + block, code, f"services.proxy.tls.{field}",
+                f"      {field}:", _pairs)
 
 
 CASES = [
@@ -220,4 +261,81 @@ CASES = [
     # --- placement
     _one("proxy on a windows host", "placement", SEED, "    host: mac-mini\n    bind: 192.168.86.40\n",
          "    host: desktop\n    bind: 192.168.86.36\n", "LF194", "services.proxy.host", "    host: desktop\n    bind: 192.168.86.36\n    port: 8000"),
+    # --- firewall: allow entries are IP networks, written canonically; rules the deploy could not write or keep
+    _one("a DNS name in firewall.allow", "firewall", LOCAL, CLUSTER, CLUSTER + "firewall: {allow: [gpu-box.lan]}\n",
+         "LF013", "firewall.allow[0]", "firewall:"),
+    _one("host bits set in firewall.allow", "firewall", LOCAL, CLUSTER, CLUSTER + "firewall: {allow: [10.0.0.5/24]}\n",
+         "LF014", "firewall.allow[0]", "firewall:"),
+    _one("a prefix longer than the address in firewall.allow", "firewall", LOCAL, CLUSTER,
+         CLUSTER + "firewall: {allow: [10.0.0.0/33]}\n", "LF014", "firewall.allow[0]", "firewall:"),
+    _one("host bits set in a host's IPv6 allow", "firewall", SEED, "    service_manager: systemd\n",
+         '    service_manager: systemd\n    firewall: {allow: ["fd00::1/64"]}\n', "LF014", "hosts.akiva.firewall.allow[0]",
+         "    firewall:"),
+    _one("firewall.manage that is not a boolean", "firewall", LOCAL, CLUSTER, CLUSTER + "firewall: {manage: sometimes}\n",
+         "LF012", "firewall.manage", "firewall:"),
+    _one("an unknown firewall setting", "firewall", LOCAL, CLUSTER, CLUSTER + "firewall: {allowed: [10.0.0.0/8]}\n",
+         "LF010", "firewall.allowed", "firewall:"),
+    _one("firewall managed on a macOS host", "firewall", SEED, MAC_MINI_END,
+         "    service_manager: launchd\n    firewall: {manage: true}\n\n  m2-air", "LF173", "hosts.mac-mini.firewall.manage",
+         "    firewall:"),
+    Bad("a peer known only by a DNS name", "firewall", SEED,
+        (("address: 192.168.86.40, user: harold}", "address: mac-mini.lan, user: harold}"),
+         ("    bind: 192.168.86.40\n", "    bind: mac-mini.lan\n")), "LF172", "hosts.mac-mini.connection",
+        "    connection: {type: ssh, address: mac-mini.lan"),
+    Bad("two managed hosts on this machine's loopback", "firewall", LOCAL,
+        ((CLUSTER, CLUSTER + "firewall: {manage: true}\n"), (LOCAL_MODELS_LIST, LOCAL_MODELS_LIST + LOOPBACK_HOST.format("spare"))),
+        "LF174", "hosts.spare.firewall.manage", "    connection: {type: ssh, address: 127.0.0.2}"),
+    # --- the file cache
+    _one("cache host that does not exist", "file cache", LOCAL, CLUSTER, CLUSTER + "cache: {host: gpu-box}\n", "LF160",
+         "cache.host", "cache:"),
+    _one("cache on a Windows host", "file cache", SEED, SEED_CLUSTER, SEED_CLUSTER + "cache: {host: desktop}\n", "LF210",
+         "cache.host", "cache:"),
+    _one("cache bound to another host's address", "file cache", SEED, SEED_CLUSTER,
+         SEED_CLUSTER + "cache: {host: akiva, bind: 192.168.86.99}\n", "LF211", "cache.bind", "cache:"),
+    _one("cache on loopback while other hosts fetch", "file cache", SEED, SEED_CLUSTER,
+         SEED_CLUSTER + "cache: {host: akiva, bind: 127.0.0.1}\n", "LF212", "cache.bind", "cache:"),
+    _one("deployer's cache on loopback while other hosts fetch", "file cache", SEED, SEED_CLUSTER,
+         SEED_CLUSTER + "cache: {host: deployer, bind: 127.0.0.1}\n", "LF212", "cache.bind", "cache:"),
+    Bad("a host named deployer with cache.host: deployer", "file cache", LOCAL,
+        ((CLUSTER, CLUSTER + "cache: {host: deployer, bind: 127.0.0.1}\n"),
+         (LOCAL_MODELS_LIST, LOCAL_MODELS_LIST + LOOPBACK_HOST.format("deployer"))), "LF213", "cache.host", "cache:"),
+    _one("deployer's cache without bind", "file cache", SEED, SEED_CLUSTER, SEED_CLUSTER + "cache: {host: deployer}\n",
+         "LF214", "cache.host", "cache:"),
+    _one("cache bound to the wildcard 0.0.0.0", "file cache", SEED, SEED_CLUSTER,
+         SEED_CLUSTER + "cache: {host: akiva, bind: 0.0.0.0}\n", "LF014", "cache.bind", "cache:"),
+    _one("cache bound to the wildcard ::", "file cache", SEED, SEED_CLUSTER,
+         SEED_CLUSTER + 'cache: {host: akiva, bind: "::"}\n', "LF014", "cache.bind", "cache:"),
+    _one("cache port taken by a service", "file cache", SEED, SEED_CLUSTER,
+         SEED_CLUSTER + "cache: {host: akiva, port: 8080}\n", "LF130", "cache.port", "cache:"),
+    _one("relative cache folder", "file cache", SEED, SEED_CLUSTER, SEED_CLUSTER + "cache: {host: akiva, folder: cache}\n",
+         "LF013", "cache.folder", "cache:"),
+    # --- proxy TLS: one source; the own pair's files read where validate runs
+    _one("tls with both sources", "proxy TLS", LOCAL, PROXY_AUTH,
+         PROXY_AUTH + "    tls: {self_signed: true, cert_file: /etc/c.pem, key_file: /etc/k.pem}\n", "LF014",
+         "services.proxy.tls", "    tls:"),
+    _one("tls with neither source", "proxy TLS", LOCAL, PROXY_AUTH, PROXY_AUTH + "    tls: {}\n", "LF014",
+         "services.proxy.tls", "    tls:"),
+    _one("tls with a certificate and no key", "proxy TLS", LOCAL, PROXY_AUTH,
+         PROXY_AUTH + "    tls: {cert_file: /etc/c.pem}\n", "LF014", "services.proxy.tls", "    tls:"),
+    _one("tls: true", "proxy TLS", LOCAL, PROXY_AUTH, PROXY_AUTH + "    tls: true\n", "LF012", "services.proxy.tls",
+         "    tls:"),
+    _one("relative certificate path", "proxy TLS", LOCAL, PROXY_AUTH,
+         PROXY_AUTH + "    tls: {cert_file: certs/proxy.crt, key_file: /etc/k.pem}\n", "LF013",
+         "services.proxy.tls.cert_file", "    tls:"),
+    _tls_files("key file that does not exist", "{d}/pki/cert.pem", "{d}/pki/proxy.key", "LF185", "key_file"),
+    _tls_files("key file that cannot be read", "{d}/pki/cert.pem", "/proc/self/mem", "LF185", "key_file"),
+    _tls_files("key file that is a folder", "{d}/pki/cert.pem", "{d}/pki", "LF185", "key_file"),
+    _tls_files("key file others can read", "{d}/loose/cert.pem", "{d}/loose/key.pem", "LF185", "key_file"),
+    _tls_files("the certificate given as the key", "{d}/pki/cert.pem", "{d}/pki/cert.pem", "LF185", "key_file"),
+    _tls_files("certificate that does not exist", "{d}/pki/proxy.crt", "{d}/pki/key.pem", "LF185", "cert_file"),
+    _tls_files("another pair's key", "{d}/pki/cert.pem", "{d}/other/key.pem", "LF186", "key_file"),
+    # --- an rpc-worker's tensor cache is on or off, nothing else
+    _one("rpc-worker cache given a folder", "rpc-worker cache", LOCAL, RPC_BIND[0], RPC_BIND[0] + "    cache: /srv/rpc-cache\n",
+         "LF012", "services.rpc.cache", "    cache:"),
+    _one("rpc-worker cache: yes", "rpc-worker cache", LOCAL, RPC_BIND[0], RPC_BIND[0] + "    cache: yes\n", "LF012",
+         "services.rpc.cache", "    cache:"),
+    _one("rpc-worker cache: 1", "rpc-worker cache", LOCAL, RPC_BIND[0], RPC_BIND[0] + "    cache: 1\n", "LF012",
+         "services.rpc.cache", "    cache:"),
+    _one("rpc-worker cache as a mapping", "rpc-worker cache", LOCAL, RPC_BIND[0],
+         RPC_BIND[0] + "    cache: {folder: /srv/rpc-cache}\n", "LF012", "services.rpc.cache", "    cache:"),
 ]

@@ -9,23 +9,16 @@ import json
 import jsonschema
 import pytest
 from bad_inventories import CASES, Bad
-from inventory_testlib import EXAMPLES, REPO, edit, line_of
+from inventory_testlib import REPO, edit, line_of
 
 from llamafleet.config import check_inventory
 from llamafleet.findings import Severity, dotted
 
 
-def variant(case: Bad) -> str:
-    text = (EXAMPLES / case.base).read_text()
-    for old, new in case.edits:
-        text = edit(text, old, new)
-    return text
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_bad_value_ends_in_its_finding(write, case):
-    text = variant(case)
-    inventory, findings = check_inventory(write(text))
+def test_bad_value_ends_in_its_finding(tmp_path, case: Bad):
+    path, text = case.write(tmp_path)
+    inventory, findings = check_inventory(path)
     assert inventory is None, f"accepted: {case.name}"
     hits = [f for f in findings if f.code == case.code and dotted(f.path) == case.path]
     assert hits, "\n".join(map(str, findings))
@@ -37,7 +30,7 @@ def test_bad_value_ends_in_its_finding(write, case):
 def test_cases_cover_every_class():
     kinds = {c.kind for c in CASES}
     assert kinds >= {"control character", "address", "driver version", "path", "file name", "URL", "env key",
-                     "cross-field", "YAML tag", "placement"}
+                     "cross-field", "YAML tag", "placement", "firewall", "file cache", "proxy TLS", "rpc-worker cache"}
     assert len({c.name for c in CASES}) == len(CASES)
 
 
