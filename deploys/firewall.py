@@ -20,7 +20,9 @@ says so (LF172) rather than deploy a rule that would shut it out.
 The rules are rendered as an nftables file for Linux (``templates/nftables.nft.j2``: its own
 ``table inet llamafleet`` only, replaced as one transaction by ``nft -f``) and as Windows Firewall
 commands (``New-NetFirewallRule``/``Set-NetFirewallRule``/``Remove-NetFirewallRule`` on rules named
-``llamafleet-<service>``). macOS hosts get none (see docs/hardening.md). Every value that lands in
+``llamafleet-<service>``). macOS hosts get none (see docs/hardening.md). A host whose ``firewall.manage``
+is set to false loses what an earlier deploy left there: the table, its rules file and boot unit, or the
+``llamafleet-*`` rules (:func:`cleans_up`). Every value that lands in
 either is typed here: ports are ints, addresses ``ipaddress`` networks, names the inventory's name
 pattern; the nft filter refuses anything else, and PowerShell strings go through ``ps_quote``.
 """
@@ -76,6 +78,7 @@ class HostFirewall:
     why: str  # why the firewall is (not) managed, in words
     kind: str | None  # "nftables", "windows", or None (macOS: nothing to render)
     rules: tuple[PortRule, ...] = ()
+    clean: bool = False  # not managed, but an earlier deploy's rules are read and removed (cleans_up)
 
     def expected(self) -> dict[int, object]:
         """port -> ANY or the sorted networks that may connect: what a live reading is compared with."""
@@ -130,6 +133,21 @@ def managed(inventory: Inventory, host_name: str) -> tuple[bool, str]:
         return False, ("reached on loopback, so it shares this machine's kernel (and firewall) with every other "
                        "such host: set firewall.manage to manage it anyway")
     return True, f"default for {host.os.value} hosts reached over SSH"
+
+
+def cleans_up(inventory: Inventory, host_name: str) -> bool:
+    """Whether the deploy reads and removes the rules an earlier deploy left on a host whose firewall it
+    does not manage: where ``firewall.manage`` says false (the host's or the cluster's), on Linux and
+    Windows. A host unmanaged by default (macOS, loopback) is not read, and neither is a loopback host
+    while another loopback host's firewall is managed: they share this machine's kernel, so the table
+    is that host's."""
+    host = inventory.hosts[host_name]
+    own = host.firewall.manage if host.firewall is not None else None
+    if (own if own is not None else inventory.firewall.manage) is not False or host.os is OS.macos:
+        return False
+    return not (on_loopback(inventory, host_name) and any(
+        other != host_name and on_loopback(inventory, other) and managed(inventory, other)[0]
+        for other in inventory.hosts))
 
 
 def allowed(inventory: Inventory, host_name: str) -> list[Net]:
@@ -191,7 +209,7 @@ def host_firewall(plan) -> HostFirewall:
     manage, why = managed(inventory, name)
     kind = {OS.linux: "nftables", OS.windows: "windows"}.get(plan.host.os)
     if not manage or kind is None:
-        return HostFirewall(name, False, why, kind)
+        return HostFirewall(name, False, why, kind, clean=kind is not None and cleans_up(inventory, name))
     services = [(s.service, s.role) for s in plan.services]
     missing = unaddressed_peers(inventory, name, services)
     if missing:
@@ -388,6 +406,33 @@ def differences(firewall: HostFirewall, live: dict | None, files: dict | None = 
     return windows_differences(windows_expected(firewall), live)
 
 
+def leftovers(firewall: HostFirewall, live: dict | None, paths: dict) -> list[tuple[str, str, str]]:
+    """(what, expected, actual) for each thing an earlier deploy left on a host whose firewall is no longer
+    managed (:func:`cleans_up`); nothing where the rules could not be read. ``paths``: "nft" and "unit"
+    as :func:`removal_paths`."""
+    if not firewall.clean or live is None or live.get("status") not in ("ok", "absent"):
+        return []
+    gone = f"absent ({firewall.why})"
+    if firewall.kind == "windows":
+        return [(name, gone, actual) for name, _, actual in windows_differences({}, live)]
+    out = []
+    if live["status"] == "ok":
+        ports = live.get("ports", {})
+        out.append((f"table inet {TABLE}", gone, "present" + (": " + "; ".join(
+            f"port {port} {describe(sources)}" for port, sources in ports.items()) if ports else "")))
+    seen = live.get("files") or {}
+    if seen.get("unit") and paths.get("unit"):
+        out.append((f"boot unit {BOOT_UNIT}", gone, f"{paths['unit']} ({seen.get('enabled') or 'unknown'})"))
+    if seen.get("nft"):
+        out.append((f"file {paths['nft']}", gone, "present"))
+    return out
+
+
+def removal_paths(plan) -> dict:
+    """The rules file and (systemd hosts) the boot unit an earlier deploy may have left."""
+    return {"nft": nftables_path(plan), "unit": boot_unit_path(plan)}
+
+
 # --- validate: firewalls the deploy could not write, or that would not hold ---------------------------
 
 
@@ -445,6 +490,10 @@ def firewall_findings(plan, state: dict) -> list:
     from llamafleet.findings import Finding, Severity
 
     firewall = host_firewall(plan)
+    if firewall.clean:
+        return [Finding(host=plan.name, check=f"firewall {what}", severity=Severity.fail, expected=expected,
+                        actual=actual, hint="left by an earlier deploy: a deploy removes it")
+                for what, expected, actual in leftovers(firewall, state.get("firewall"), removal_paths(plan))]
     if not firewall.manage or firewall.kind is None:
         return []
     live = state.get("firewall")
@@ -469,6 +518,7 @@ def plan_summary(plan) -> dict:
     """The host's firewall as ``llamafleet plan`` shows it (JSON shape; the text is rendered from it)."""
     firewall = host_firewall(plan)
     out = {"managed": firewall.manage and firewall.kind is not None, "kind": firewall.kind, "why": firewall.why,
+           "removes_leftovers": firewall.clean,
            "rules": [{"service": r.service, "role": r.role, "port": r.port, "used_by": list(r.peers),
                       "from": ANY if r.sources is None else [net_text(n) for n in r.sources]}
                      for r in firewall.rules]}

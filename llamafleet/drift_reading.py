@@ -2,8 +2,8 @@
 fact, dry-run the deploy's operation list on it, and fetch what the findings need besides (the text
 of an owned file that differs, for its diff; with ``--deep``, each model file's sha256).
 
-Remote commands per host: one (the state fact), one more where the firewall is managed (its live
-rules); one per owned file that differs; with ``--deep``, one per model file. The comparisons
+Remote commands per host: one (the state fact), one more where the firewall is managed or was switched
+off (its live rules); one per owned file that differs; with ``--deep``, one per model file. The comparisons
 themselves are :mod:`llamafleet.drift`.
 """
 
@@ -107,7 +107,7 @@ def read_host(host, plan: HostPlan, deep: bool) -> tuple[HostReading | Unreadabl
     if not isinstance(host_state, dict):
         needs = "PowerShell" if plan.windows else "python3"
         return Unreadable(f"the state fact returned nothing ({needs} is required on the host)"), commands
-    with_rules = with_live_rules(host, plan, host_state)  # the firewall's rules: one more command where managed
+    with_rules = with_live_rules(host, plan, host_state)  # the firewall's rules: one more command where managed or switched off
     commands, host_state = commands + (with_rules is not host_state), with_rules
     try:
         would_change = operations_with_changes(plan, host_state)

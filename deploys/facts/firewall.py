@@ -8,8 +8,9 @@ connect. nft merges adjacent addresses of a set into ranges (``127.0.0.1-127.0.0
 writes IPv4 subnets with a mask (``10.0.0.0/255.255.255.0``), so both are turned back into networks
 and collapsed before anything is compared.
 
-The firewall is read only on hosts whose firewall the deploy manages (:func:`with_live_rules`): one
-more remote command there, none elsewhere.
+The firewall is read only on hosts whose firewall the deploy manages, or whose ``firewall.manage`` was
+set to false (what an earlier deploy left there is removed: ``firewall.cleans_up``), by
+:func:`with_live_rules`: one more remote command there, none elsewhere.
 """
 
 from __future__ import annotations
@@ -232,10 +233,10 @@ def parse_windows_rules(output: str) -> dict:
 
 
 def with_live_rules(host, plan, state: dict) -> dict:
-    """``state`` with the host's live rules under "firewall" where the deploy manages its firewall
-    (one remote command); ``state`` itself elsewhere."""
+    """``state`` with the host's live rules under "firewall" where the deploy manages its firewall or
+    removes an earlier deploy's rules (one remote command); ``state`` itself elsewhere."""
     firewall = host_firewall(plan)
-    if not firewall.manage or firewall.kind is None:
+    if not (firewall.manage or firewall.clean) or firewall.kind is None:
         return state
     if firewall.kind == "nftables":
         live = host.get_fact(NftablesRules, path=nftables_path(plan), unit=boot_unit_path(plan) or "")

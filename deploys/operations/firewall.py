@@ -4,6 +4,9 @@ Linux: the rendered nftables file is uploaded and applied with ``nft -f``, one t
 replaces ``table inet llamafleet`` whole (or leaves the old one in place if anything in it fails);
 on systemd hosts a oneshot unit loads the same file at boot, before the network comes up.
 Windows: one ``New-``, ``Set-`` or ``Remove-NetFirewallRule`` per llamafleet rule that differs.
+Where ``firewall.manage`` was set to false, what an earlier deploy left is removed: the table, its rules
+file and boot unit (:func:`nftables_removed`), or every ``llamafleet-*`` rule (:func:`windows_rules` with
+none expected).
 The live rules come from ``facts/firewall.py``, read once per host with the other state.
 """
 
@@ -15,9 +18,11 @@ from pyinfra.api import operation
 
 from llamafleet.deploys.firewall import (
     BOOT_UNIT,
+    TABLE,
     boot_files,
     host_firewall,
     nft_differences,
+    removal_paths,
     windows_differences,
     windows_expected,
 )
@@ -48,6 +53,23 @@ def nftables(files: dict, expected: dict, live: dict):
 
 
 @operation()
+def nftables_removed(paths: dict, live: dict):
+    """What an earlier deploy left on a host whose firewall is no longer managed: ``table inet
+    llamafleet`` is deleted, the boot unit disabled and removed, the rules file removed. ``paths``:
+    "nft" (the rules file) and "unit" (the boot unit, systemd hosts; or None); ``live``: the
+    NftablesRules fact."""
+    seen = live.get("files") or {}
+    if live.get("status") == "ok":
+        yield f"nft delete table inet {TABLE}"
+    if paths.get("unit") and seen.get("unit"):
+        yield f"systemctl disable {BOOT_UNIT}"
+        yield f"rm -f {shlex.quote(paths['unit'])}"
+        yield "systemctl daemon-reload"
+    if seen.get("nft"):
+        yield f"rm -f {shlex.quote(paths['nft'])}"
+
+
+@operation()
 def windows_rules(expected: dict, live: dict):
     """``expected``: rule name -> {port, remote}; ``live``: the WindowsFirewallRules fact."""
     present = live.get("rules", {})
@@ -68,6 +90,14 @@ def windows_rules(expected: dict, live: dict):
 def planned(plan, state: dict) -> list[tuple[str, object, dict]]:
     """(name, operation, kwargs) for the host's firewall: none where it is not managed."""
     firewall = host_firewall(plan)
+    if firewall.clean:
+        live = state.get("firewall")
+        if live is None or live.get("status") not in ("ok", "absent"):
+            return []  # not read (a state without it), or not readable: nothing known to remove
+        if firewall.kind == "nftables":
+            return [("firewall rules removed (nftables)", nftables_removed,
+                     {"paths": removal_paths(plan), "live": live})]
+        return [("firewall rules removed (Windows Firewall)", windows_rules, {"expected": {}, "live": live})]
     if not firewall.manage or firewall.kind is None:
         return []
     # A state without a reading is a fresh host's (tests, an empty state): no rules yet.

@@ -261,8 +261,10 @@ def _firewall(plan) -> dict:
 def _firewall_lines(f: dict) -> list[str]:
     """Which port accepts whom (docs/hardening.md, "Network exposure")."""
     if not f["managed"]:
+        left = ("table inet llamafleet, its rules file and boot unit" if f["kind"] == "nftables"
+                else "the llamafleet-* rules")
         return [f"  firewall: not managed ({f['why']}): every service port is reachable by whoever reaches its bind "
-                "address"]
+                "address" + (f"; {left} left by an earlier deploy are removed" if f.get("removes_leftovers") else "")]
     how = "nftables, table inet llamafleet" if f["kind"] == "nftables" else "Windows Firewall, rules llamafleet-*"
     lines = [f"  firewall: managed ({how}; {f['why']}):"]
     for r in f["rules"]:

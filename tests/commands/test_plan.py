@@ -109,7 +109,8 @@ def test_json_shape_is_stable(capsys):
     for h in data["hosts"].values():
         assert list(h) == ["os", "arch", "backend", "service_manager", "install_dir", "build", "models", "services",
                            "secrets", "folders", "plain_paths", "firewall", "files"]
-        assert set(h["firewall"]) - {"file", "boot_unit", "windows_rules"} == {"managed", "kind", "why", "rules"}
+        assert set(h["firewall"]) - {"file", "boot_unit", "windows_rules"} == {
+            "managed", "kind", "why", "removes_leftovers", "rules"}
         for r in h["firewall"]["rules"]:
             assert set(r) == {"service", "role", "port", "used_by", "from"} and isinstance(r["port"], int)
         assert set(h["build"]) == {"build", "build_id", "method", "dir", "binaries", "cmake_options", "artifacts"}

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -441,3 +442,64 @@ def test_the_deploy_refuses_a_rule_it_cannot_write_and_reads_rules_only_where_ma
         fw_ops.planned(plan_host(inventory, "server"), {"firewall": parse_nft("llamafleet-no-nft")})
     data["hosts"]["server"]["firewall"] = {"manage": False}
     assert fw_ops.planned(plan_host(Inventory.model_validate(data), "server"), {}) == []
+
+
+# --- a firewall switched off: what an earlier deploy left is drift, and the deploy removes it ----------
+
+LEFT = {"status": "ok", "chain": "ok", "ports": {50052: ["10.0.0.1", "10.0.0.2", "127.0.0.1", "::1"]}, "other": [],
+        "files": {"nft": SHA, "unit": SHA, "enabled": "enabled"}}
+
+
+def test_only_a_host_switched_off_by_setting_with_its_own_kernel_is_read_for_leftovers(tmp_path):
+    def clean(path, host="server"):
+        return fw.host_firewall(plan_host(load_inventory(path), host)).clean
+
+    off = "    firewall: {manage: false}\n"
+    assert clean(_inventory(tmp_path, firewall=off)) and not clean(_inventory(tmp_path, firewall=off), "client")
+    assert clean(_inventory(tmp_path, extra="firewall: {manage: false}\n"), "client")
+    assert not clean(_inventory(tmp_path))  # managed
+    # Unmanaged by default (loopback, macOS): never read.
+    assert not clean(_inventory(tmp_path, server="127.0.0.2", client="127.0.0.3"))
+    assert not clean(_inventory(tmp_path, os_="macos", manager="launchd", firewall=off))
+    # On loopback, set false: read, unless another loopback host's firewall is managed (the table is its).
+    assert clean(_inventory(tmp_path, server="127.0.0.2", client="127.0.0.3", firewall=off))
+    assert not clean(_inventory(tmp_path, server="127.0.0.2", client="127.0.0.3", firewall=off,
+                                extra="firewall: {manage: true}\n"))
+    assert clean(_inventory(tmp_path, server="127.0.0.2", firewall=off, extra="firewall: {manage: true}\n"))
+
+
+def test_a_switched_off_linux_host_reports_the_leftover_table_unit_and_file_and_the_deploy_removes_them(tmp_path):
+    plan = plan_host(load_inventory(_inventory(tmp_path, firewall="    firewall: {manage: false}\n")), "server")
+    found = {f.check: f for f in fw.firewall_findings(plan, {"firewall": LEFT})}
+    assert set(found) == {"firewall table inet llamafleet", "firewall boot unit llamafleet-firewall.service",
+                          "firewall file /lf/etc/firewall.nft"}
+    assert all(f.severity.value == "fail" and "earlier deploy" in f.hint for f in found.values())
+    table = found["firewall table inet llamafleet"]
+    assert "hosts.server.firewall.manage is false" in table.expected and "port 50052 only from" in table.actual
+    assert fw.plan_summary(plan)["removes_leftovers"]  # llamafleet plan says so
+    [(name, op, kwargs)] = fw_ops.planned(plan, {"firewall": LEFT})
+    assert name == "firewall rules removed (nftables)"
+    assert list(op._inner(**kwargs)) == [
+        "nft delete table inet llamafleet", "systemctl disable llamafleet-firewall.service",
+        "rm -f /etc/systemd/system/llamafleet-firewall.service", "systemctl daemon-reload", "rm -f /lf/etc/firewall.nft"]
+    # Nothing left, or nothing readable (no nft, not root): no finding, no command.
+    gone = {"status": "absent", "detail": "no table inet llamafleet", "files": {"nft": None, "unit": None, "enabled": None}}
+    for live in (gone, parse_nft("llamafleet-no-nft"), parse_nft("llamafleet-nft-failed Operation not permitted")):
+        assert fw.firewall_findings(plan, {"firewall": live}) == []
+        assert all(list(op._inner(**kwargs)) == [] for _, op, kwargs in fw_ops.planned(plan, {"firewall": live}))
+
+
+def test_a_switched_off_windows_host_reports_and_removes_every_llamafleet_rule():
+    from llamafleet.config.models import Firewall
+
+    seed = load_inventory(Path(__file__).parents[2] / "inventory" / "examples" / "seed-cluster.yaml")
+    hosts = dict(seed.hosts)
+    hosts["desktop"] = hosts["desktop"].model_copy(update={"firewall": Firewall(manage=False)})
+    plan = plan_host(seed.model_copy(update={"hosts": hosts}), "desktop")
+    live = parse_windows_rules('[{"Name": "llamafleet-desktop-rpc", "Enabled": "True", "Direction": "Inbound", '
+                               '"Action": "Allow", "Protocol": "TCP", "LocalPort": ["50052"], '
+                               '"RemoteAddress": ["192.168.86.29"]}]')
+    [finding] = fw.firewall_findings(plan, {"firewall": live})
+    assert finding.check == "firewall llamafleet-desktop-rpc" and "manage is false" in finding.expected
+    [(name, op, kwargs)] = fw_ops.planned(plan, {"firewall": live})
+    assert list(op._inner(**kwargs)) == ["Remove-NetFirewallRule -Name 'llamafleet-desktop-rpc'"]
