@@ -200,10 +200,10 @@ def planned_operations(plan: HostPlan, state: dict) -> list[PlannedOperation]:
     ops.append(PlannedOperation("models", "model files", models.model_files, {
         "helper": helper, "files": model_specs(plan), "models_state": state.get("models", {}),
         "disk_free": state.get("disk_free", 0), "windows": windows}))
-    if plan.secrets and not windows:
+    if plan.secrets:
         ops.append(PlannedOperation("secrets", "secret files", secrets.token_files, {
             "helper": helper, "secrets": [vars(s) for s in plan.secrets], "state_files": seen,
-            "install_dir": plan.host.install_dir}))
+            "install_dir": plan.host.install_dir, "windows": windows}))
     ops += [PlannedOperation("folders", name, op, kwargs) for name, op, kwargs in folders.planned(plan, state)]
     if plan.proxy_services:
         from llamafleet.deploys.operations import proxy

@@ -304,9 +304,8 @@ def llama_server_argv(inventory: Inventory, host: Host, svc: TargetService | Dra
             flag("gpu_layers"), str(svc.gpu_layers)]
     if caps.flag("no_webui"):  # builds from before the web UI switch have no UI to turn off
         argv.append(caps.flag("no_webui"))
-    key_file = host_key_path(host)
-    if key_file is not None:  # the cluster's API key, from a 0600 file (llamafleet/server_key.py)
-        argv += [flag("api_key_file"), key_file]
+    # the cluster's API key, from a file only the services' account can read (llamafleet/server_key.py)
+    argv += [flag("api_key_file"), host_key_path(host)]
     devices = list(svc.devices) if svc.devices else None
     if isinstance(svc, TargetService):
         # No CPU weight repacking: with it, verifying a batch of draft tokens and decoding one at a
@@ -438,9 +437,8 @@ def plan_host(inventory: Inventory, name: str, caps: BuildCaps | None = None) ->
                                                files.key_source))
     if any(isinstance(s, RpcWorkerService) and rpc_cache_folder(s, caps) for s in on_host.values()):
         plan.folders.append(FolderPlan(install_path(RPC_CACHE), service_user(host)))
-    key_file = host_key_path(host)
-    if key_file is not None and any(s.role != "rpc-worker" for s in on_host.values()):
+    if any(s.role != "rpc-worker" for s in on_host.values()):
         # llama-servers read the cluster's key, the proxy sends it to them
-        plan.secrets.append(SecretPlan(key_file, service_user(host),
+        plan.secrets.append(SecretPlan(host_key_path(host), service_user(host),
                                        str(key_source(inventory))))
     return plan

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from llamafleet.config.models import (
-    OS,
     DrafterService,
     Host,
     Inventory,
@@ -210,10 +209,6 @@ class Doctor:
             return Finding(svc.host, check, Severity.error, expected, _no_answer(err))
         if reply.status == 401:
             return Finding(svc.host, check, Severity.ok, expected, "401")
-        if self.inv.hosts[svc.host].os is OS.windows:
-            return Finding(svc.host, check, Severity.warning, expected, f"HTTP {reply.status}",
-                           hint="the deploy gives llama-servers on Windows hosts no API key yet (docs/hardening.md): "
-                           "their port bypasses the proxy's auth; keep it off untrusted networks")
         return Finding(svc.host, check, Severity.fail, expected, f"HTTP {reply.status}",
                        hint=f"the server answers without the cluster's API key, so its port bypasses the proxy's auth: "
                        f"re-deploy {svc.host} (every llama-server the deploy starts gets --api-key-file)")

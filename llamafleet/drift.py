@@ -232,8 +232,8 @@ def file_findings(plan: HostPlan, reading: HostReading) -> list[Finding]:
                                 detail=_diff(path, content, reading.contents.get(path))))
     for secret in plan.secrets:
         state = seen.get(secret.path) or {}
-        expected = f"mode 0600, owner {secret.user}"
-        actual = f"mode {state.get('mode')}, owner {state.get('owner')}" if state else "missing"
+        expected = secrets.access(plan.windows, secret.user)
+        actual = secrets.seen_access(plan.windows, state)
         hint = _would("create the token file or fix its mode and owner")
         if secret.source:  # copied from this machine: the same bytes too (by sha256; a secret is never shown)
             if not os.access(secret.source, os.R_OK):  # a CI runner without the key: mode and owner only
@@ -242,9 +242,9 @@ def file_findings(plan: HostPlan, reading: HostReading) -> list[Finding]:
                 actual += unknown if state else ""
             else:
                 expected += f", the content of {secret.source}"
-                same = state and not secrets.differs(vars(secret), state)
+                same = state and state.get("sha256") == secrets.key_digest(secret.source)  # access is reported above
                 actual += f", the content of {secret.source}" if same else (", other content" if state else "")
-            hint = _would(f"copy {secret.source} there (0600, owner {secret.user}) and restart what reads it")
+            hint = _would(f"copy {secret.source} there ({secrets.access(plan.windows, secret.user)}) and restart what reads it")
         findings.append(_compare(plan.name, f"secret {secret.path}", expected, actual, hint))
     return findings
 

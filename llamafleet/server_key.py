@@ -13,7 +13,8 @@ nothing on the LAN reaches a model past the proxy's bearer token. The key is one
   which the first deploy generates (``$LLAMAFLEET_STATE`` defaults to ``$XDG_STATE_HOME/llamafleet``,
   that is ``~/.local/state/llamafleet``);
 - on each host it lives at ``<install_dir>/secrets/llama-server.key`` (:func:`host_key_path`), 0600 and
-  owned by the service user, copied there by the deploy (``deploys/operations/secrets.py``); the
+  owned by the service user (on Windows: an access list of SYSTEM, Administrators and the services'
+  account only), copied there by the deploy (``deploys/operations/secrets.py``); the
   llama-servers read it with ``--api-key-file`` and the proxy with its config's ``server_key_file``.
 
 The key is never written into a unit, a command line, a config, a log or pyinfra's output: only the
@@ -23,6 +24,7 @@ paths of its files are.
 from __future__ import annotations
 
 import hashlib
+import ntpath
 import os
 import posixpath
 import re
@@ -152,10 +154,10 @@ def key_digest(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def host_key_path(host: Host) -> str | None:
-    """Where the server key lives on ``host``; None on Windows, whose services run without a key (not
-    done yet: docs/hardening.md, "Still open")."""
-    if host.os is OS.windows:
-        return None
+def host_key_path(host: Host) -> str:
+    """Where the server key lives on ``host``: ``<install_dir>/secrets/llama-server.key`` (on Windows
+    ``<install_dir>\\secrets\\llama-server.key``, readable only by SYSTEM, Administrators and the
+    services' account: ``deploys/operations/secrets.py``)."""
+    join = ntpath.join if host.os is OS.windows else posixpath.join
     # Not etc/: a proxy's TLS key is etc/<service>.key, and a service may be named llama-server.
-    return posixpath.join(host.install_dir, "secrets", HOST_KEY_NAME)
+    return join(host.install_dir, "secrets", HOST_KEY_NAME)

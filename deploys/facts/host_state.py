@@ -57,6 +57,8 @@ def state_spec(plan: HostPlan) -> str:
                          *([plan.project_record_path] if plan.proxy_services else [])]),
         "drivers": drivers,
     }
+    if plan.windows and plan.secrets:  # each secret's access list (deploys/operations/secrets.py)
+        spec["secrets"] = sorted(s.path for s in plan.secrets)
     if plan.folders:  # the folders the deploy makes (an rpc-worker's cache)
         spec["folders"] = sorted(f.path for f in plan.folders)
     if cached := cache_state_spec(plan):  # the cluster's file cache, on its host

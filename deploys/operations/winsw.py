@@ -20,6 +20,8 @@ from llamafleet.deploys.operations.manager import ServiceManagerModule
 # WinSW expands %NAME% (Environment.ExpandEnvironmentVariables) in the executable, the arguments, env
 # values and paths, and there is no escape for it; a value holding one is refused rather than changed.
 _EXPANDED = re.compile(r"%[A-Za-z_][A-Za-z0-9_()]*%")
+# The account the services run as, by its SID: LocalSystem, as winsw.xml.j2 names no <serviceaccount>.
+SERVICE_ACCOUNT_SID = "S-1-5-18"
 
 
 def text(value: str) -> str:

@@ -8,6 +8,8 @@
 #                       rewritten (state\rollback.json), then point `current` at the new build
 #   rollback SPEC_JSON  undo the last switch: restore those files and point `current` back
 #   wait SPEC_JSON      wait until the services answer (and report the expected build, and complete)
+#   private SPEC_JSON   make a folder only the given SIDs may use (the folder a secret is uploaded to)
+#   secret SPEC_JSON    put an uploaded secret in place, only the given SIDs may use it; remove the upload
 # Errors: one line "llamafleet: ..." on stderr and exit code 2 (bad input) or 3 (verification failed).
 param([Parameter(Mandatory = $true)][string]$Verb, [Parameter(Mandatory = $true)][string]$SpecJson)
 
@@ -296,19 +298,111 @@ function Invoke-Wait($Spec) {
     if ($pending.Count -gt 0) { Fail "not answering after $($Spec.timeout)s: $($pending -join ', ') (see the logs under $($Spec.logs))" }
     # Then, when the spec asks: each llama-server's /props reports the expected build ("b8942-f535774")
     # and it answers one short completion (the model loaded; for a target, its draft device answers).
+    # The servers' API key (/health is public, /props and /completion are not), read from its file.
+    $headers = @{}
+    if ($Spec.key_file) {
+        $key = try { "$([IO.File]::ReadAllLines($Spec.key_file) | Select-Object -First 1)".Trim() } catch {
+            Fail "cannot read the servers' API key file $($Spec.key_file): $($_.Exception.Message)"
+        }
+        $headers['Authorization'] = "Bearer $key"
+    }
     if ($Spec.props) {
         foreach ($entry in @($Spec.props.PSObject.Properties | Sort-Object Name)) {
-            $info = try { "$((Invoke-RestMethod -TimeoutSec 5 -Uri "$($entry.Name)/props").build_info)" } catch { "error: $_" }
+            $info = try { "$((Invoke-RestMethod -TimeoutSec 5 -Headers $headers -Uri "$($entry.Name)/props").build_info)" } catch { "error: $_" }
             if (-not $info.StartsWith("b$($entry.Value)-")) { Fail "$($entry.Name)/props reports build_info '$info', not build b$($entry.Value)" 3 }
         }
     }
     $body = @{ prompt = 'Hello'; n_predict = 2; temperature = 0; cache_prompt = $false } | ConvertTo-Json -Compress
     foreach ($base in @($Spec.completion)) {
         if (-not $base) { continue }
-        $answer = try { Invoke-RestMethod -Method Post -TimeoutSec 120 -ContentType 'application/json' -Body $body -Uri "$base/completion" } catch { $null }
+        $answer = try { Invoke-RestMethod -Method Post -TimeoutSec 120 -Headers $headers -ContentType 'application/json' -Body $body -Uri "$base/completion" } catch { $null }
         if ($null -eq $answer -or $null -eq $answer.content) { Fail "$base/completion did not answer a 2-token completion" 3 }
     }
     'all services answer'
+}
+
+# --- secrets: files and folders only SYSTEM, Administrators and the services' account may use ---------
+# The deploy names them by SID (the names are translated on non-English Windows). Every check looks at
+# the path itself: [IO.File]::GetAttributes does not follow a link, and sees a dangling one too.
+
+function Get-Attributes([string]$Path) {
+    try { [IO.File]::GetAttributes($Path) } catch [IO.FileNotFoundException], [IO.DirectoryNotFoundException] { $null }
+}
+
+function Test-Reparse($Attributes) { $null -ne $Attributes -and ($Attributes -band [IO.FileAttributes]::ReparsePoint) }
+
+function Assert-NotReparse([string]$Path, [string]$What) {
+    if (Test-Reparse (Get-Attributes $Path)) {
+        Fail "$What $Path is a reparse point (a symbolic link or junction); refusing to write through it (remove it, the deploy then creates it)"
+    }
+}
+
+function Set-Private([string]$Path, [string[]]$Sids, [bool]$Folder) {
+    # A new access list, not an edit of the present one: inheritance removed and nothing inherited kept,
+    # full control for each SID (a folder's rules inherited by what is created in it), no other rule.
+    $acl = if ($Folder) { New-Object Security.AccessControl.DirectorySecurity } else { New-Object Security.AccessControl.FileSecurity }
+    $acl.SetAccessRuleProtection($true, $false)
+    $inherit = if ($Folder) { [Security.AccessControl.InheritanceFlags]'ContainerInherit, ObjectInherit' } else { [Security.AccessControl.InheritanceFlags]::None }
+    foreach ($sid in $Sids) {
+        $acl.AddAccessRule((New-Object Security.AccessControl.FileSystemAccessRule((New-Object Security.Principal.SecurityIdentifier $sid),
+            [Security.AccessControl.FileSystemRights]::FullControl, $inherit, [Security.AccessControl.PropagationFlags]::None,
+            [Security.AccessControl.AccessControlType]::Allow)))
+    }
+    Set-Acl -LiteralPath $Path -AclObject $acl
+}
+
+function New-PrivateFolder([string]$Path, [string[]]$Sids) {
+    Assert-NotReparse $Path 'folder'
+    $attributes = Get-Attributes $Path
+    if ($null -ne $attributes -and -not ($attributes -band [IO.FileAttributes]::Directory)) { Fail "$Path is not a folder; refusing to use it" }
+    New-Item -ItemType Directory -Force -Path $Path | Out-Null
+    Set-Private $Path $Sids $true
+}
+
+function Invoke-Private($Spec) {
+    New-PrivateFolder $Spec.path @($Spec.sids)
+    "only $(@($Spec.sids) -join ', ') may use $($Spec.path)"
+}
+
+function Invoke-Secret($Spec) {
+    # The secret the deploy uploaded (into a folder made by Invoke-Private) becomes $Spec.path, only the
+    # SIDs may use it or its folder; the upload is removed whatever happens. Read from files only,
+    # never from the command line.
+    $path = $Spec.path; $upload = $Spec.upload; $sids = @($Spec.sids)
+    $attributes = Get-Attributes $upload
+    try {
+        if ($null -eq $attributes) { Fail "cannot read the uploaded secret $upload: it is not there" }
+        if ($attributes -band ([IO.FileAttributes]::ReparsePoint -bor [IO.FileAttributes]::Directory)) { Fail "the uploaded secret $upload is not a regular file" }
+        $data = [IO.File]::ReadAllBytes($upload)
+    } finally { if ($null -ne (Get-Attributes $upload)) { Remove-Item -Force -LiteralPath $upload } }
+    if ([Text.Encoding]::UTF8.GetString($data).Trim().Length -eq 0) { Fail "the uploaded secret for $path is empty" }
+    New-PrivateFolder (Split-Path -Parent $path) $sids
+    Assert-NotReparse $path 'secret file'
+    $attributes = Get-Attributes $path
+    $result = 'created'
+    if ($null -ne $attributes) {
+        if ($attributes -band [IO.FileAttributes]::Directory) { Fail "secret file $path is not a regular file; refusing to use it" }
+        $result = if ([Convert]::ToBase64String([IO.File]::ReadAllBytes($path)) -eq [Convert]::ToBase64String($data)) { 'kept' } else { 'replaced' }
+    }
+    if ($result -ne 'kept') {
+        # Made empty beside it, its access list set, then filled and renamed over the path (a rename keeps it).
+        $tmp = "$path.lf-tmp"
+        if ($null -ne (Get-Attributes $tmp)) { Remove-Item -Force -LiteralPath $tmp }
+        [IO.File]::WriteAllBytes($tmp, [byte[]]@())
+        Set-Private $tmp $sids $false
+        [IO.File]::WriteAllBytes($tmp, $data)
+        Move-Item -Force -LiteralPath $tmp -Destination $path
+    }
+    Set-Private $path $sids $false  # a kept file's access list is repaired as well
+    "$result $path"
+}
+
+function Get-AclState([string]$Path) {
+    # The access list as SIDs: whether inheritance is removed, and every rule (the deploy compares them).
+    $acl = Get-Acl -LiteralPath $Path
+    @{ protected = $acl.AreAccessRulesProtected
+       rules = @($acl.GetAccessRules($true, $true, [Security.Principal.SecurityIdentifier]) | ForEach-Object {
+           @{ sid = $_.IdentityReference.Value; type = "$($_.AccessControlType)"; rights = "$($_.FileSystemRights)" } }) }
 }
 
 function Get-FileState([string]$Path) {
@@ -345,6 +439,9 @@ function Get-State($Spec) {
     }
     $files = @{}
     foreach ($f in @($Spec.files)) { if ($f) { $files[$f] = Get-FileState $f } }
+    foreach ($f in @($Spec.secrets)) {  # who may read each secret (a link in its place is reported, never followed)
+        if ($f -and $files[$f]) { $files[$f].acl = Get-AclState $f; $files[$f].reparse_point = Test-Reparse (Get-Attributes $f) }
+    }
     $folders = @{}  # the folders the deploy makes (an rpc-worker's cache): there as a folder, or null
     foreach ($d in @($Spec.folders)) {
         if ($d) { $folders[$d] = if (Test-Path -LiteralPath $d -PathType Container) { @{ kind = 'folder'; owner = (Get-Acl -LiteralPath $d).Owner } } else { $null } }
@@ -368,7 +465,7 @@ function Get-State($Spec) {
         disk_free = (Get-PSDrive -Name $drive.TrimEnd(':')).Free; drivers = $drivers
         driver_pending = Read-Json (Join-Path $Spec.install_dir 'state\driver-pending.json')
         tools = @{ winsw = if (Test-Path -LiteralPath (Join-Path $Spec.install_dir 'bin\winsw.exe')) { 'present' } else { $null } }
-    } | ConvertTo-Json -Depth 6 -Compress
+    } | ConvertTo-Json -Depth 8 -Compress
 }
 
 # The deploy sends the JSON base64-encoded (Windows OpenSSH's `powershell -c` strips double quotes).
@@ -385,6 +482,8 @@ try {
         'switch' { "llamafleet: $(Invoke-Switch $spec)" }
         'rollback' { "llamafleet: $(Invoke-Rollback $spec)" }
         'wait' { "llamafleet: $(Invoke-Wait $spec)" }
-        default { Fail "usage: lf_host.ps1 state|fetch|install|switch|rollback|wait SPEC_JSON" }
+        'private' { "llamafleet: $(Invoke-Private $spec)" }
+        'secret' { "llamafleet: $(Invoke-Secret $spec)" }
+        default { Fail "usage: lf_host.ps1 state|fetch|install|switch|rollback|wait|private|secret SPEC_JSON" }
     }
 } catch { Fail "$Verb failed: $($_.Exception.Message)" }

@@ -132,11 +132,12 @@ def test_the_users_key_file_is_checked_and_never_generated(tmp_path, state):
     assert key_digest(own) == hashlib.sha256(own.read_bytes()).hexdigest()
 
 
-def test_each_posix_host_holds_the_key_under_its_install_dir(tmp_path):
+def test_each_host_holds_the_key_under_its_install_dir(tmp_path):
     inventory = load_inventory(EXAMPLES / "seed-cluster.yaml")
     paths = {name: host_key_path(host) for name, host in inventory.hosts.items()}
+    assert any(h.os.value == "windows" for h in inventory.hosts.values())
     for name, host in inventory.hosts.items():
-        if host.os.value == "windows":
-            assert paths[name] is None
+        if host.os.value == "windows":  # a Windows path, with the host's own separators
+            assert paths[name] == f"{host.install_dir}\\secrets\\llama-server.key"
         else:
             assert paths[name] == f"{host.install_dir}/secrets/llama-server.key"
