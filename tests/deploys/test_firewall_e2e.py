@@ -3,7 +3,8 @@ host gamma (127.0.0.4) runs an RPC worker, gamma's firewall managed (``firewall:
 hosts on loopback default to unmanaged, as they share this machine's kernel) and 127.0.0.2 allowed.
 The kernel's real nftables then decides: a connection from 127.0.0.3 is dropped, one from 127.0.0.2
 is accepted. ``llamafleet drift`` reads the live table; a rule deleted by hand is reported, and a
-re-deploy puts it back. (Which peers a port admits is derived from the inventory and tested over
+re-deploy puts it back. Then gamma's ``firewall.manage`` is set to false: drift reports the table and
+rules file the deploys left, a deploy removes both, and drift is clean again. (Which peers a port admits is derived from the inventory and tested over
 generated clusters in test_firewall.py; here nothing uses the worker, because ggml-rpc-server serves
 one client at a time with a backlog of one: while a target holds it, a probe that finds the accept
 queue full times out exactly like one the firewall drops.)
@@ -134,3 +135,32 @@ def test_only_the_allowed_address_reaches_the_rpc_worker_and_drift_watches_the_r
     code, report = drift(cluster, capsys)
     assert code == 0, problems(report)
     assert not connects(beta, gamma, port) and connects(alpha, gamma, port)
+
+
+def test_switched_off_the_table_left_behind_is_drift_until_a_deploy_removes_it(cluster, capsys, tmp_path):
+    """gamma's own firewall.manage: false (no other host shares this kernel's table, so it is gamma's)."""
+    sshd, port = cluster["sshd"], cluster["port"]
+    alpha, beta, gamma = sshd.addresses
+    data = yaml.safe_load(cluster["inventory_file"].read_text())
+    data["hosts"]["gamma"]["firewall"]["manage"] = False
+    rules = Path(data["hosts"]["gamma"]["install_dir"]) / "etc" / "firewall.nft"
+    off = tmp_path / "cluster.yaml"
+    off.write_text(yaml.safe_dump(data, sort_keys=False))
+    switched = {**cluster, "inventory_file": off}
+    assert _nft("list", "table", "inet", TABLE).returncode == 0 and rules.is_file()  # left by the deploys above
+
+    code, report = drift(switched, capsys)
+    assert code == 2
+    found = problems(report)
+    assert set(found) == {("gamma", f"firewall table inet {TABLE}"), ("gamma", f"firewall file {rules}"),
+                          ("gamma", "deploy plan")}, found
+    assert found[("gamma", f"firewall table inet {TABLE}")]["actual"].startswith(f"present: port {port} only from")
+    assert "firewall rules removed (nftables)" in found[("gamma", "deploy plan")]["actual"]
+
+    done = run_pyinfra(off, sshd, cluster["server"].url, "--limit", "gamma")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert _nft("list", "table", "inet", TABLE).returncode != 0 and not rules.exists()
+    assert connects(beta, gamma, port)  # no table: the worker's port is no longer filtered
+    code, report = drift(switched, capsys)
+    assert code == 0, problems(report)
+    assert report["stats"]["remote_commands"] == {"gamma": 2}  # the state fact, plus the rules (still read)
