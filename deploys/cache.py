@@ -1,11 +1,11 @@
 """The cluster's file cache (inventory ``cache:``), planned from the inventory alone (pure).
 
 One host, the cache host (or, with ``host: deployer``, the machine that runs the deploy:
-:mod:`.deployer_cache`), fetches every file the cluster needs (each model file a Linux or macOS host
-places, each llama.cpp archive one installs) from its upstream URL once, verifies its sha256, and
+:mod:`.deployer_cache`), fetches every file the cluster needs (each model file a host places, each
+llama.cpp archive one installs, Windows hosts' included) from its upstream URL once, verifies its sha256, and
 serves it read-only as ``/<sha256>/<name>`` through the host helper's ``serve`` verb, run as one more
-service (:func:`cache_services`) and rendered like every other. With ``cache.peers``, every other such
-host reached over ssh serves the verified files it holds itself (its ``models_dir`` and downloaded
+service (:func:`cache_services`) and rendered like every other. With ``cache.peers``, every other Linux or
+macOS host reached over ssh (a Windows host's helper has no ``serve``) serves the verified files it holds itself (its ``models_dir`` and downloaded
 archives) the same way. A host fetches each file from the cache first, then from the peers whose plan
 places that file, then from upstream (:func:`source_fields`): the helper verifies what arrives before
 it replaces anything, so a source that serves bad bytes is skipped, never installed, and the servers
@@ -85,8 +85,7 @@ def cached_path(folder: str, sha256: str, name: str) -> str:
 
 
 def _held(inventory: Inventory) -> dict[str, tuple]:
-    """host -> (the (sha256, name) of every file its plan places, its archives, its model files, whether
-    it is a Windows host)."""
+    """host -> (the (sha256, name) of every file its plan places, its archives, its model files)."""
     from llamafleet.deploys.plan import plan_host
 
     if _HELD.get("inventory") is inventory:
@@ -98,7 +97,7 @@ def _held(inventory: Inventory) -> dict[str, tuple]:
         except UserError:
             continue  # that host's own deploy reports why it cannot be planned
         held[name] = ({(a.sha256, a.file) for a in plan.build.artifacts} | {(m.sha256, m.name) for m in plan.models},
-                      plan.build.artifacts, plan.models, plan.windows)
+                      plan.build.artifacts, plan.models)
     _HELD.update(inventory=inventory, held=held)
     return held
 
@@ -108,11 +107,11 @@ _HELD: dict = {}  # the last inventory's holdings: every host's deploy asks, the
 
 def source_fields(plan, upstream: str, sha256: str, name: str) -> dict:
     """The helper's ``sources`` for one file of ``plan``'s host: the cluster's cache, the peers whose
-    plan places the file, then upstream. Nothing without a cache, and nothing on Windows (its helper,
-    ``lf_host.ps1``, fetches ``url`` only): the helper then fetches ``url``, from upstream."""
+    plan places the file, then upstream (both helpers, ``lf_host.py`` and ``lf_host.ps1``, try them in
+    order). Nothing without a cache: the helper then fetches ``url``, from upstream."""
     inventory = plan.inventory
     base = cache_base_url(inventory)
-    if base is None or plan.windows:
+    if base is None:
         return {}
     held = _held(inventory)
     peers = [peer for peer in peer_hosts(inventory)
@@ -125,12 +124,9 @@ def source_fields(plan, upstream: str, sha256: str, name: str) -> dict:
 
 def cluster_files(inventory: Inventory) -> list[dict]:
     """Every file some host of the cluster fetches through the cache: {name, sha256, size (None:
-    unknown), url}, each once. Windows hosts fetch from upstream (:func:`source_fields`): their files
-    are not cached for them."""
+    unknown), url}, each once, Windows hosts' included."""
     files: dict[tuple[str, str], dict] = {}
-    for _files, artifacts, models, windows in _held(inventory).values():
-        if windows:
-            continue
+    for _files, artifacts, models in _held(inventory).values():
         for a in artifacts:
             files.setdefault((a.sha256, a.file), {"name": a.file, "sha256": a.sha256, "size": a.size, "url": a.url})
         for m in models:

@@ -54,7 +54,7 @@ def planned(plan, state: dict) -> tuple[list[tuple], dict]:
         return [], state
     barrier = ("file cache: filled and serving", readiness.barrier, {}, (99,))
     inventory, first = plan.inventory, []
-    if on_deployer(inventory) and not plan.windows:
+    if on_deployer(inventory):
         needs = host_changes(plan, state)
         if needs.build or needs.models:  # this host downloads: the deploying machine's cache must serve
             first.append(("file cache on the deploying machine: filled and serving", deployer_cache, {

@@ -1,7 +1,8 @@
 # llamafleet's helper on Windows hosts (Windows PowerShell 5.1 or PowerShell 7), driven over OpenSSH.
 # The same verbs and JSON (here base64-encoded) as lf_host.py on POSIX hosts:
 #   state SPEC_JSON     the host's whole state as one JSON document (run inline by WindowsHostState)
-#   fetch SPEC_JSON     resumable download (HTTP Range), sha256 check, atomic rename, verified stamp
+#   fetch SPEC_JSON     download from the first of its sources that gives the right bytes (cache, peers,
+#                       upstream): resumable (HTTP Range), sha256 check, atomic rename, verified stamp
 #   install SPEC_JSON   install a llama.cpp release .zip (or source build) into its own folder and,
 #                       unless the spec says "switch": false, switch `current` to it
 #   switch SPEC_JSON    an upgrade's switch: remember the previous build and the files about to be
@@ -93,11 +94,16 @@ function Get-RemoteSize([string]$Url) {
     $response = $request.GetResponse(); try { $response.ContentLength } finally { $response.Close() }
 }
 
+function Write-Note([string]$Message) { [Console]::Error.WriteLine("llamafleet: $Message") }
+
 function Receive-Resumable([string]$Url, [string]$Partial, [long]$Size) {
+    # $null once $Partial holds $Size bytes from $Url, else why not. A source that refuses the connection
+    # or answers an HTTP error is not retried (the next source is); a cut download resumes (HTTP Range).
+    $last = 'no answer'
     for ($attempt = 0; $attempt -lt 5; $attempt++) {
         $have = if (Test-Path -LiteralPath $Partial) { (Get-Item -LiteralPath $Partial).Length } else { 0 }
         if ($have -gt $Size) { Remove-Item -LiteralPath $Partial; $have = 0 }
-        if ($have -eq $Size) { return }
+        if ($have -eq $Size) { return $null }
         try {
             $request = [Net.HttpWebRequest]::Create($Url)
             if ($have -gt 0) { $request.AddRange([long]$have) }
@@ -106,36 +112,74 @@ function Receive-Resumable([string]$Url, [string]$Partial, [long]$Size) {
             $mode = if ([int]$response.StatusCode -eq 206) { [IO.FileMode]::Append } else { [IO.FileMode]::Create }
             $out = [IO.File]::Open($Partial, $mode)
             try { $response.GetResponseStream().CopyTo($out, 1MB) } finally { $out.Close(); $response.Close() }
-            [Console]::Error.WriteLine("llamafleet: $(Split-Path -Leaf $Partial) $((Get-Item -LiteralPath $Partial).Length) / $Size bytes")
+            Write-Note "$(Split-Path -Leaf $Partial) $((Get-Item -LiteralPath $Partial).Length) / $Size bytes from $(([Uri]$Url).Authority)"
         } catch [Net.WebException] {
+            $last = $_.Exception.Message
+            if ($null -ne $_.Exception.Response -or $_.Exception.Status -eq [Net.WebExceptionStatus]::ConnectFailure) { break }
             Start-Sleep -Seconds 1
         }
     }
     $have = if (Test-Path -LiteralPath $Partial) { (Get-Item -LiteralPath $Partial).Length } else { 0 }
-    if ($have -ne $Size) { Fail "download of $Url stopped at $have of $Size bytes; run the deploy again to resume" }
+    if ($have -eq $Size) { return $null }
+    "download of $Url stopped at $have of $Size bytes ($last); run the deploy again to resume"
 }
 
 function Invoke-Fetch($Spec) {
-    $dest = $Spec.dest; $dir = Split-Path -Parent $dest
+    # $Spec.sources (default: $Spec.url) are tried in order: the cluster's file cache, the peers that hold
+    # the file, upstream. What a source sends lands in .<name>.partial and is hashed before it replaces
+    # anything: a source that cannot be reached, answers an error or sends bytes with another sha256 is
+    # skipped with one line and the next one tried; bytes kept from an earlier source or run that fail
+    # the hash get that source one more try from the first byte. Only when every source failed does the
+    # fetch fail, naming each reason (the rules of lf_host.py's fetch).
+    $dest = $Spec.dest; $dir = Split-Path -Parent $dest; $name = Split-Path -Leaf $dest
     New-Item -ItemType Directory -Force -Path $dir | Out-Null
     if (Test-Verified $dest $Spec.sha256) { return 'verified' }
-    $size = if ($Spec.size) { [long]$Spec.size } else { Get-RemoteSize $Spec.url }
-    if ((Test-Path -LiteralPath $dest) -and (Get-Item -LiteralPath $dest).Length -eq $size -and (Get-Sha256 $dest) -eq $Spec.sha256) {
+    $sources = @(@($Spec.sources) | Where-Object { $_ })
+    if ($sources.Count -eq 0) { $sources = @($Spec.url) }
+    $size = if ($Spec.size) { [long]$Spec.size } else { $null }
+    if ((Test-Path -LiteralPath $dest) -and ($null -eq $size -or (Get-Item -LiteralPath $dest).Length -eq $size) -and
+        (Get-Sha256 $dest) -eq $Spec.sha256) {
         Write-Stamp $dest $Spec.sha256; return 'verified (stamped)'
     }
-    $partial = Join-Path $dir ('.' + (Split-Path -Leaf $dest) + '.partial')
-    $have = if (Test-Path -LiteralPath $partial) { (Get-Item -LiteralPath $partial).Length } else { 0 }
-    $free = (Get-PSDrive -Name (Split-Path -Qualifier $dest).TrimEnd(':')).Free
-    if ($free -lt ($size - $have)) { Fail "not enough free disk in $dir for $(Split-Path -Leaf $dest): need $($size - $have) bytes, $free free" }
-    Receive-Resumable $Spec.url $partial $size
-    $got = Get-Sha256 $partial
-    if ($got -ne $Spec.sha256) {
-        Remove-Item -LiteralPath $partial
-        Fail "sha256 mismatch for $($Spec.url): expected $($Spec.sha256), got $got; the existing file was left in place" 3
+    $partial = Join-Path $dir ('.' + $name + '.partial')
+    if ($null -ne $size) {
+        $have = if (Test-Path -LiteralPath $partial) { (Get-Item -LiteralPath $partial).Length } else { 0 }
+        $free = (Get-PSDrive -Name (Split-Path -Qualifier $dest).TrimEnd(':')).Free
+        if ($free -lt ($size - $have)) { Fail "not enough free disk in $dir for ${name}: need $($size - $have) bytes, $free free" }
     }
-    Move-Item -Force -LiteralPath $partial -Destination $dest
-    Write-Stamp $dest $Spec.sha256
-    'downloaded'
+    $kept = if (Test-Path -LiteralPath $dest) { 'the existing file was left in place' } else { 'nothing was installed' }
+    $failures = @(); $mismatch = $false
+    for ($index = 0; $index -lt $sources.Count; $index++) {
+        $url = $sources[$index]; $more = $index + 1 -lt $sources.Count
+        foreach ($fromZero in @($false, $true)) {
+            $resumed = (Test-Path -LiteralPath $partial) -and (Get-Item -LiteralPath $partial).Length -gt 0
+            $why = try {
+                $want = if ($null -ne $size) { $size } else { Get-RemoteSize $url }
+                Receive-Resumable $url $partial $want
+            } catch { "${url}: $($_.Exception.Message)" }
+            if ($why) {
+                $failures += $why
+                if ($more) { Write-Note "${name}: skipping ${url}: $why" }
+                break
+            }
+            $got = Get-Sha256 $partial
+            if ($got -eq $Spec.sha256) {
+                Move-Item -Force -LiteralPath $partial -Destination $dest
+                Write-Stamp $dest $Spec.sha256
+                if ($sources.Count -gt 1) { return "downloaded $name from $url" }
+                return 'downloaded'
+            }
+            Remove-Item -LiteralPath $partial
+            if ($resumed -and -not $fromZero) { continue }
+            $mismatch = $true
+            $failures += "sha256 mismatch for ${url}: expected $($Spec.sha256), got $got"
+            if ($more) { Write-Note "${name}: skipping ${url}: it sent bytes with sha256 $got, not $($Spec.sha256)" }
+            break
+        }
+    }
+    $code = if ($mismatch) { 3 } else { 2 }
+    if ($sources.Count -eq 1) { Fail "$($failures[0])$(if ($mismatch) { "; $kept" })" $code }
+    Fail "no source gave $name with sha256 $($Spec.sha256) ($($failures -join '; ')); $kept" $code
 }
 
 function Get-VersionLine([string]$BinDir) {
@@ -165,7 +209,8 @@ function Invoke-Install($Spec) {
         $archives = @()
         foreach ($artifact in $Spec.artifacts) {
             $archives += Join-Path (Join-Path $Spec.install_dir 'downloads') $artifact.file
-            Invoke-Fetch @{ url = $artifact.url; dest = $archives[-1]; sha256 = $artifact.sha256; size = $artifact.size } | Out-Null
+            Invoke-Fetch @{ url = $artifact.url; sources = $artifact.sources; dest = $archives[-1]; sha256 = $artifact.sha256
+                            size = $artifact.size } | Out-Null
         }
         $staging = Join-Path $builds ".$($Spec.build_id).partial"
         if (Test-Path -LiteralPath $staging) { Remove-Item -Recurse -Force -LiteralPath $staging }

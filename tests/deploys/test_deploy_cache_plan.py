@@ -5,6 +5,7 @@ others, it fetches every file of the cluster once, and every host's downloads na
 from __future__ import annotations
 
 import plistlib
+import re
 
 import pytest
 from test_deploy_plan import SEED, _commands, _fresh_state
@@ -40,7 +41,7 @@ def test_the_cache_server_is_one_more_service_on_its_host_only(cached):
 
 def test_the_cache_holds_every_file_of_the_cluster_once(cached):
     wanted = set()
-    for name in ("akiva", "mac-mini", "m2-air"):  # not desktop: a Windows host fetches from upstream
+    for name in ("akiva", "mac-mini", "m2-air", "desktop"):  # desktop, a Windows host, too
         plan = plan_host(cached, name)
         wanted |= {(a.sha256, a.file) for a in plan.build.artifacts} | {(m.sha256, m.name) for m in plan.models}
     files = cluster_files(cached)
@@ -49,14 +50,13 @@ def test_the_cache_holds_every_file_of_the_cluster_once(cached):
 
 
 def test_every_download_names_the_cache_first_then_upstream(cached):
-    for name in ("akiva", "mac-mini", "m2-air"):
+    """Windows hosts too: lf_host.ps1's fetch and install take the same ordered sources (the Windows
+    spec YAML shows the generated command)."""
+    for name in ("akiva", "mac-mini", "m2-air", "desktop"):
         plan = plan_host(cached, name)
         for spec in model_specs(plan) + build_spec(plan)["artifacts"]:
-            file = spec.get("file") or spec["dest"].rsplit("/", 1)[1]
+            file = spec.get("file") or re.split(r"[\\/]", spec["dest"])[-1]
             assert spec["sources"] == [f"{CACHE}/{spec['sha256']}/{file}", spec["url"]]
-    # The Windows helper fetches one URL: a Windows host fetches from upstream (docs/deploys.md).
-    desktop = plan_host(cached, "desktop")
-    assert all("sources" not in spec for spec in model_specs(desktop) + build_spec(desktop)["artifacts"])
 
 
 def test_without_a_cache_every_host_fetches_from_upstream_as_before():
@@ -167,7 +167,8 @@ def test_llamafleet_plan_shows_where_each_file_comes_from(capsys, tmp_path):
     hosts = json.loads(capsys.readouterr().out)["hosts"]
     for m in hosts["m2-air"]["models"]:
         assert m["sources"] == [f"{CACHE}/{m['sha256']}/{m['path'].rsplit('/', 1)[1]}", m["url"]]
-    assert all(m["sources"] == [m["url"]] for m in hosts["desktop"]["models"])  # Windows: upstream
+    for m in hosts["desktop"]["models"]:  # a Windows host fetches through the cache too
+        assert m["sources"] == [f"{CACHE}/{m['sha256']}/{m['path'].rsplit(chr(92), 1)[1]}", m["url"]]
     assert main(["plan", str(path), "--host", "m2-air"]) == 0
     text = capsys.readouterr().out
     (draft,) = [line for line in text.splitlines() if "gpt-oss-20b-mxfp4.gguf (" in line]

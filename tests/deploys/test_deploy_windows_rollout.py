@@ -187,3 +187,24 @@ def test_a_host_without_an_rpc_worker_needs_no_rpc_worker_binary(server_only_bui
     with caplog.at_level(logging.ERROR, logger="pyinfra"):
         assert verify_flags(state, local, "alpha", bin_dir, "b11999", [bad], "b11999") is False
     assert "hosts.alpha: service target: llama-server b11999 has no flag --np" in caplog.text
+
+
+def test_the_powershell_fetch_tries_its_sources_in_order_like_the_posix_one():
+    """Text only (no PowerShell here): lf_host.ps1's fetch takes the ordered ``sources`` the deploy sends
+    (default: ``url``), as install does for each archive; each source's bytes are hashed before the move
+    into place; a source that fails is skipped with lf_host.py's words, a mismatch after a resume gets
+    one more try from the first byte, and the final failure names every reason."""
+    script = (SCRIPTS / "lf_host.ps1").read_text()
+    posix = (SCRIPTS / "lf_host.py").read_text()
+    fetch = script[script.index("function Invoke-Fetch("):script.index("function Get-VersionLine(")]
+    assert "$sources = @(@($Spec.sources) | Where-Object { $_ })" in fetch and "$sources = @($Spec.url)" in fetch
+    assert "sources = $artifact.sources" in script[script.index("function Invoke-Install("):]
+    loop = fetch[fetch.index("for ($index = 0"):]
+    assert loop.index("Receive-Resumable $url $partial") < loop.index("Get-Sha256 $partial") \
+        < loop.index("Move-Item -Force -LiteralPath $partial") < loop.index("Remove-Item -LiteralPath $partial")
+    assert "foreach ($fromZero in @($false, $true))" in loop and "if ($resumed -and -not $fromZero) { continue }" in loop
+    for words in (": skipping ", ": it sent bytes with sha256 ", "sha256 mismatch for ", "no source gave ",
+                  "the existing file was left in place", "nothing was installed"):
+        assert words in fetch and words in posix, words
+    receive = script[script.index("function Receive-Resumable("):script.index("function Invoke-Fetch(")]
+    assert "[Net.WebExceptionStatus]::ConnectFailure) { break }" in receive and "Fail " not in receive
