@@ -590,3 +590,30 @@ def test_ps1_failures_are_one_line():
     dispatch = PS1[PS1.index("switch ($Verb) {"):]
     assert PS1[:PS1.index("switch ($Verb) {")].rstrip().endswith("try {")
     assert dispatch.rstrip().endswith('} catch { Fail "$Verb failed: $($_.Exception.Message)" }')
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, as a deploy has, to give files to another user")
+def test_secrets_for_another_service_user_are_readable_by_it_and_nobody_else():
+    """The deploy runs the helper as root for a service user that is not root: the token and the
+    server key end up owned by that user, who can read them through the folders the helper made, and
+    another unprivileged user cannot. (A real second account of this machine: nobody; daemon.)"""
+    import pwd
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="lf-secrets-", dir="/tmp"))  # pytest's own tmp is root's alone
+    try:
+        root.chmod(0o755)
+        token_path, key_path = root / "etc" / "proxy.token", root / "secrets" / "llama-server.key"
+        assert token(token_path, "nobody").returncode == 0
+        upload = _upload(root / "uploads", "a-key-for-nobody-0123456789\n")
+        assert put_secret(key_path, upload, "nobody").returncode == 0
+        nobody = pwd.getpwnam("nobody").pw_uid
+        for path in (token_path, key_path):
+            assert path.stat().st_uid == nobody and oct(path.stat().st_mode & 0o777) == "0o600"
+            as_nobody = subprocess.run(["runuser", "-u", "nobody", "--", "cat", str(path)], capture_output=True, text=True)
+            assert as_nobody.returncode == 0 and as_nobody.stdout == path.read_text()
+            as_daemon = subprocess.run(["runuser", "-u", "daemon", "--", "cat", str(path)], capture_output=True, text=True)
+            assert as_daemon.returncode != 0 and "Permission denied" in as_daemon.stderr
+    finally:
+        shutil.rmtree(root)
