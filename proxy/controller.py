@@ -40,9 +40,12 @@ class _Speed:
     samples: int = 0
 
     def add(self, seconds: float, tokens: int) -> None:
-        value = seconds / tokens
-        self.seconds_per_token = value if self.seconds_per_token is None else (1 - EWMA) * self.seconds_per_token + EWMA * value
+        # The mean of the first samples, then a moving average: a first sample that came out unlucky
+        # weighs as much as the second, not four times as much.
         self.samples += 1
+        weight = max(EWMA, 1 / self.samples)
+        value = seconds / tokens
+        self.seconds_per_token = value if self.seconds_per_token is None else (1 - weight) * self.seconds_per_token + weight * value
 
 
 @dataclass
@@ -166,19 +169,21 @@ class Controller:
     def plan_whole(self, greedy: bool, candidates: list[str]) -> tuple[str, bool]:
         """(path, is_probe) for a request that runs whole on one path, through the server's own endpoint
         (it cannot switch paths on token ids): the fastest measured candidate; a candidate never measured
-        nor probed runs the whole request once first, so later requests can compare it."""
+        nor probed runs the whole request once first, so later requests can compare it, and a losing one
+        runs a whole request again once its back-off has passed (within the probe budget)."""
         estimates = {p: s for p, s in self.estimates(greedy, 1).items() if p in candidates}
         measured = {p: s for p, s in estimates.items() if s is not None}
-        for path in candidates:
-            if estimates.get(path) is None and self.last_probe_at.get(path) == 0.0 and measured:
-                self.last_probe_at[path] = max(self.generation_seconds, 1e-9)
-                return path, True
         best = min(measured, key=measured.get) if measured else candidates[0]
+        # A losing path is run whole again on the same back-off and budget as the in-request probes,
+        # so one unlucky first measurement does not decide for the proxy's whole life.
+        probe = self._due_probe(estimates, best, candidates) if measured else None
+        if probe is not None:
+            return probe, True
         self.decisions[best] = self.decisions.get(best, 0) + 1
         return best, False
 
-    def _due_probe(self, estimates: dict[str, float | None], best: str) -> str | None:
-        for path in self.paths:
+    def _due_probe(self, estimates: dict[str, float | None], best: str, paths: list[str] | None = None) -> str | None:
+        for path in paths or self.paths:
             if path == best:
                 continue
             unmeasured = estimates[path] is None and self.last_probe_at[path] == 0.0

@@ -107,6 +107,9 @@ def verify(inventory) -> list[str]:
 
 
 COMPARE_WARMUP = 2
+# Two measured rounds, so each ratio shows its range: one round of five short answers on a shared
+# CPU moves by several percent either way, which a lone figure would hide.
+COMPARE_REPEATS = 2
 
 
 def compare(inventory_file: Path, max_tokens: int) -> str:
@@ -122,10 +125,12 @@ def compare(inventory_file: Path, max_tokens: int) -> str:
     setup = session.from_inventory(inventory_file, None, None)
     # Two unrecorded rounds first: auto's first probe of each path (paid once in a proxy's life) lands
     # there, not in a five-request measurement where it would weigh as much as a day's probing.
-    settings = argparse.Namespace(modes=None, prompts=None, per_category=1, max_tokens=max_tokens, repeats=1,
+    settings = argparse.Namespace(modes=None, prompts=None, per_category=1, max_tokens=max_tokens,
+                                  repeats=COMPARE_REPEATS,
                                   warmup=COMPARE_WARMUP, progress=None, no_tightwad=True)
     print(f"llamafleet demo: measuring plain target, {', '.join(setup.modes)} side by side "
-          f"(5 prompts, {max_tokens} tokens each, interleaved, after {COMPARE_WARMUP} warm-up rounds)...", flush=True)
+          f"(5 prompts, {max_tokens} tokens each, {COMPARE_REPEATS} rounds interleaved, after {COMPARE_WARMUP} warm-up "
+          "rounds; each ratio is the median [lowest–highest] of the rounds)...", flush=True)
     with tempfile.TemporaryDirectory(prefix="llamafleet-demo-") as log_dir:
         result = benchmark(setup, settings, Path(log_dir))
     names = result.conditions

@@ -117,6 +117,31 @@ def test_controller_routes_to_the_faster_path_and_backs_off_probes():
     assert plan.path == "proxy" and plan.draft_len >= 4
 
 
+def test_whole_requests_re_probe_a_path_that_lost_one_unlucky_measurement():
+    """Auto on whole requests (the server's own endpoint): native's one probe came out slower by chance;
+    after the back-off it is run whole again, wins, and takes the traffic. The probes stay within
+    their budget of generation time."""
+    c = Controller(["direct", "native"], draft_max=8)
+    assert c.plan_whole(True, ["direct", "native"]) == ("direct", False)
+    c.observe_segment("direct", True, 32, 3.2)  # 100 ms/token
+    path, probe = c.plan_whole(True, ["direct", "native"])
+    assert (path, probe) == ("native", True)
+    c.observe_segment("native", True, 32, 4.0, probe=True)  # an unlucky 125 ms/token
+    c.probe_finished("native", True, 8)
+    seen = []
+    for _ in range(200):  # direct keeps serving: 3.2 s a request
+        path, probe = c.plan_whole(True, ["direct", "native"])
+        seen.append((path, probe))
+        if probe:
+            c.observe_segment("native", True, 32, 1.92, probe=True)  # its real speed: 60 ms/token
+            c.probe_finished("native", True, 8)
+            break
+        c.observe_segment(path, True, 32, 3.2)
+    assert seen[-1] == ("native", True) and all(p == ("direct", False) for p in seen[:-1])
+    assert len(seen) > 10  # not at once: the back-off, and the budget of generation time for probes
+    assert c.plan_whole(True, ["direct", "native"]) == ("native", False)
+
+
 def test_position_seeds_are_distinct_and_reproducible():
     seeds = [position_seed(7, i) for i in range(50)]
     assert len(set(seeds)) == 50 and seeds == [position_seed(7, i) for i in range(50)]
