@@ -155,7 +155,7 @@ class PlannedOperation:
 
     step: str
     name: str
-    operation: object  # a pyinfra @operation; ``common.operation_commands(operation, kwargs)`` yields its commands
+    operation: object  # a llamafleet operation (``common.deploy_operation``); ``.commands(**kwargs)`` yields its commands
     kwargs: dict
     position: tuple[int, ...] = ()
     when: str = "always"

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pyinfra.api import FunctionCommand, operation
+from pyinfra.api import FunctionCommand
 
 from llamafleet.deploys.cache import ROLE, cache_bind, cache_fetch_specs, cache_folder, cache_host, on_deployer
 from llamafleet.deploys.operations import files as file_ops
 from llamafleet.deploys.operations import readiness
-from llamafleet.deploys.operations.common import helper_command, sha256_text
+from llamafleet.deploys.operations.common import deploy_operation, helper_command, sha256_text
 from llamafleet.deploys.operations.models import missing_files
 
 
-@operation()
+@deploy_operation
 def deployer_cache(specs: list[dict], bind: str, port: int, folder: str):
     """``cache: {host: deployer}``: on the machine that runs the deploy, fill the local cache and start
     its server, once per deploy (:func:`llamafleet.deploys.deployer_cache.ready`)."""
@@ -30,7 +30,7 @@ def deployer_cache(specs: list[dict], bind: str, port: int, folder: str):
     yield FunctionCommand(ready, (specs, bind, port, folder), {})
 
 
-@operation()
+@deploy_operation
 def cache_files(helper: str, files: list[dict], cache_state: dict):
     """``files``: the helper's fetch specs into the cache folder; ``cache_state``: HostState ``cache``."""
     for spec in missing_files(files, cache_state):

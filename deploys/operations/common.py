@@ -20,7 +20,7 @@ import shlex
 from io import BytesIO
 from xml.sax.saxutils import escape as xml_escape
 
-from pyinfra.api import FileUploadCommand
+from pyinfra.api import FileUploadCommand, operation
 
 
 def sha256_text(text: str) -> str:
@@ -68,14 +68,21 @@ def upload_windows(path: str, content: str):
     yield FileUploadCommand(BytesIO(content.encode()), path.replace("\\", "/"))
 
 
-def operation_commands(operation, kwargs: dict):
-    """The commands a pyinfra ``@operation`` yields for ``kwargs``, without adding it to a deploy (a
-    gated operation inside another one; drift's dry run of the deploy's operation list).
+def deploy_operation(body):
+    """pyinfra's ``@operation()``, with the body kept where llamafleet can call it by a public name.
 
-    pyinfra has no public name for an operation's body: its decorator keeps it as ``_inner``, which its
-    error for an operation called inside another one points to ("Use the `_inner` function to call the
-    underlying operation"). This is the one place llamafleet reaches it."""
-    return operation._inner(**kwargs)
+    Every llamafleet operation is a generator of commands. Deploys call the decorated operation as
+    pyinfra intends; :func:`operation_commands` calls ``body`` itself, which yields the same commands
+    without adding an operation to a deploy (a gated operation inside another one; drift's dry run).
+    """
+    decorated = operation()(body)
+    decorated.commands = body
+    return decorated
+
+
+def operation_commands(op, kwargs: dict):
+    """The commands the llamafleet operation ``op`` yields for ``kwargs``, outside a deploy."""
+    return op.commands(**kwargs)
 
 
 def helper_command(helper: str, verb: str, spec: dict) -> str:

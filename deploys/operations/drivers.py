@@ -12,7 +12,6 @@ import json
 import shlex
 
 from pyinfra import logger
-from pyinfra.api import operation
 
 from llamafleet.config.models import OS, Backend
 from llamafleet.deploys.facts.drivers import (
@@ -23,7 +22,7 @@ from llamafleet.deploys.facts.drivers import (
     parse_rocm_info_version,
     parse_sw_vers,
 )
-from llamafleet.deploys.operations.common import ps_quote
+from llamafleet.deploys.operations.common import deploy_operation, ps_quote
 from llamafleet.errors import UserError
 
 NVIDIA_WINDOWS_INSTALLER = "{version}-desktop-win10-win11-64bit-international-dch-whql.exe"
@@ -98,7 +97,7 @@ def reboot_command(windows: bool) -> str:
     return "Restart-Computer -Force" if windows else "shutdown -r +1 'llamafleet: GPU driver changed'"
 
 
-@operation()
+@deploy_operation
 def driver(host_name: str, kind: str, version: str, os_name: str, drivers: dict, pending: dict | None,
            os_release: dict, allow_reboot: bool, install_dir: str, mirror: str | None = None):
     """Install the pinned ``kind`` driver ``version`` when the running one differs."""

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pyinfra.api import operation
-
-from llamafleet.deploys.operations.common import file_matches, upload_posix, upload_windows
+from llamafleet.deploys.operations.common import deploy_operation, file_matches, upload_posix, upload_windows
 
 
-@operation()
+@deploy_operation
 def text_files(files: dict, state_files: dict, windows: bool = False):
     """``files`` maps path -> [content, mode]; ``state_files`` is the HostState ``files`` section."""
     for path, (content, mode) in sorted(files.items()):

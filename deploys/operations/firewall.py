@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import shlex
 
-from pyinfra.api import operation
 
 from llamafleet.deploys.firewall import (
     BOOT_UNIT,
@@ -26,11 +25,11 @@ from llamafleet.deploys.firewall import (
     windows_differences,
     windows_expected,
 )
-from llamafleet.deploys.operations.common import ps_quote, sha256_text, upload_posix
+from llamafleet.deploys.operations.common import deploy_operation, ps_quote, sha256_text, upload_posix
 from llamafleet.errors import UserError
 
 
-@operation()
+@deploy_operation
 def nftables(files: dict, expected: dict, live: dict):
     """``files``: "nft" (the rules) and on systemd hosts "unit" (loads them at boot), each {path,
     content}; ``expected``: port -> "any" or networks; ``live``: the NftablesRules fact. A differing
@@ -52,7 +51,7 @@ def nftables(files: dict, expected: dict, live: dict):
         yield f"systemctl enable {BOOT_UNIT}"
 
 
-@operation()
+@deploy_operation
 def nftables_removed(paths: dict, live: dict):
     """What an earlier deploy left on a host whose firewall is no longer managed: ``table inet
     llamafleet`` is deleted, the boot unit disabled and removed, the rules file removed. ``paths``:
@@ -69,7 +68,7 @@ def nftables_removed(paths: dict, live: dict):
         yield f"rm -f {shlex.quote(paths['nft'])}"
 
 
-@operation()
+@deploy_operation
 def windows_rules(expected: dict, live: dict):
     """``expected``: rule name -> {port, remote}; ``live``: the WindowsFirewallRules fact."""
     present = live.get("rules", {})

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import shlex
 
-from pyinfra.api import operation
 
-from llamafleet.deploys.operations.common import ps_quote
+from llamafleet.deploys.operations.common import deploy_operation, ps_quote
 from llamafleet.findings import Finding, Severity
 
 
@@ -26,7 +25,7 @@ def differs(folder: dict, seen: dict | None, windows: bool) -> bool:
     return not windows and (seen.get("mode") != folder["mode"] or seen.get("owner") != folder["user"])
 
 
-@operation()
+@deploy_operation
 def service_folders(helper: str, folders: list[dict], state_folders: dict, windows: bool = False):
     """``folders``: [{path, user, mode}]; ``state_folders``: the HostState ``folders`` section."""
     for folder in folders:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import shlex
 
-from pyinfra.api import operation
 
 from llamafleet.config.models import OS, ServiceManager
-from llamafleet.deploys.operations.common import xml_text
+from llamafleet.deploys.operations.common import deploy_operation, xml_text
 from llamafleet.deploys.operations.manager import ServiceManagerModule
 
 
-@operation()
+@deploy_operation
 def services(plists: dict, changed: list[str], restart: list[str], state: dict):
     """``plists``: label -> plist path; ``state``: HostState ``services.launchd`` (label -> state)."""
     for label, path in sorted(plists.items()):
@@ -28,7 +27,7 @@ def services(plists: dict, changed: list[str], restart: list[str], state: dict):
             yield f"launchctl kickstart {shlex.quote('system/' + label)}"
 
 
-@operation()
+@deploy_operation
 def stop(labels: list[str]):
     """Stop ``labels`` (a rollout stops RPC clients before their workers switch builds)."""
     for label in labels:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from pyinfra.api import FunctionCommand, operation
+from pyinfra.api import FunctionCommand
 
-from llamafleet.deploys.operations.common import helper_command, ps_helper_command
+from llamafleet.deploys.operations.common import deploy_operation, helper_command, ps_helper_command
 
 
 class BuildReason(Enum):
@@ -57,7 +57,7 @@ def on_disk(spec: dict, installed: dict) -> bool:
     return (installed.get("installed") or {}).get(spec["build_id"]) == [a["sha256"] for a in spec["artifacts"]]
 
 
-@operation()
+@deploy_operation
 def build(helper: str, spec: dict, installed: dict, windows: bool = False):
     """Install ``spec`` (a release archive or a source build) into its own folder. ``spec["switch"]``
     false (an upgrade) leaves ``current`` alone: the rollout's :func:`switch` moves it."""
@@ -70,7 +70,7 @@ def build(helper: str, spec: dict, installed: dict, windows: bool = False):
     yield command(helper, "install", {**spec, "force": reason.reason is BuildReason.reinstall})
 
 
-@operation()
+@deploy_operation
 def switch(helper: str, install_dir: str, build_id: str, files: list[str], current: str | None,
            windows: bool = False):
     """Point ``current`` at ``build_id``, first saving the build in use and the present content of
@@ -80,7 +80,7 @@ def switch(helper: str, install_dir: str, build_id: str, files: list[str], curre
             helper, "switch", {"install_dir": install_dir, "build_id": build_id, "files": files})
 
 
-@operation()
+@deploy_operation
 def rollback(helper: str, install_dir: str, windows: bool = False):
     """Undo this run's :func:`switch`: the saved units and configs come back, ``current`` points at
     the previous build again."""
@@ -125,7 +125,7 @@ def verify_flags(state, host, host_name: str, bin_dir: str, build: str, services
     return not problems
 
 
-@operation()
+@deploy_operation
 def check_flags(host_name: str, bin_dir: str, build: str, services: list[dict], rendered_with: str,
                 windows: bool = False):
     """Before any unit is written or service restarted: every command line against the flags the

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pyinfra.api import OperationError, operation
+from pyinfra.api import OperationError
 
-from llamafleet.deploys.operations.common import helper_command, ps_helper_command
+from llamafleet.deploys.operations.common import deploy_operation, helper_command, ps_helper_command
 
 
 def missing_files(files: list[dict], models_state: dict) -> list[dict]:
@@ -12,7 +12,7 @@ def missing_files(files: list[dict], models_state: dict) -> list[dict]:
     return [f for f in files if not (models_state.get(f["dest"]) or {}).get("verified")]
 
 
-@operation()
+@deploy_operation
 def model_files(helper: str, files: list[dict], models_state: dict, disk_free: int, windows: bool = False):
     """``files``: [{dest, url, sha256, size}]. Fails before downloading anything that cannot fit."""
     todo = missing_files(files, models_state)

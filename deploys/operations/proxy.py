@@ -18,9 +18,9 @@ from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pyinfra.api import FileUploadCommand, operation
+from pyinfra.api import FileUploadCommand
 
-from llamafleet.deploys.operations.common import file_matches
+from llamafleet.deploys.operations.common import deploy_operation, file_matches
 from llamafleet.errors import UserError
 from llamafleet.rig.cache import cache_root
 
@@ -81,7 +81,7 @@ def pip_source() -> str:
     return f"--no-index --find-links {shlex.quote(find_links)} " if find_links else ""
 
 
-@operation()
+@deploy_operation
 def project(venv: str, downloads: str, record_path: str, state_files: dict):
     """Install the project's wheel into ``venv`` unless the venv's record names the same sources."""
     record = record_text()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pyinfra.api import FunctionCommand, operation
+from pyinfra.api import FunctionCommand
 
-from llamafleet.deploys.operations.common import helper_command, operation_commands, ps_helper_command
+from llamafleet.deploys.operations.common import deploy_operation, helper_command, operation_commands, ps_helper_command
 
 
-@operation()
+@deploy_operation
 def wait_for_services(helper: str, spec: dict, windows: bool = False):
     """``spec``: {http: [health URLs], tcp: [addr:port], timeout: seconds, logs: folder}."""
     if spec.get("http") or spec.get("tcp"):
@@ -22,7 +22,7 @@ def _report(state, host, message: str, detail=None) -> bool:
     return False
 
 
-@operation()
+@deploy_operation
 def report_failure(message: str, detail=None):
     """Fail the host with ``message`` (after a rollback, so the deploy exits non-zero and says why);
     ``detail``, a callable, adds what is known only once the run is under way (the failed readiness
@@ -30,7 +30,7 @@ def report_failure(message: str, detail=None):
     yield FunctionCommand(_report, (message, detail), {})
 
 
-@operation()
+@deploy_operation
 def barrier():
     """Yields nothing. Every host runs it at the same point of a rollout: pyinfra orders operations as
     one graph of each host's sequence, so an operation all hosts share is where every host has finished
@@ -38,7 +38,7 @@ def barrier():
     yield from ()
 
 
-@operation()
+@deploy_operation
 def gated(gate, operation, kwargs: dict):
     """``operation``'s commands when ``gate()`` is true, decided each time pyinfra asks: while it
     plans (and in a dry run) the rollout is healthy, so a switch is a change and a rollback is not;

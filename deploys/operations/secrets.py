@@ -22,9 +22,9 @@ from __future__ import annotations
 import ntpath
 import shlex
 
-from pyinfra.api import FileUploadCommand, operation
+from pyinfra.api import FileUploadCommand
 
-from llamafleet.deploys.operations.common import ps_helper_command
+from llamafleet.deploys.operations.common import deploy_operation, ps_helper_command
 from llamafleet.deploys.operations.winsw import SERVICE_ACCOUNT_SID
 from llamafleet.server_key import host_key_path, key_digest
 
@@ -101,7 +101,7 @@ def differs(secret: dict, seen: dict | None) -> bool:
     return False
 
 
-@operation()
+@deploy_operation
 def token_files(helper: str, secrets: list[dict], state_files: dict, install_dir: str = "", windows: bool = False):
     """``secrets``: [{path, user, source}]. A token (no source) is created by the helper if missing,
     and a wrong mode or owner repaired, through an O_NOFOLLOW descriptor: a token path that is a link

@@ -10,10 +10,10 @@ import posixpath
 import re
 import shlex
 
-from pyinfra.api import operation
 
 from llamafleet.config.models import OS, ServiceManager
 from llamafleet.deploys.operations.manager import ServiceManagerModule
+from llamafleet.deploys.operations.common import deploy_operation
 
 # supervisord's config format (supervisor.options.UnhosedConfigParser, a configparser.RawConfigParser):
 # - every value is expanded with Python %-formatting (``%(here)s``, ``%(ENV_X)s``): ``%%`` is a ``%``;
@@ -75,7 +75,7 @@ def stale_programs(state: dict, programs) -> list[str]:
     return sorted((set(state.get("programs") or {}) | set(state.get("configs") or [])) - set(programs))
 
 
-@operation()
+@deploy_operation
 def services(conf: str, programs: list[str], changed: list[str], restart: list[str], conf_changed: bool,
              state: dict):
     """``state`` is HostState ``services.supervisord``; ``changed`` programs had their config rewritten;
@@ -102,7 +102,7 @@ def services(conf: str, programs: list[str], changed: list[str], restart: list[s
         yield f"{ctl} start {' '.join(map(shlex.quote, stopped))}"
 
 
-@operation()
+@deploy_operation
 def stop(conf: str, programs: list[str]):
     """Stop ``programs`` (a rollout stops RPC clients before their workers switch builds)."""
     if programs:

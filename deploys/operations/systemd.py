@@ -12,10 +12,10 @@ from __future__ import annotations
 import re
 import shlex
 
-from pyinfra.api import operation
 
 from llamafleet.config.models import OS, ServiceManager
 from llamafleet.deploys.operations.manager import ServiceManagerModule
+from llamafleet.deploys.operations.common import deploy_operation
 
 
 def _quoted(text: str, dollar: bool) -> str:
@@ -62,7 +62,7 @@ def setting(text: str) -> str:
     return text.replace("%", "%%")
 
 
-@operation()
+@deploy_operation
 def services(units: list[str], changed: list[str], restart: list[str], state: dict):
     """``units``: unit names (``llamafleet-x.service``); ``state``: HostState ``services.systemd``."""
     if changed:
@@ -76,7 +76,7 @@ def services(units: list[str], changed: list[str], restart: list[str], state: di
         yield f"systemctl start {' '.join(map(shlex.quote, stopped))}"
 
 
-@operation()
+@deploy_operation
 def stop(units: list[str]):
     """Stop ``units`` (a rollout stops RPC clients before their workers switch builds)."""
     if units:

@@ -11,10 +11,9 @@ from __future__ import annotations
 import re
 import subprocess
 
-from pyinfra.api import operation
 
 from llamafleet.config.models import OS, ServiceManager
-from llamafleet.deploys.operations.common import ps_quote, xml_text
+from llamafleet.deploys.operations.common import deploy_operation, ps_quote, xml_text
 from llamafleet.deploys.operations.manager import ServiceManagerModule
 
 # WinSW expands %NAME% (Environment.ExpandEnvironmentVariables) in the executable, the arguments, env
@@ -41,7 +40,7 @@ def _exe(xml_path: str) -> str:
     return xml_path[: -len(".xml")] + ".exe"
 
 
-@operation()
+@deploy_operation
 def services(install_dir: str, xml: dict, changed: list[str], restart: list[str], state: dict):
     """``xml``: service id -> XML path; ``state``: HostState ``services.winsw`` (id -> Running/Stopped/absent)."""
     wrapper = install_dir + "\\bin\\winsw.exe"
@@ -63,7 +62,7 @@ def services(install_dir: str, xml: dict, changed: list[str], restart: list[str]
             yield f"& {exe} start"
 
 
-@operation()
+@deploy_operation
 def stop(xml: dict):
     """Stop the services in ``xml`` (service id -> XML path): a rollout stops RPC clients before their
     workers switch builds. The switch that follows rewrites their XML, which reinstalls and starts them."""
@@ -71,7 +70,7 @@ def stop(xml: dict):
         yield f"& {ps_quote(_exe(path))} stop"
 
 
-@operation()
+@deploy_operation
 def remove(xml: dict):
     """Stop and uninstall the services in ``xml`` (a rollback removes the services its switch added,
     before their XML, which WinSW needs to uninstall, is deleted)."""

@@ -63,11 +63,11 @@ def run_operation_spec(dotted: str, spec: dict) -> None:
     args, kwargs = spec.get("args", []), spec.get("kwargs", {})
     if "exception" in spec:
         with pytest.raises(Exception) as info:
-            list(op._inner(*args, **kwargs))
+            list(op.commands(*args, **kwargs))
         assert type(info.value).__name__ == spec["exception"]["name"]
         assert spec["exception"]["message"] in str(info.value)
         return
-    got = [command_json(c) for c in op._inner(*args, **kwargs)]
+    got = [command_json(c) for c in op.commands(*args, **kwargs)]
     assert got == [expand_b64(c) for c in spec["commands"]]
 
 

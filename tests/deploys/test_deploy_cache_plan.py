@@ -76,7 +76,7 @@ def test_the_cache_host_fills_and_starts_its_cache_before_any_host_fetches(cache
     assert [op.name for op in steps] == ["file cache: fetch each file from upstream once",
                                          "file cache: its server's unit", "file cache: launchd daemons",
                                          "file cache: serving", "file cache: filled and serving"]
-    fetches = list(steps[0].operation._inner(**steps[0].kwargs))
+    fetches = list(steps[0].operation.commands(**steps[0].kwargs))
     assert len(fetches) == len(cluster_files(cached))
     assert all('"sources": ["https://' in c or '"sources": ["http://' in c for c in fetches)
     assert not any(CACHE in c for c in fetches)  # the cache itself fetches from upstream only
@@ -102,7 +102,7 @@ def test_a_filled_and_serving_cache_changes_nothing(cached):
     state["cache"] = {f"/usr/local/llamafleet/cache/{f['sha256']}/{f['name']}": {"verified": True}
                       for f in cluster_files(cached)}
     for op in _cache_step(mini, state):
-        assert list(op.operation._inner(**op.kwargs)) == [], op.name
+        assert list(op.operation.commands(**op.kwargs)) == [], op.name
 
 
 @pytest.fixture(scope="module")

@@ -259,7 +259,7 @@ def _commands(plan, state) -> list[str]:
         if planned.when == "failed":
             continue  # rollback and report: only after a failed readiness
         out += [c if isinstance(c, str) else f"{c[0]} {c[1] if c[0] == 'function' else c[2]}"
-                for c in map(command_json, planned.operation._inner(**planned.kwargs))]
+                for c in map(command_json, planned.operation.commands(**planned.kwargs))]
     return out
 
 

@@ -41,7 +41,7 @@ def test_every_operation_and_fact_has_specs():
     have = {p.name for p in (SPECS / "operations").iterdir()} | {p.name for p in (SPECS / "facts").iterdir()}
     have |= {"proxy.project"}  # its expected record is a hash of the sources: tested below and end to end
     have |= {"readiness.gated"}  # wraps another operation behind a callable: tested below and end to end
-    wanted = _defined(ops_pkg, lambda v: hasattr(v, "_inner")) | _defined(
+    wanted = _defined(ops_pkg, lambda v: hasattr(v, "commands")) | _defined(
         facts_pkg, lambda v: inspect.isclass(v) and issubclass(v, FactBase))
     assert sorted(wanted - have) == []
 
@@ -57,14 +57,14 @@ def test_proxy_project_is_a_noop_when_the_venv_record_names_these_sources():
 
     record = "/lf/venv/llamafleet-wheel.json"
     state_files = {record: {"sha256": sha256_text(proxy.record_text()), "mode": "0644", "owner": "root"}}
-    assert list(proxy.project._inner("/lf/venv", "/lf/downloads", record, state_files)) == []
+    assert list(proxy.project.commands("/lf/venv", "/lf/downloads", record, state_files)) == []
 
 
 def test_a_gated_operation_yields_the_inner_commands_only_while_its_gate_is_open():
     from llamafleet.deploys.operations import llama_cpp, readiness
 
     inner = {"helper": "/lf/lib/lf_host.py", "install_dir": "/lf"}
-    expected = list(llama_cpp.rollback._inner(**inner))
+    expected = list(llama_cpp.rollback.commands(**inner))
     assert expected
-    assert list(readiness.gated._inner(lambda: True, llama_cpp.rollback, inner)) == expected
-    assert list(readiness.gated._inner(lambda: False, llama_cpp.rollback, inner)) == []
+    assert list(readiness.gated.commands(lambda: True, llama_cpp.rollback, inner)) == expected
+    assert list(readiness.gated.commands(lambda: False, llama_cpp.rollback, inner)) == []

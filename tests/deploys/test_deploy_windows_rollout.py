@@ -82,7 +82,7 @@ def test_a_windows_upgrade_is_planned_like_a_posix_one(host):
     assert [ops[t].when for t in tags] == ["healthy"] * (4 + client) + ["failed"] * 4
 
     def commands(op):
-        return [c if isinstance(c, str) else c.get_raw_value() for c in op.operation._inner(**op.kwargs)]
+        return [c if isinstance(c, str) else c.get_raw_value() for c in op.operation.commands(**op.kwargs)]
 
     [install] = commands(by_step["build"])
     assert _ps_spec(install, "install")["switch"] is False  # beside the running build

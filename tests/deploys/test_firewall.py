@@ -220,7 +220,7 @@ def test_the_fact_command_reads_a_missing_table_and_the_applied_one(llamafleet_t
                                                           "files": {"nft": None, "unit": None, "enabled": None}}
     firewall = _seed_firewalls()[0]
     files = {"nft": {"path": str(rules_file), "content": fw.render_nftables(firewall)}}
-    commands = list(fw_ops.nftables._inner(files, firewall.expected(), parse_nft(out)))
+    commands = list(fw_ops.nftables.commands(files, firewall.expected(), parse_nft(out)))
     assert commands[-1] == f"nft -f {rules_file}"
     rules_file.parent.mkdir()
     rules_file.write_text(files["nft"]["content"])  # what the upload does
@@ -229,7 +229,7 @@ def test_the_fact_command_reads_a_missing_table_and_the_applied_one(llamafleet_t
     live = NftablesRules().process(out.splitlines())
     assert live["ports"] == {8080: ["127.0.0.1", "192.168.86.29", "192.168.86.40", "::1"]}
     assert fw.nft_differences(firewall.expected(), live) == fw.file_differences(files, live) == []
-    assert list(fw_ops.nftables._inner(files, firewall.expected(), live)) == []  # a second deploy: nothing
+    assert list(fw_ops.nftables.commands(files, firewall.expected(), live)) == []  # a second deploy: nothing
     # By hand: the drop rule goes, so the port is open to everyone; drift and the operation see it.
     handles = json.loads(_nft("-j", "-a", "list", "table", "inet", fw.TABLE).stdout)["nftables"]
     drop = next(i["rule"]["handle"] for i in handles if "rule" in i and {"drop": None} in i["rule"]["expr"])
@@ -238,7 +238,7 @@ def test_the_fact_command_reads_a_missing_table_and_the_applied_one(llamafleet_t
     live = parse_nft(out)
     assert fw.nft_differences(firewall.expected(), live) == [
         ("port 8080", "only from 127.0.0.1, 192.168.86.29, 192.168.86.40, ::1", "open to every address")]
-    assert list(fw_ops.nftables._inner(files, firewall.expected(), live)) == [f"nft -f {rules_file}"]
+    assert list(fw_ops.nftables.commands(files, firewall.expected(), live)) == [f"nft -f {rules_file}"]
 
 
 def test_systemd_hosts_load_the_rules_at_boot_with_a_unit_systemd_parses_back(tmp_path):
@@ -257,7 +257,7 @@ def test_systemd_hosts_load_the_rules_at_boot_with_a_unit_systemd_parses_back(tm
         assert dump["llamafleet-firewall"]["argv"] == [fw.NFT, "-f", "/srv/llama fleet/100% $HOME;x/etc/firewall.nft"]
     live = {"status": "ok", "chain": "ok", "ports": fw.host_firewall(plan).expected(), "other": [],
             "files": {"nft": None, "unit": None, "enabled": None}}
-    commands = [c if isinstance(c, str) else type(c).__name__ for c in fw_ops.nftables._inner(
+    commands = [c if isinstance(c, str) else type(c).__name__ for c in fw_ops.nftables.commands(
         files, fw.host_firewall(plan).expected(), live)]
     assert commands == ["mkdir -p '/srv/llama fleet/100% $HOME;x/etc'", "FileUploadCommand",
                         "chmod 0644 '/srv/llama fleet/100% $HOME;x/etc/firewall.nft'",
@@ -291,7 +291,7 @@ def test_windows_commands_quote_every_string_and_type_every_port():
                           "protocol": "TCP", "enabled": True},
         "llamafleet-o'ld": {"ports": [9], "remote": ["any"], "direction": "Inbound", "action": "Allow",
                             "protocol": "TCP", "enabled": True}}}
-    commands = list(fw_ops.windows_rules._inner(expected, live))
+    commands = list(fw_ops.windows_rules.commands(expected, live))
     assert commands == [
         "Set-NetFirewallRule -Name 'llamafleet-d0' -Direction Inbound -Action Allow -Protocol TCP -LocalPort 8081 "
         "-RemoteAddress '10.0.0.0/24','fd00::1' -Profile Any -Enabled True",
@@ -479,14 +479,14 @@ def test_a_switched_off_linux_host_reports_the_leftover_table_unit_and_file_and_
     assert fw.plan_summary(plan)["removes_leftovers"]  # llamafleet plan says so
     [(name, op, kwargs)] = fw_ops.planned(plan, {"firewall": LEFT})
     assert name == "firewall rules removed (nftables)"
-    assert list(op._inner(**kwargs)) == [
+    assert list(op.commands(**kwargs)) == [
         "nft delete table inet llamafleet", "systemctl disable llamafleet-firewall.service",
         "rm -f /etc/systemd/system/llamafleet-firewall.service", "systemctl daemon-reload", "rm -f /lf/etc/firewall.nft"]
     # Nothing left, or nothing readable (no nft, not root): no finding, no command.
     gone = {"status": "absent", "detail": "no table inet llamafleet", "files": {"nft": None, "unit": None, "enabled": None}}
     for live in (gone, parse_nft("llamafleet-no-nft"), parse_nft("llamafleet-nft-failed Operation not permitted")):
         assert fw.firewall_findings(plan, {"firewall": live}) == []
-        assert all(list(op._inner(**kwargs)) == [] for _, op, kwargs in fw_ops.planned(plan, {"firewall": live}))
+        assert all(list(op.commands(**kwargs)) == [] for _, op, kwargs in fw_ops.planned(plan, {"firewall": live}))
 
 
 def test_a_switched_off_windows_host_reports_and_removes_every_llamafleet_rule():
@@ -502,4 +502,4 @@ def test_a_switched_off_windows_host_reports_and_removes_every_llamafleet_rule()
     [finding] = fw.firewall_findings(plan, {"firewall": live})
     assert finding.check == "firewall llamafleet-desktop-rpc" and "manage is false" in finding.expected
     [(name, op, kwargs)] = fw_ops.planned(plan, {"firewall": live})
-    assert list(op._inner(**kwargs)) == ["Remove-NetFirewallRule -Name 'llamafleet-desktop-rpc'"]
+    assert list(op.commands(**kwargs)) == ["Remove-NetFirewallRule -Name 'llamafleet-desktop-rpc'"]

@@ -62,7 +62,7 @@ def _decoded(command: str, verb: str) -> dict:
 
 
 def _commands(op) -> list:
-    return list(op.operation._inner(**op.kwargs))
+    return list(op.operation.commands(**op.kwargs))
 
 
 def _key_source(inventory) -> str:
