@@ -16,7 +16,6 @@ the extra reads) is :mod:`llamafleet.drift_reading`.
 from __future__ import annotations
 
 import difflib
-import os
 import time
 from pathlib import Path
 
@@ -236,13 +235,14 @@ def file_findings(plan: HostPlan, reading: HostReading) -> list[Finding]:
         actual = secrets.seen_access(plan.windows, state)
         hint = _would("create the token file or fix its mode and owner")
         if secret.source:  # copied from this machine: the same bytes too (by sha256; a secret is never shown)
-            if not os.access(secret.source, os.R_OK):  # a CI runner without the key: mode and owner only
+            digest = secrets.local_digest(secret.source)
+            if digest is None:  # a CI runner without the key: mode and owner only
                 unknown = f" (content not compared: {secret.source} is not readable here)"
                 expected += unknown
                 actual += unknown if state else ""
             else:
                 expected += f", the content of {secret.source}"
-                same = state and state.get("sha256") == secrets.key_digest(secret.source)  # access is reported above
+                same = state and state.get("sha256") == digest  # access is reported above
                 actual += f", the content of {secret.source}" if same else (", other content" if state else "")
             hint = _would(f"copy {secret.source} there ({secrets.access(plan.windows, secret.user)}) and restart what reads it")
         findings.append(_compare(plan.name, f"secret {secret.path}", expected, actual, hint))

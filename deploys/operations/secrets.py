@@ -93,12 +93,19 @@ def differs(secret: dict, seen: dict | None) -> bool:
             return True
     elif seen.get("mode") != "0600" or seen.get("owner") != secret["user"]:
         return True
-    if secret.get("source"):
-        try:
-            return seen.get("sha256") != key_digest(secret["source"])
-        except OSError:
-            return False
-    return False
+    digest = local_digest(secret.get("source"))
+    return digest is not None and seen.get("sha256") != digest
+
+
+def local_digest(source: str | None) -> str | None:
+    """sha256 of a copied secret's local file; None for a secret made on the host, or where this
+    machine cannot read the file (drift on a CI runner without the cluster's key)."""
+    if not source:
+        return None
+    try:
+        return key_digest(source)
+    except OSError:
+        return None
 
 
 @deploy_operation
