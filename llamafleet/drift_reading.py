@@ -22,7 +22,7 @@ from llamafleet.deploys.deploy import planned_operations
 from llamafleet.deploys.facts.files import file_text_fact, sha256_fact
 from llamafleet.deploys.facts.firewall import with_live_rules
 from llamafleet.deploys.facts.host_state import helper_source, host_state_fact, state_spec
-from llamafleet.deploys.operations.common import operation_commands, sha256_text
+from llamafleet.deploys.operations.common import sha256_text
 from llamafleet.deploys.operations.proxy import record_text
 from llamafleet.deploys.plan import HostPlan
 from llamafleet.errors import UserError
@@ -96,7 +96,7 @@ def operations_with_changes(plan: HostPlan, state: dict) -> list[str]:
     the way pyinfra decides it (an operation changes the host when its generator yields anything)."""
     return [op.name for op in planned_operations(plan, state)
             if op.when != "failed"  # rollback and report run only after a failed readiness
-            and next(iter(operation_commands(op.operation, op.kwargs)), None) is not None]
+            and next(iter(op.operation.commands(**op.kwargs)), None) is not None]
 
 
 def read_host(host, plan: HostPlan, deep: bool) -> tuple[HostReading | Unreadable, int]:

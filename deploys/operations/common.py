@@ -72,17 +72,12 @@ def deploy_operation(body):
     """pyinfra's ``@operation()``, with the body kept where llamafleet can call it by a public name.
 
     Every llamafleet operation is a generator of commands. Deploys call the decorated operation as
-    pyinfra intends; :func:`operation_commands` calls ``body`` itself, which yields the same commands
+    pyinfra intends; ``.commands(**kwargs)`` calls ``body`` itself, which yields the same commands
     without adding an operation to a deploy (a gated operation inside another one; drift's dry run).
     """
     decorated = operation()(body)
     decorated.commands = body
     return decorated
-
-
-def operation_commands(op, kwargs: dict):
-    """The commands the llamafleet operation ``op`` yields for ``kwargs``, outside a deploy."""
-    return op.commands(**kwargs)
 
 
 def helper_command(helper: str, verb: str, spec: dict) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pyinfra.api import FunctionCommand
 
-from llamafleet.deploys.operations.common import deploy_operation, helper_command, operation_commands, ps_helper_command
+from llamafleet.deploys.operations.common import deploy_operation, helper_command, ps_helper_command
 
 
 @deploy_operation
@@ -44,4 +44,4 @@ def gated(gate, operation, kwargs: dict):
     plans (and in a dry run) the rollout is healthy, so a switch is a change and a rollback is not;
     while it executes, the results of the operations before decide (``deploy.Rollout``)."""
     if gate():
-        yield from operation_commands(operation, kwargs)
+        yield from operation.commands(**kwargs)

@@ -31,7 +31,6 @@ from llamafleet.config.models import ServiceManager
 from llamafleet.deploys.deploy import planned_operations
 from llamafleet.deploys.facts.host_state import state_spec
 from llamafleet.deploys.operations import folders
-from llamafleet.deploys.operations.common import operation_commands
 from llamafleet.deploys.plan import RPC_CACHE, FolderPlan, plan_host
 from llamafleet.deploys.render import render_unit
 from llamafleet.findings import Severity
@@ -113,14 +112,14 @@ def test_a_worker_runs_with_its_cache_in_the_install_dir(tmp_path, host, manager
     step = names.index("service folders (rpc-worker cache)")
     assert step < names.index("service units and configs")
     op = ops[step]
-    commands = [str(c) for c in operation_commands(op.operation, op.kwargs)]
+    commands = [str(c) for c in op.operation.commands(**op.kwargs)]
     if plan.windows:  # generated PowerShell text only: no Windows host here
         assert commands == [f"New-Item -ItemType Directory -Force -Path '{folder}' | Out-Null"]
     else:
         assert commands == [f"python3 {plan.helper_path} folder {folder} {user}"]
     assert folders.restarts(plan, {}) == [worker.unit_name]
     ok = {"kind": "folder", "mode": "0700", "owner": user}
-    assert list(operation_commands(op.operation, {**op.kwargs, "state_folders": {folder: ok}})) == []
+    assert list(op.operation.commands(**{**op.kwargs, "state_folders": {folder: ok}})) == []
     assert folders.restarts(plan, {"folders": {folder: ok}}) == []
 
 
